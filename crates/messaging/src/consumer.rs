@@ -1,0 +1,276 @@
+//! The consumer runtime: takes deliveries from a queue, runs a handler on each with bounded
+//! concurrency, retries transient failures with exponential backoff, moves messages that cannot
+//! be processed to the queue's error queue with the reason, and acknowledges only after the
+//! handler has committed.
+
+use crate::envelope::Envelope;
+use crate::transport::{Delivery, Failure, Naming, QueueSpec, Transport};
+use crate::unit_of_work::Inbox;
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Why a handler did not process a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later (database unreachable, ...): retried with backoff.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// Will never succeed (unreadable body, unknown type, broken rule): dead-lettered at once.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+/// Application code that reacts to messages. It must commit its effects together with the
+/// inbox record of the message (see [`crate::Effects::consuming`]) under its [`name`](Self::name).
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// The consumer name: names its queue and its inbox records.
+    fn name(&self) -> &'static str;
+    /// The message types routed to this consumer.
+    fn message_types(&self) -> Vec<&'static str>;
+    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts before a transiently failing message is dead-lettered.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 8, initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(5) }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause after the `attempt`-th failure: exponential, with full jitter on the upper half.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponential = self.initial_backoff.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let capped = exponential.min(self.max_backoff);
+        capped / 2 + capped.mul_f64(fastrand::f64() / 2.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Messages handled at once by this consumer (per process).
+    pub concurrency: usize,
+    /// Unacknowledged deliveries the broker may push ahead.
+    pub prefetch: u16,
+    pub retry: RetryPolicy,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self { concurrency: 16, prefetch: 64, retry: RetryPolicy::default() }
+    }
+}
+
+pub struct Consumer {
+    service: &'static str,
+    queue: QueueSpec,
+    handler: Arc<dyn Handler>,
+    inbox: Option<Arc<dyn Inbox>>,
+    config: ConsumerConfig,
+}
+
+impl Consumer {
+    pub fn new(service: &'static str, naming: &Naming, handler: Arc<dyn Handler>, config: ConsumerConfig) -> Self {
+        let queue = QueueSpec {
+            name: naming.queue(service, handler.name()),
+            message_types: handler.message_types().into_iter().map(str::to_owned).collect(),
+            prefetch: config.prefetch,
+        };
+        Self { service, queue, handler, inbox: None, config }
+    }
+
+    /// Skips copies of messages the inbox says were applied, without running the handler.
+    pub fn with_inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    pub fn queue(&self) -> &QueueSpec {
+        &self.queue
+    }
+
+    /// Consumes until `shutdown`; then stops taking deliveries and finishes those in flight.
+    pub async fn run(self, transport: Arc<dyn Transport>, shutdown: CancellationToken) {
+        let worker = Arc::new(Worker {
+            service: self.service,
+            handler: self.handler,
+            inbox: self.inbox,
+            retry: self.config.retry,
+            shutdown: shutdown.clone(),
+        });
+        let mut deliveries = loop {
+            match transport.consume(&self.queue).await {
+                Ok(deliveries) => break deliveries,
+                Err(error) => {
+                    tracing::warn!(queue = %self.queue.name, %error, "cannot consume yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        tracing::info!(queue = %self.queue.name, "consuming");
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut in_flight = JoinSet::new();
+        loop {
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
+            };
+            let delivery = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                delivery = deliveries.next() => match delivery {
+                    Some(delivery) => delivery,
+                    None => break,
+                },
+            };
+            let worker = worker.clone();
+            in_flight.spawn(async move {
+                worker.process(delivery).await;
+                drop(slot);
+            });
+            while in_flight.try_join_next().is_some() {}
+        }
+        drop(deliveries);
+        while in_flight.join_next().await.is_some() {}
+        tracing::info!(queue = %self.queue.name, "consumer stopped");
+    }
+}
+
+struct Worker {
+    service: &'static str,
+    handler: Arc<dyn Handler>,
+    inbox: Option<Arc<dyn Inbox>>,
+    retry: RetryPolicy,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn process(&self, delivery: Delivery) {
+        let consumer = self.handler.name();
+        let message = match &delivery.message {
+            Ok(message) => message.clone(),
+            Err(reason) => {
+                let reason = format!("unreadable message: {reason}");
+                return self.dead_letter(delivery, "unreadable", Failure { reason, attempts: 0 }).await;
+            }
+        };
+        let trace_id = message
+            .traceparent
+            .as_deref()
+            .and_then(|header| crate::TraceParent::parse(header).ok())
+            .map(|trace| trace.trace_id_hex())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "consume",
+            service = self.service,
+            consumer,
+            message_type = %message.message_type,
+            message_id = %message.message_id,
+            correlation_id = %message.correlation_id,
+            trace_id,
+        );
+        self.process_message(delivery, &message).instrument(span).await
+    }
+
+    async fn process_message(&self, delivery: Delivery, message: &Envelope) {
+        let consumer = self.handler.name();
+        if delivery.redelivered && self.already_consumed(message).await {
+            return self.ack(delivery, message, "duplicate").await;
+        }
+        let mut attempt = 1;
+        loop {
+            let started = std::time::Instant::now();
+            let outcome = self.handler.handle(message).await;
+            metrics::histogram!("message_handling_seconds", "consumer" => consumer, "type" => message.message_type.clone())
+                .record(started.elapsed().as_secs_f64());
+            let failure = match outcome {
+                Ok(()) => return self.ack(delivery, message, "handled").await,
+                Err(HandlerError::Permanent(reason)) => reason,
+                Err(HandlerError::Transient(reason)) if attempt < self.retry.max_attempts => {
+                    let pause = self.retry.backoff(attempt);
+                    tracing::warn!(attempt, %reason, retry_in = ?pause, "handler failed; will retry");
+                    tokio::select! {
+                        // Not acknowledged: the broker delivers it again after the restart.
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    attempt += 1;
+                    continue;
+                }
+                Err(HandlerError::Transient(reason)) => format!("gave up after {attempt} attempts: {reason}"),
+            };
+            // A copy that lost a race with its twin fails on the state its twin left; it is no failure.
+            if self.already_consumed(message).await {
+                return self.ack(delivery, message, "duplicate").await;
+            }
+            let failure = Failure { reason: failure, attempts: attempt };
+            return self.dead_letter(delivery, &message.message_type, failure).await;
+        }
+    }
+
+    async fn already_consumed(&self, message: &Envelope) -> bool {
+        let Some(inbox) = &self.inbox else { return false };
+        match inbox.contains(self.handler.name(), message.message_id).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "inbox lookup failed; handling the message anyway");
+                false
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: Delivery, message: &Envelope, outcome: &'static str) {
+        let consumer = self.handler.name();
+        metrics::counter!("messages_consumed_total", "consumer" => consumer, "type" => message.message_type.clone(), "outcome" => outcome)
+            .increment(1);
+        if let Err(error) = delivery.ack().await {
+            // The broker will deliver it again; the inbox makes that harmless.
+            tracing::warn!(%error, "ack failed after the message was handled");
+        }
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, message_type: &str, failure: Failure) {
+        let consumer = self.handler.name();
+        tracing::error!(reason = %failure.reason, attempts = failure.attempts, "message moved to the error queue");
+        metrics::counter!("messages_dead_lettered_total", "consumer" => consumer, "type" => message_type.to_owned())
+            .increment(1);
+        if let Err(error) = delivery.dead_letter(failure).await {
+            tracing::warn!(%error, "could not dead-letter the message; it will be delivered again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        let first = policy.backoff(1);
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+        let third = policy.backoff(3);
+        assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
+        assert!(policy.backoff(30) <= Duration::from_secs(1));
+    }
+}

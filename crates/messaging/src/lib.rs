@@ -1,0 +1,22 @@
+//! Reliable messaging between services, as described in DESIGN.md:
+//!
+//! - [`Envelope`] and [`Causation`]: the metadata every message carries.
+//! - [`Effects`]: what a unit of work commits beside its aggregate (outbox rows, scheduled-message
+//!   cancellations, the inbox record), committed atomically by [`postgres::commit`].
+//! - [`postgres::Relay`]: publishes committed outbox rows through a [`Transport`].
+//! - [`consumer`]: the runtime that feeds deliveries to handlers with retries and dead letters.
+//! - [`transport`]: the port and its RabbitMQ and in-memory adapters.
+
+pub mod consumer;
+pub mod envelope;
+pub mod postgres;
+pub mod transport;
+pub mod unit_of_work;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, RetryPolicy};
+pub use envelope::{Causation, DecodeError, Envelope, TraceParent};
+pub use transport::{Naming, Transport, TransportError};
+pub use unit_of_work::{BoxError, Consumed, Effects, Inbox, IsConflict, Outgoing, SaveError, retry_on_conflict};

@@ -1,0 +1,163 @@
+//! PostgreSQL adapter of the reliable-messaging tables: atomic commit of state + outbox + inbox,
+//! the relay, database creation and migrations.
+
+mod relay;
+
+pub use relay::{Relay, RelayConfig};
+
+use crate::unit_of_work::{BoxError, Effects, Inbox, SaveError};
+use async_trait::async_trait;
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The messaging tables' migrations. Their versions stay below 100; services number theirs from 100.
+static MESSAGING_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// A service's migrator with the messaging tables' migrations in front of its own.
+pub fn with_messaging_migrations(service: &Migrator) -> Migrator {
+    let mut migrations = MESSAGING_MIGRATIONS.migrations.to_vec();
+    migrations.extend(service.migrations.iter().cloned());
+    Migrator::with_migrations(migrations)
+}
+
+/// Creates the database named in `url` if it does not exist yet, then opens a pool on it.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    create_database_if_missing(url).await?;
+    let options = PgConnectOptions::from_str(url)?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+}
+
+pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
+    if Postgres::database_exists(url).await? {
+        return Ok(());
+    }
+    match Postgres::create_database(url).await {
+        // Another instance created it between our check and our create.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P04") => Ok(()),
+        outcome => outcome,
+    }
+}
+
+/// Commits one unit of work: records the consumed message (refusing a second copy), lets
+/// `write_state` write the aggregate, writes the outgoing messages and withdraws cancelled
+/// scheduled ones, all in one transaction.
+pub async fn commit(
+    pool: &PgPool,
+    effects: &Effects<'_>,
+    write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
+) -> Result<(), SaveError> {
+    let mut tx = pool.begin().await.map_err(save_error)?;
+    if let Some(consumed) = effects.consumed {
+        let recorded = sqlx::query(
+            "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(consumed.consumer)
+        .bind(consumed.message_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(save_error)?;
+        if recorded.rows_affected() == 0 {
+            return Err(SaveError::AlreadyConsumed);
+        }
+    }
+    write_state(&mut tx).await?;
+    write_outbox(&mut tx, effects).await.map_err(save_error)?;
+    tx.commit().await.map_err(save_error)
+}
+
+async fn write_outbox(conn: &mut PgConnection, effects: &Effects<'_>) -> Result<(), sqlx::Error> {
+    if !effects.cancelled.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE message_id = ANY($1) AND sent_at IS NULL")
+            .bind(&effects.cancelled)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if effects.outgoing.is_empty() {
+        return Ok(());
+    }
+    let count = effects.outgoing.len();
+    let (mut ids, mut types, mut correlations, mut causations) =
+        (Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count));
+    let (mut occurred, mut traces, mut payloads, mut due) =
+        (Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count));
+    for outgoing in &effects.outgoing {
+        let envelope = &outgoing.envelope;
+        ids.push(envelope.message_id);
+        types.push(envelope.message_type.as_str());
+        correlations.push(envelope.correlation_id.as_str());
+        causations.push(envelope.causation_id);
+        occurred.push(envelope.occurred_at);
+        traces.push(envelope.traceparent.as_deref());
+        payloads.push(&envelope.payload);
+        due.push(outgoing.deliver_after);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (message_id, message_type, correlation_id, causation_id, occurred_at, \
+                             traceparent, payload, deliver_after) \
+         SELECT id, type, correlation, causation, occurred, trace, payload, coalesce(due, now()) \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[], $6::text[], \
+                     $7::jsonb[], $8::timestamptz[]) \
+              AS m(id, type, correlation, causation, occurred, trace, payload, due)",
+    )
+    .bind(ids)
+    .bind(types)
+    .bind(correlations)
+    .bind(causations)
+    .bind(occurred)
+    .bind(traces)
+    .bind(payloads)
+    .bind(due)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Classifies a database error for a save: lost connections and deadlocks are worth retrying,
+/// serialization failures and duplicate keys are conflicts, other refusals are final.
+pub fn save_error(error: sqlx::Error) -> SaveError {
+    match &error {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // serialization_failure, unique_violation (two creators of one aggregate)
+            Some("40001" | "23505") => SaveError::Conflict,
+            // deadlock_detected, lock_not_available, admin shutdown and friends, query canceled
+            Some(code) if code == "40P01" || code == "55P03" || code.starts_with("57") || code.starts_with("08") => {
+                SaveError::Unavailable(Box::new(error))
+            }
+            _ => SaveError::Refused(Box::new(error)),
+        },
+        _ => SaveError::Unavailable(Box::new(error)),
+    }
+}
+
+/// The inbox table, read by the consumer runtime to skip messages already applied.
+#[derive(Clone)]
+pub struct PgInbox {
+    pool: PgPool,
+}
+
+impl PgInbox {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl Inbox for PgInbox {
+    async fn contains(&self, consumer: &str, message_id: Uuid) -> Result<bool, BoxError> {
+        let found: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2)")
+                .bind(consumer)
+                .bind(message_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(found)
+    }
+}

@@ -1,0 +1,221 @@
+//! The relay: moves committed outbox rows to the transport.
+//!
+//! It claims due rows with `FOR UPDATE SKIP LOCKED` (so relays of several instances share the
+//! table without publishing a row twice), publishes them, waits for the broker's confirms and
+//! only then stamps them sent, in the same transaction as the claim. A crash or a failed
+//! publish rolls the claim back and the rows are published again later: at-least-once, with
+//! duplicates absorbed by the consumers' inboxes.
+//!
+//! It sleeps until woken by the `outbox` notification (sent at commit by a trigger), by the due
+//! time of the next scheduled row, or by the periodic sweep that catches lost notifications.
+
+use crate::envelope::Envelope;
+use crate::transport::Transport;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Most rows claimed and published in one transaction.
+    pub batch_size: i64,
+    /// Longest sleep without a notification: bounds the delay of a lost notification.
+    pub sweep_interval: Duration,
+    /// How long sent rows are kept (for inspection) before deletion.
+    pub sent_retention: Duration,
+    /// How long inbox records are kept; must exceed the longest time a copy can arrive late.
+    pub inbox_retention: Duration,
+    pub cleanup_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            sweep_interval: Duration::from_secs(2),
+            sent_retention: Duration::from_secs(3600),
+            inbox_retention: Duration::from_secs(7 * 24 * 3600),
+            cleanup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Relay {
+    pool: PgPool,
+    transport: Arc<dyn Transport>,
+    config: RelayConfig,
+    /// Labels this relay's metrics and logs (the service name).
+    name: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox query failed: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("publish failed: {0}")]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("outbox row {0} holds an unreadable envelope: {1}")]
+    Corrupt(Uuid, String),
+}
+
+impl Relay {
+    pub fn new(name: &'static str, pool: PgPool, transport: Arc<dyn Transport>, config: RelayConfig) -> Self {
+        Self { pool, transport, config, name }
+    }
+
+    /// Runs until `shutdown`, then publishes what is due one last time and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = self.listen().await;
+        let mut failures = 0u32;
+        let mut next_cleanup = tokio::time::Instant::now();
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let pause = match self.publish_all_due().await {
+                Ok(()) => {
+                    failures = 0;
+                    self.time_to_next_due().await
+                }
+                Err(error) => {
+                    failures += 1;
+                    let pause = backoff(failures);
+                    tracing::warn!(relay = self.name, %error, retry_in = ?pause, "relay could not publish");
+                    pause
+                }
+            };
+            if tokio::time::Instant::now() >= next_cleanup {
+                self.clean_up().await;
+                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+                _ = wait_for_notification(&mut listener) => {}
+            }
+        }
+        if let Err(error) = self.publish_all_due().await {
+            tracing::warn!(relay = self.name, %error, "relay stopped with messages left to publish");
+        }
+        tracing::info!(relay = self.name, "relay stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen("outbox").await.ok()?;
+        Some(listener)
+    }
+
+    /// Publishes batches until nothing due is left.
+    pub async fn publish_all_due(&self) -> Result<(), RelayError> {
+        while self.publish_batch().await? == self.config.batch_size as usize {}
+        Ok(())
+    }
+
+    /// Claims, publishes and stamps one batch of due rows; returns how many.
+    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload \
+             FROM outbox WHERE sent_at IS NULL AND deliver_after <= now() \
+             ORDER BY deliver_after, seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
+        self.transport.publish(&envelopes).await?;
+        let ids: Vec<Uuid> = envelopes.iter().map(|e| e.message_id).collect();
+        sqlx::query("UPDATE outbox SET sent_at = now() WHERE message_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+
+        let now = Utc::now();
+        for envelope in &envelopes {
+            let lag = (now - envelope.occurred_at).to_std().unwrap_or_default();
+            metrics::histogram!("outbox_publish_lag_seconds", "service" => self.name).record(lag.as_secs_f64());
+        }
+        metrics::counter!("outbox_published_total", "service" => self.name).increment(envelopes.len() as u64);
+        Ok(envelopes.len())
+    }
+
+    /// How long to sleep before the next scheduled row is due (or the sweep interval).
+    async fn time_to_next_due(&self) -> Duration {
+        let next: Result<Option<DateTime<Utc>>, _> =
+            sqlx::query_scalar("SELECT min(deliver_after) FROM outbox WHERE sent_at IS NULL")
+                .fetch_one(&self.pool)
+                .await;
+        match next {
+            Ok(Some(due)) => {
+                // A due row we could not claim is being published by another relay: let it be.
+                let until_due = (due - Utc::now()).to_std().unwrap_or(self.config.sweep_interval);
+                until_due.min(self.config.sweep_interval)
+            }
+            _ => self.config.sweep_interval,
+        }
+    }
+
+    async fn clean_up(&self) {
+        let sent_before = Utc::now() - self.config.sent_retention;
+        let consumed_before = Utc::now() - self.config.inbox_retention;
+        let outcome = async {
+            let sent = sqlx::query("DELETE FROM outbox WHERE sent_at < $1").bind(sent_before).execute(&self.pool).await?;
+            let consumed =
+                sqlx::query("DELETE FROM inbox WHERE processed_at < $1").bind(consumed_before).execute(&self.pool).await?;
+            Ok::<_, sqlx::Error>((sent.rows_affected(), consumed.rows_affected()))
+        }
+        .await;
+        match outcome {
+            Ok((0, 0)) => {}
+            Ok((sent, consumed)) => tracing::debug!(relay = self.name, sent, consumed, "cleaned up old outbox and inbox rows"),
+            Err(error) => tracing::warn!(relay = self.name, %error, "outbox cleanup failed"),
+        }
+    }
+}
+
+/// Resolves at the next notification. Without a listener (or once it lost its connection,
+/// when notifications may have been missed) it resolves at once so the caller sweeps.
+async fn wait_for_notification(listener: &mut Option<PgListener>) {
+    let Some(active) = listener else {
+        return std::future::pending().await;
+    };
+    match active.try_recv().await {
+        Ok(Some(_)) => {
+            // Coalesce the notifications already buffered: one sweep serves them all.
+            while active.next_buffered().is_some() {}
+        }
+        Ok(None) => {} // reconnected: notifications may have been lost, so sweep
+        Err(error) => {
+            tracing::warn!(%error, "outbox listener failed; relying on the periodic sweep");
+            *listener = None;
+        }
+    }
+}
+
+fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, RelayError> {
+    let read = || -> Result<Envelope, sqlx::Error> {
+        Ok(Envelope {
+            message_id: row.try_get("message_id")?,
+            message_type: row.try_get("message_type")?,
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            occurred_at: row.try_get("occurred_at")?,
+            traceparent: row.try_get("traceparent")?,
+            payload: row.try_get("payload")?,
+        })
+    };
+    read().map_err(|error| RelayError::Corrupt(row.try_get("message_id").unwrap_or_default(), error.to_string()))
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis((50u64 << failures.min(7)).min(5_000))
+}

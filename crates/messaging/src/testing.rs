@@ -1,0 +1,68 @@
+//! Test support: a fresh PostgreSQL database per test and unique broker names per test, both
+//! removed when the test ends, so tests run in parallel against the real servers.
+
+use crate::transport::Naming;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+/// Server URL used by tests; `TEST_DATABASE_URL` overrides it.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Broker URL used by tests; `TEST_AMQP_URL` overrides it.
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A database that exists for the lifetime of this value.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    /// Creates an empty database and runs `migrator` (with the messaging tables) on it.
+    pub async fn new(migrator: &Migrator) -> Self {
+        let db = Self::empty().await;
+        crate::postgres::with_messaging_migrations(migrator).run(&db.pool).await.expect("migrations run");
+        db
+    }
+
+    /// Creates an empty database, for tests that run the migrations themselves.
+    pub async fn empty() -> Self {
+        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+        let url = format!("{}/{name}", server_url());
+        let pool = crate::postgres::connect(&url, 8).await.expect("test database created");
+        Self { name, url, pool }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = format!("{}/postgres", server_url());
+        let name = self.name.clone();
+        // Drop runs outside async: use a private runtime on a plain thread.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
+                    .execute(&mut admin)
+                    .await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// Broker names no other test uses.
+pub fn unique_naming() -> Naming {
+    Naming::new(format!("test-{}", uuid::Uuid::now_v7().simple()))
+}

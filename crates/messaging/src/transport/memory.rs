@@ -1,0 +1,297 @@
+//! In-memory transport: the same routing and ack semantics as the RabbitMQ adapter, in one
+//! process. Used by fast tests and by the single-process mode.
+
+use super::{
+    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError,
+    error_queue_of,
+};
+use crate::envelope::Envelope;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+#[derive(Clone, Default)]
+pub struct MemoryTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    failing_publishes: AtomicU32,
+}
+
+#[derive(Default)]
+struct State {
+    /// message type -> queues bound to it
+    bindings: HashMap<String, BTreeSet<String>>,
+    queues: HashMap<String, Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<Queued>,
+    available: Arc<Notify>,
+}
+
+#[derive(Clone)]
+struct Queued {
+    message: Result<Envelope, String>,
+    redelivered: bool,
+    failure: Option<(Failure, DateTime<Utc>, String)>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("memory transport state poisoned")
+    }
+
+    fn push(&self, queue: &str, item: Queued, front: bool) {
+        let mut state = self.state();
+        let queue = state.queues.entry(queue.to_owned()).or_default();
+        if front {
+            queue.ready.push_front(item);
+        } else {
+            queue.ready.push_back(item);
+        }
+        queue.available.notify_waiters();
+    }
+}
+
+impl MemoryTransport {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `count` publish calls fail as if the broker had refused them.
+    pub fn fail_next_publishes(&self, count: u32) {
+        self.inner.failing_publishes.store(count, Ordering::SeqCst);
+    }
+
+    /// Puts a delivery straight into a queue, e.g. one whose envelope cannot be read.
+    pub fn inject(&self, queue: &str, message: Result<Envelope, String>) {
+        self.inner.push(queue, Queued { message, redelivered: false, failure: None }, false);
+    }
+
+    /// How many messages wait in a queue (not counting unacknowledged ones).
+    pub fn ready_count(&self, queue: &str) -> usize {
+        self.inner.state().queues.get(queue).map_or(0, |q| q.ready.len())
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    async fn publish(&self, messages: &[Envelope]) -> Result<(), TransportError> {
+        let refuse = self
+            .inner
+            .failing_publishes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            return Err(TransportError::Nacked("injected publish failure".into()));
+        }
+        for message in messages {
+            let queues = self.inner.state().bindings.get(&message.message_type).cloned().unwrap_or_default();
+            for queue in queues {
+                let item = Queued { message: Ok(message.clone()), redelivered: false, failure: None };
+                self.inner.push(&queue, item, false);
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, spec: &QueueSpec) -> Result<Deliveries, TransportError> {
+        {
+            let mut state = self.inner.state();
+            state.queues.entry(spec.name.clone()).or_default();
+            state.queues.entry(spec.error_queue()).or_default();
+            for message_type in &spec.message_types {
+                state.bindings.entry(message_type.clone()).or_default().insert(spec.name.clone());
+            }
+        }
+        let permits = Arc::new(Semaphore::new(spec.prefetch.max(1).into()));
+        let source = (self.inner.clone(), spec.name.clone(), permits);
+        let deliveries = futures::stream::unfold(source, |(inner, queue, permits)| async move {
+            let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+            let available = inner.state().queues.get(&queue).expect("declared above").available.clone();
+            loop {
+                let notified = available.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let next = inner.state().queues.get_mut(&queue).and_then(|q| q.ready.pop_front());
+                if let Some(item) = next {
+                    let settle = MemorySettle {
+                        inner: inner.clone(),
+                        queue: queue.clone(),
+                        item: Some(item.clone()),
+                        _permit: permit,
+                    };
+                    let delivery = Delivery::new(item.message, item.redelivered, Box::new(settle));
+                    return Some((delivery, (inner, queue, permits)));
+                }
+                notified.await;
+            }
+        });
+        Ok(Box::pin(deliveries))
+    }
+
+    async fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+struct MemorySettle {
+    inner: Arc<Inner>,
+    queue: String,
+    /// `None` once settled; an unsettled delivery goes back to the head of its queue on drop.
+    item: Option<Queued>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl Settle for MemorySettle {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.item = None;
+        Ok(())
+    }
+
+    async fn dead_letter(mut self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
+        let mut item = self.item.take().expect("settled once");
+        item.failure = Some((failure, Utc::now(), self.queue.clone()));
+        item.redelivered = false;
+        self.inner.push(&error_queue_of(&self.queue), item, false);
+        Ok(())
+    }
+}
+
+impl Drop for MemorySettle {
+    fn drop(&mut self) {
+        if let Some(mut item) = self.item.take() {
+            item.redelivered = true;
+            self.inner.push(&self.queue, item, true);
+        }
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryTransport {
+    async fn error_queues(&self) -> Result<Vec<String>, TransportError> {
+        let mut names: Vec<_> =
+            self.inner.state().queues.keys().filter(|name| name.ends_with(".error")).cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn list(&self, error_queue: &str) -> Result<Vec<DeadLetter>, TransportError> {
+        let state = self.inner.state();
+        let Some(queue) = state.queues.get(error_queue) else { return Ok(Vec::new()) };
+        Ok(queue.ready.iter().map(|item| dead_letter_view(error_queue, item)).collect())
+    }
+
+    async fn replay(&self, error_queue: &str) -> Result<usize, TransportError> {
+        let items: Vec<Queued> = {
+            let mut state = self.inner.state();
+            let Some(queue) = state.queues.get_mut(error_queue) else { return Ok(0) };
+            queue.ready.drain(..).collect()
+        };
+        let count = items.len();
+        for mut item in items {
+            let original = match item.failure.take() {
+                Some((_, _, original)) => original,
+                None => error_queue.trim_end_matches(".error").to_owned(),
+            };
+            self.inner.push(&original, item, false);
+        }
+        Ok(count)
+    }
+
+    async fn purge(&self, error_queue: &str) -> Result<usize, TransportError> {
+        let mut state = self.inner.state();
+        Ok(state.queues.get_mut(error_queue).map_or(0, |queue| queue.ready.drain(..).count()))
+    }
+}
+
+fn dead_letter_view(error_queue: &str, item: &Queued) -> DeadLetter {
+    let (reason, attempts, failed_at) = match &item.failure {
+        Some((failure, at, _)) => (failure.reason.clone(), failure.attempts, Some(*at)),
+        None => ("unknown".to_owned(), 0, None),
+    };
+    let (message_id, message_type, body) = match &item.message {
+        Ok(envelope) => (
+            Some(envelope.message_id.to_string()),
+            Some(envelope.message_type.clone()),
+            envelope.payload.to_string(),
+        ),
+        Err(raw) => (None, None, raw.clone()),
+    };
+    DeadLetter { queue: error_queue.to_owned(), message_id, message_type, reason, attempts, failed_at, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Causation, TraceParent};
+    use contracts::order::OrderShipped;
+    use futures::StreamExt;
+    use uuid::Uuid;
+
+    fn spec(name: &str, prefetch: u16) -> QueueSpec {
+        QueueSpec { name: name.into(), message_types: vec!["order.shipped.v1".into()], prefetch }
+    }
+
+    fn shipped() -> Envelope {
+        Causation::root("order", TraceParent::new_root()).envelope(&OrderShipped { order_id: Uuid::now_v7() })
+    }
+
+    #[tokio::test]
+    async fn an_unacked_delivery_comes_back_flagged_as_redelivered() {
+        let transport = MemoryTransport::new();
+        let mut deliveries = transport.consume(&spec("q", 1)).await.unwrap();
+        let message = shipped();
+        transport.publish(std::slice::from_ref(&message)).await.unwrap();
+
+        let first = deliveries.next().await.unwrap();
+        assert!(!first.redelivered);
+        drop(first);
+        let again = deliveries.next().await.unwrap();
+        assert!(again.redelivered);
+        assert_eq!(again.message.as_ref().unwrap(), &message);
+        again.ack().await.unwrap();
+        assert_eq!(transport.ready_count("q"), 0);
+    }
+
+    #[tokio::test]
+    async fn prefetch_bounds_unacknowledged_deliveries() {
+        let transport = MemoryTransport::new();
+        let mut deliveries = transport.consume(&spec("q", 1)).await.unwrap();
+        transport.publish(&[shipped(), shipped()]).await.unwrap();
+        let first = deliveries.next().await.unwrap();
+        let blocked = tokio::time::timeout(std::time::Duration::from_millis(20), deliveries.next()).await;
+        assert!(blocked.is_err(), "a second delivery arrived while the first was unacked");
+        first.ack().await.unwrap();
+        assert!(deliveries.next().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn dead_letters_can_be_listed_replayed_and_purged() {
+        let transport = MemoryTransport::new();
+        let mut deliveries = transport.consume(&spec("q", 10)).await.unwrap();
+        transport.publish(&[shipped(), shipped()]).await.unwrap();
+        for _ in 0..2 {
+            let delivery = deliveries.next().await.unwrap();
+            delivery.dead_letter(Failure { reason: "boom".into(), attempts: 3 }).await.unwrap();
+        }
+        let listed = transport.list("q.error").await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!((listed[0].reason.as_str(), listed[0].attempts), ("boom", 3));
+
+        assert_eq!(transport.replay("q.error").await.unwrap(), 2);
+        let replayed = deliveries.next().await.unwrap();
+        replayed.dead_letter(Failure { reason: "again".into(), attempts: 1 }).await.unwrap();
+        assert_eq!(transport.purge("q.error").await.unwrap(), 1);
+        assert!(transport.list("q.error").await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,149 @@
+//! What a handler hands its store to commit atomically beside the aggregate: the messages it
+//! produced (the outbox side), the scheduled messages it cancels, and the message it consumed
+//! (the inbox side). No I/O here; the PostgreSQL adapter is [`crate::postgres`].
+
+use crate::envelope::Envelope;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::error::Error as StdError;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A message to send once the transaction commits, possibly not before a given time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub envelope: Envelope,
+    pub deliver_after: Option<DateTime<Utc>>,
+}
+
+/// The message being handled, recorded so that a second copy is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consumed<'a> {
+    pub consumer: &'a str,
+    pub message_id: Uuid,
+}
+
+/// Everything a unit of work commits besides the aggregate itself.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Effects<'a> {
+    pub outgoing: Vec<Outgoing>,
+    /// Ids of scheduled messages to withdraw (if not sent yet).
+    pub cancelled: Vec<Uuid>,
+    pub consumed: Option<Consumed<'a>>,
+}
+
+impl<'a> Effects<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Effects of handling `message_id` as `consumer`.
+    pub fn consuming(consumer: &'a str, message_id: Uuid) -> Self {
+        Self { consumed: Some(Consumed { consumer, message_id }), ..Self::default() }
+    }
+
+    pub fn send(&mut self, envelope: Envelope) -> &mut Self {
+        self.outgoing.push(Outgoing { envelope, deliver_after: None });
+        self
+    }
+
+    pub fn schedule(&mut self, envelope: Envelope, deliver_after: DateTime<Utc>) -> &mut Self {
+        self.outgoing.push(Outgoing { envelope, deliver_after: Some(deliver_after) });
+        self
+    }
+
+    pub fn cancel_scheduled(&mut self, message_id: Uuid) -> &mut Self {
+        self.cancelled.push(message_id);
+        self
+    }
+}
+
+/// Why an atomic save did not happen. Nothing of it was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// Someone else saved the aggregate since it was loaded: load again and retry.
+    #[error("the aggregate was changed concurrently")]
+    Conflict,
+    /// The consumed message was already applied: acknowledge it and move on.
+    #[error("message already consumed")]
+    AlreadyConsumed,
+    /// The database could not be reached or gave up (connection, timeout, deadlock).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// The database refused the write (a constraint); retrying will not help.
+    #[error("database refused the write: {0}")]
+    Refused(#[source] BoxError),
+}
+
+/// Whether an error means "load again and retry": an optimistic-concurrency conflict.
+pub trait IsConflict {
+    fn is_conflict(&self) -> bool;
+}
+
+impl IsConflict for SaveError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, SaveError::Conflict)
+    }
+}
+
+/// Runs `attempt` again while it fails with a conflict, with a short randomized pause so that
+/// contenders spread out. Conflicts mean another writer made progress, so the budget is generous.
+pub async fn retry_on_conflict<T, E: IsConflict>(mut attempt: impl AsyncFnMut() -> Result<T, E>) -> Result<T, E> {
+    const MAX_ATTEMPTS: u32 = 50;
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(error) if error.is_conflict() && tries < MAX_ATTEMPTS => {
+                metrics::counter!("concurrency_conflicts_total").increment(1);
+                let ceiling_ms = 2u64 << tries.min(6);
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling_ms * 1000))).await;
+                tries += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Read side of the inbox: lets the consumer runtime skip a copy it has already applied.
+#[async_trait]
+pub trait Inbox: Send + Sync {
+    async fn contains(&self, consumer: &str, message_id: Uuid) -> Result<bool, BoxError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Conflict;
+    impl IsConflict for Conflict {
+        fn is_conflict(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_until_success() {
+        let mut calls = 0;
+        let result = retry_on_conflict(async || {
+            calls += 1;
+            if calls < 3 { Err(Conflict) } else { Ok(calls) }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_returned_at_once() {
+        let mut calls = 0;
+        let result: Result<(), SaveError> = retry_on_conflict(async || {
+            calls += 1;
+            Err(SaveError::AlreadyConsumed)
+        })
+        .await;
+        assert!(matches!(result, Err(SaveError::AlreadyConsumed)));
+        assert_eq!(calls, 1);
+    }
+}
