@@ -1,0 +1,369 @@
+use kernel::{Money, OrderId, ProductId, Quantity};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A product's name: non-empty, bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductName(String);
+
+impl ProductName {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn new(text: impl Into<String>) -> Result<Self, ProductError> {
+        let text = text.into().trim().to_owned();
+        match text.chars().count() {
+            0 => Err(ProductError::EmptyName),
+            n if n > Self::MAX_CHARS => Err(ProductError::NameTooLong(n)),
+            _ => Ok(Self(text)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProductName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What happened to a product. Reservation events also tell the store which reservation rows
+/// to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProductEvent {
+    Created { product_id: ProductId, name: ProductName, price: Money, stock: u32 },
+    Restocked { product_id: ProductId, quantity: Quantity, stock: u32 },
+    PriceChanged { product_id: ProductId, name: ProductName, price: Money },
+    StockReserved { product_id: ProductId, order_id: OrderId, quantity: Quantity },
+    StockReleased { product_id: ProductId, order_id: OrderId, quantity: Quantity },
+    StockDeducted { product_id: ProductId, order_id: OrderId, quantity: Quantity },
+}
+
+/// A rule of the product that a command would break.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProductError {
+    #[error("a product name must not be empty")]
+    EmptyName,
+    #[error("a product name is at most {max} characters (got {0})", max = ProductName::MAX_CHARS)]
+    NameTooLong(usize),
+    #[error("the description is at most {max} characters (got {0})", max = Product::MAX_DESCRIPTION_CHARS)]
+    DescriptionTooLong(usize),
+    #[error("a price must be greater than zero")]
+    PriceNotPositive,
+    #[error("stock would exceed {max} units", max = Product::MAX_STOCK)]
+    StockTooLarge,
+    #[error("not enough stock of product {product_id}: {requested} requested, {available} available")]
+    InsufficientStock { product_id: ProductId, requested: u32, available: u32 },
+    #[error("order {order_id} already holds a reservation of product {product_id}")]
+    AlreadyReserved { product_id: ProductId, order_id: OrderId },
+    #[error("order {order_id} holds no reservation of product {product_id} to deduct")]
+    NoReservation { product_id: ProductId, order_id: OrderId },
+}
+
+/// The `Product` aggregate: a catalog item with its stock and the units held for orders.
+///
+/// Invariants: the reserved units (the sum of the reservations) never exceed the stock; each
+/// order holds at most one reservation; stock never goes below zero (it is unsigned, and only
+/// a deduction of reserved units lowers it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    id: ProductId,
+    name: ProductName,
+    description: String,
+    price: Money,
+    stock: u32,
+    reservations: BTreeMap<OrderId, Quantity>,
+    version: i64,
+    events: Vec<ProductEvent>,
+}
+
+impl Product {
+    pub const MAX_DESCRIPTION_CHARS: usize = 2000;
+    pub const MAX_STOCK: u32 = 1_000_000_000;
+
+    pub fn create(
+        id: ProductId,
+        name: ProductName,
+        description: String,
+        price: Money,
+        stock: u32,
+    ) -> Result<Self, ProductError> {
+        let description = description.trim().to_owned();
+        let chars = description.chars().count();
+        if chars > Self::MAX_DESCRIPTION_CHARS {
+            return Err(ProductError::DescriptionTooLong(chars));
+        }
+        if price.is_zero() {
+            return Err(ProductError::PriceNotPositive);
+        }
+        if stock > Self::MAX_STOCK {
+            return Err(ProductError::StockTooLarge);
+        }
+        let created = ProductEvent::Created { product_id: id, name: name.clone(), price, stock };
+        Ok(Self {
+            id,
+            name,
+            description,
+            price,
+            stock,
+            reservations: BTreeMap::new(),
+            version: 0,
+            events: vec![created],
+        })
+    }
+
+    /// Rebuilds a product from storage.
+    pub fn restore(
+        id: ProductId,
+        name: ProductName,
+        description: String,
+        price: Money,
+        stock: u32,
+        reservations: BTreeMap<OrderId, Quantity>,
+        version: i64,
+    ) -> Self {
+        Self { id, name, description, price, stock, reservations, version, events: Vec::new() }
+    }
+
+    pub fn restock(&mut self, quantity: Quantity) -> Result<(), ProductError> {
+        let stock = self.stock.checked_add(quantity.get()).filter(|s| *s <= Self::MAX_STOCK);
+        self.stock = stock.ok_or(ProductError::StockTooLarge)?;
+        self.events.push(ProductEvent::Restocked { product_id: self.id, quantity, stock: self.stock });
+        Ok(())
+    }
+
+    /// Sets a new price; setting the current price again changes nothing and raises nothing.
+    pub fn change_price(&mut self, price: Money) -> Result<(), ProductError> {
+        if price.is_zero() {
+            return Err(ProductError::PriceNotPositive);
+        }
+        if price != self.price {
+            self.price = price;
+            self.events.push(ProductEvent::PriceChanged { product_id: self.id, name: self.name.clone(), price });
+        }
+        Ok(())
+    }
+
+    /// Holds `quantity` units for an order, if that many are available and the order holds none yet.
+    pub fn reserve(&mut self, order_id: OrderId, quantity: Quantity) -> Result<(), ProductError> {
+        if self.reservations.contains_key(&order_id) {
+            return Err(ProductError::AlreadyReserved { product_id: self.id, order_id });
+        }
+        let available = self.available();
+        if quantity.get() > available {
+            return Err(ProductError::InsufficientStock { product_id: self.id, requested: quantity.get(), available });
+        }
+        self.reservations.insert(order_id, quantity);
+        self.events.push(ProductEvent::StockReserved { product_id: self.id, order_id, quantity });
+        Ok(())
+    }
+
+    /// Gives back what an order holds; returns the units released (none if it held nothing,
+    /// which makes releasing safe to repeat).
+    pub fn release(&mut self, order_id: OrderId) -> Option<Quantity> {
+        let quantity = self.reservations.remove(&order_id)?;
+        self.events.push(ProductEvent::StockReleased { product_id: self.id, order_id, quantity });
+        Some(quantity)
+    }
+
+    /// Takes an order's reserved units out of stock (the order shipped).
+    pub fn deduct(&mut self, order_id: OrderId) -> Result<Quantity, ProductError> {
+        let quantity = self
+            .reservations
+            .remove(&order_id)
+            .ok_or(ProductError::NoReservation { product_id: self.id, order_id })?;
+        // Reserved units never exceed stock, so this cannot underflow.
+        self.stock -= quantity.get();
+        self.events.push(ProductEvent::StockDeducted { product_id: self.id, order_id, quantity });
+        Ok(quantity)
+    }
+
+    pub fn take_events(&mut self) -> Vec<ProductEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn id(&self) -> ProductId {
+        self.id
+    }
+    pub fn name(&self) -> &ProductName {
+        &self.name
+    }
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    pub fn price(&self) -> Money {
+        self.price
+    }
+    pub fn stock(&self) -> u32 {
+        self.stock
+    }
+    /// Units held for orders.
+    pub fn reserved(&self) -> u32 {
+        self.reservations.values().map(|q| q.get()).sum()
+    }
+    /// Units that can still be reserved.
+    pub fn available(&self) -> u32 {
+        self.stock - self.reserved()
+    }
+    pub fn reservations(&self) -> &BTreeMap<OrderId, Quantity> {
+        &self.reservations
+    }
+    pub fn reservation_of(&self, order_id: OrderId) -> Option<Quantity> {
+        self.reservations.get(&order_id).copied()
+    }
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qty(units: i64) -> Quantity {
+        Quantity::new(units).unwrap()
+    }
+
+    fn product(stock: u32) -> Product {
+        let mut product = Product::create(
+            ProductId::new(1).unwrap(),
+            ProductName::new("Kettle").unwrap(),
+            "Boils water".into(),
+            "24.90".parse().unwrap(),
+            stock,
+        )
+        .unwrap();
+        product.take_events();
+        product
+    }
+
+    fn assert_invariants(product: &Product) {
+        assert!(product.reserved() <= product.stock(), "reserved {} > stock {}", product.reserved(), product.stock());
+    }
+
+    #[test]
+    fn a_product_needs_a_name_and_a_positive_price() {
+        assert_eq!(ProductName::new("  "), Err(ProductError::EmptyName));
+        assert_eq!(ProductName::new("x".repeat(201)), Err(ProductError::NameTooLong(201)));
+        let zero = Product::create(ProductId::new(1).unwrap(), ProductName::new("Free").unwrap(), String::new(), Money::ZERO, 1);
+        assert_eq!(zero, Err(ProductError::PriceNotPositive));
+    }
+
+    #[test]
+    fn stock_may_start_at_zero_but_not_beyond_the_maximum() {
+        assert_eq!(product(0).available(), 0);
+        let huge = Product::create(
+            ProductId::new(1).unwrap(),
+            ProductName::new("Sand").unwrap(),
+            String::new(),
+            "1".parse().unwrap(),
+            Product::MAX_STOCK + 1,
+        );
+        assert_eq!(huge, Err(ProductError::StockTooLarge));
+    }
+
+    #[test]
+    fn restocking_adds_units() {
+        let mut product = product(2);
+        product.restock(qty(5)).unwrap();
+        assert_eq!(product.stock(), 7);
+        assert_eq!(
+            product.take_events(),
+            vec![ProductEvent::Restocked { product_id: product.id(), quantity: qty(5), stock: 7 }]
+        );
+    }
+
+    #[test]
+    fn restocking_past_the_maximum_is_refused() {
+        let mut product = product(Product::MAX_STOCK);
+        assert_eq!(product.restock(qty(1)), Err(ProductError::StockTooLarge));
+        assert_eq!(product.stock(), Product::MAX_STOCK);
+    }
+
+    #[test]
+    fn changing_the_price_raises_an_event_only_when_it_changes() {
+        let mut product = product(1);
+        product.change_price("24.90".parse().unwrap()).unwrap();
+        assert!(product.take_events().is_empty());
+        product.change_price("19.90".parse().unwrap()).unwrap();
+        assert_eq!(product.price().to_string(), "19.90");
+        assert_eq!(product.take_events().len(), 1);
+        assert_eq!(product.change_price(Money::ZERO), Err(ProductError::PriceNotPositive));
+    }
+
+    #[test]
+    fn reserving_holds_units_until_the_stock_is_spoken_for() {
+        let mut product = product(5);
+        let (a, b, c) = (OrderId::generate(), OrderId::generate(), OrderId::generate());
+        product.reserve(a, qty(3)).unwrap();
+        product.reserve(b, qty(2)).unwrap();
+        assert_eq!((product.reserved(), product.available()), (5, 0));
+        assert_eq!(
+            product.reserve(c, qty(1)),
+            Err(ProductError::InsufficientStock { product_id: product.id(), requested: 1, available: 0 })
+        );
+        assert_invariants(&product);
+    }
+
+    #[test]
+    fn an_order_holds_at_most_one_reservation_per_product() {
+        let mut product = product(5);
+        let order = OrderId::generate();
+        product.reserve(order, qty(1)).unwrap();
+        assert_eq!(product.reserve(order, qty(1)), Err(ProductError::AlreadyReserved { product_id: product.id(), order_id: order }));
+        assert_eq!(product.reserved(), 1);
+    }
+
+    #[test]
+    fn releasing_gives_units_back_and_is_safe_to_repeat() {
+        let mut product = product(5);
+        let order = OrderId::generate();
+        product.reserve(order, qty(4)).unwrap();
+        product.take_events();
+        assert_eq!(product.release(order), Some(qty(4)));
+        assert_eq!(product.release(order), None);
+        assert_eq!((product.stock(), product.reserved()), (5, 0));
+        assert_eq!(product.take_events().len(), 1, "a release of nothing raised an event");
+    }
+
+    #[test]
+    fn deducting_takes_exactly_the_reserved_units_out_of_stock() {
+        let mut product = product(5);
+        let (shipped, other) = (OrderId::generate(), OrderId::generate());
+        product.reserve(shipped, qty(3)).unwrap();
+        product.reserve(other, qty(1)).unwrap();
+        assert_eq!(product.deduct(shipped), Ok(qty(3)));
+        assert_eq!((product.stock(), product.reserved(), product.available()), (2, 1, 1));
+        assert_invariants(&product);
+    }
+
+    #[test]
+    fn deducting_without_a_reservation_is_refused() {
+        let mut product = product(5);
+        let order = OrderId::generate();
+        assert_eq!(product.deduct(order), Err(ProductError::NoReservation { product_id: product.id(), order_id: order }));
+        assert_eq!(product.stock(), 5);
+    }
+
+    #[test]
+    fn any_sequence_of_operations_keeps_the_invariants() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let orders: Vec<OrderId> = (0..6).map(|_| OrderId::generate()).collect();
+        let mut product = product(10);
+        for _ in 0..5_000 {
+            let order = orders[rng.usize(..orders.len())];
+            let _ = match rng.u8(..4) {
+                0 => product.reserve(order, qty(rng.i64(1..5))),
+                1 => {
+                    product.release(order);
+                    Ok(())
+                }
+                2 => product.deduct(order).map(drop),
+                _ => product.restock(qty(rng.i64(1..3))),
+            };
+            assert_invariants(&product);
+        }
+    }
+}
