@@ -4,6 +4,9 @@
 //! shape gets a new type (`.v2`) beside the old one, never an edit in place. Bodies are JSON with
 //! camelCase fields; money is an exact decimal written as a string. Readers ignore fields they do
 //! not know, so adding an optional field is not a breaking change.
+//!
+//! Only messages that some consumer handles are defined here: publishing is confirmed only once
+//! a message reached a queue, so a type nobody is bound for would never leave the outbox.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -65,21 +68,6 @@ pub mod order {
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(rename_all = "camelCase")]
-    pub struct OrderConfirmed {
-        pub order_id: Uuid,
-    }
-    message!(OrderConfirmed, "order.confirmed.v1");
-
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    pub struct OrderRejected {
-        pub order_id: Uuid,
-        pub reason: String,
-    }
-    message!(OrderRejected, "order.rejected.v1");
-
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    #[serde(rename_all = "camelCase")]
     pub struct OrderShipped {
         pub order_id: Uuid,
     }
@@ -113,16 +101,6 @@ pub mod product {
         pub version: i64,
     }
     message!(ProductPriceChanged, "product.price-changed.v1");
-
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    pub struct ProductRestocked {
-        pub product_id: i64,
-        pub quantity: u32,
-        pub stock: u32,
-        pub version: i64,
-    }
-    message!(ProductRestocked, "product.restocked.v1");
 }
 
 /// Messages of the stock reservation: commands and replies inside inventory, outcomes for orders.
@@ -219,12 +197,9 @@ pub fn samples() -> Vec<(&'static str, serde_json::Value)> {
             reason: "changed my mind".into(),
             cancelled_from: order::CancelledFrom::Placed,
         }),
-        sample(order::OrderConfirmed { order_id }),
-        sample(order::OrderRejected { order_id, reason: "insufficient stock".into() }),
         sample(order::OrderShipped { order_id }),
         sample(product::ProductCreated { product_id: 1, name: "Kettle".into(), price, stock: 5, version: 1 }),
         sample(product::ProductPriceChanged { product_id: 1, name: "Kettle".into(), price, version: 2 }),
-        sample(product::ProductRestocked { product_id: 1, quantity: 3, stock: 8, version: 3 }),
         sample(inventory::ReserveStock { order_id, product_id: 1, quantity: 2 }),
         sample(inventory::ReleaseStock { order_id, product_id: 1 }),
         sample(inventory::DeductStock { order_id, product_id: 1 }),
@@ -267,6 +242,6 @@ mod tests {
         let added = serde_json::json!({ "orderId": Uuid::nil(), "carrier": "post" });
         assert!(serde_json::from_value::<order::OrderShipped>(added).is_ok());
         let missing = serde_json::json!({ "orderId": Uuid::nil() });
-        assert!(serde_json::from_value::<order::OrderRejected>(missing).is_err());
+        assert!(serde_json::from_value::<order::OrderCancelled>(missing).is_err());
     }
 }

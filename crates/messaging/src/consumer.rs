@@ -146,8 +146,9 @@ impl Consumer {
             });
             while in_flight.try_join_next().is_some() {}
         }
-        drop(deliveries);
+        // Settle what is in flight while the deliveries (and their channel) are still open.
         while in_flight.join_next().await.is_some() {}
+        drop(deliveries);
         tracing::info!(queue = %self.queue.name, "consumer stopped");
     }
 }

@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(trace(&next), trace(&first));
         assert_eq!(next.decode::<OrderShipped>().unwrap().order_id, Uuid::nil());
         assert!(matches!(
-            next.decode::<contracts::order::OrderConfirmed>(),
+            next.decode::<contracts::order::OrderPlaced>(),
             Err(DecodeError::WrongType { .. })
         ));
     }

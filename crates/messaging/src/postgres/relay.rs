@@ -76,26 +76,30 @@ impl Relay {
             if listener.is_none() {
                 listener = self.listen().await;
             }
-            let pause = match self.publish_all_due().await {
-                Ok(()) => {
-                    failures = 0;
-                    self.time_to_next_due().await
-                }
-                Err(error) => {
-                    failures += 1;
-                    let pause = backoff(failures);
-                    tracing::warn!(relay = self.name, %error, retry_in = ?pause, "relay could not publish");
-                    pause
-                }
-            };
             if tokio::time::Instant::now() >= next_cleanup {
                 self.clean_up().await;
                 next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
-                _ = wait_for_notification(&mut listener) => {}
+            match self.publish_all_due().await {
+                Ok(()) => {
+                    failures = 0;
+                    let pause = self.time_to_next_due().await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = wait_for_notification(&mut listener) => {}
+                    }
+                }
+                Err(error) => {
+                    // Back off without listening: new commits must not hammer a broker that is down.
+                    failures += 1;
+                    let pause = backoff(failures);
+                    tracing::warn!(relay = self.name, %error, retry_in = ?pause, "relay could not publish");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
             }
         }
         if let Err(error) = self.publish_all_due().await {
@@ -145,6 +149,7 @@ impl Relay {
             metrics::histogram!("outbox_publish_lag_seconds", "service" => self.name).record(lag.as_secs_f64());
         }
         metrics::counter!("outbox_published_total", "service" => self.name).increment(envelopes.len() as u64);
+        tracing::debug!(relay = self.name, count = envelopes.len(), "published");
         Ok(envelopes.len())
     }
 

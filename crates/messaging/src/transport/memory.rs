@@ -93,8 +93,15 @@ impl Transport for MemoryTransport {
         if refuse {
             return Err(TransportError::Nacked("injected publish failure".into()));
         }
+        let mut routes = Vec::with_capacity(messages.len());
         for message in messages {
             let queues = self.inner.state().bindings.get(&message.message_type).cloned().unwrap_or_default();
+            if queues.is_empty() {
+                return Err(TransportError::Unroutable(format!("no queue is bound for {}", message.message_type)));
+            }
+            routes.push(queues);
+        }
+        for (message, queues) in messages.iter().zip(routes) {
             for queue in queues {
                 let item = Queued { message: Ok(message.clone()), redelivered: false, failure: None };
                 self.inner.push(&queue, item, false);
@@ -103,15 +110,18 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
-    async fn consume(&self, spec: &QueueSpec) -> Result<Deliveries, TransportError> {
-        {
-            let mut state = self.inner.state();
-            state.queues.entry(spec.name.clone()).or_default();
-            state.queues.entry(spec.error_queue()).or_default();
-            for message_type in &spec.message_types {
-                state.bindings.entry(message_type.clone()).or_default().insert(spec.name.clone());
-            }
+    async fn declare(&self, spec: &QueueSpec) -> Result<(), TransportError> {
+        let mut state = self.inner.state();
+        state.queues.entry(spec.name.clone()).or_default();
+        state.queues.entry(spec.error_queue()).or_default();
+        for message_type in &spec.message_types {
+            state.bindings.entry(message_type.clone()).or_default().insert(spec.name.clone());
         }
+        Ok(())
+    }
+
+    async fn consume(&self, spec: &QueueSpec) -> Result<Deliveries, TransportError> {
+        self.declare(spec).await?;
         let permits = Arc::new(Semaphore::new(spec.prefetch.max(1).into()));
         let source = (self.inner.clone(), spec.name.clone(), permits);
         let deliveries = futures::stream::unfold(source, |(inner, queue, permits)| async move {
@@ -178,13 +188,6 @@ impl Drop for MemorySettle {
 
 #[async_trait]
 impl DeadLetters for MemoryTransport {
-    async fn error_queues(&self) -> Result<Vec<String>, TransportError> {
-        let mut names: Vec<_> =
-            self.inner.state().queues.keys().filter(|name| name.ends_with(".error")).cloned().collect();
-        names.sort();
-        Ok(names)
-    }
-
     async fn list(&self, error_queue: &str) -> Result<Vec<DeadLetter>, TransportError> {
         let state = self.inner.state();
         let Some(queue) = state.queues.get(error_queue) else { return Ok(Vec::new()) };

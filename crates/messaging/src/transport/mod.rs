@@ -18,6 +18,9 @@ pub enum TransportError {
     Unavailable(String),
     #[error("broker refused the message (negative confirm): {0}")]
     Nacked(String),
+    /// No queue is bound for the message's type (yet): publishing it now would lose it.
+    #[error("message unroutable: {0}")]
+    Unroutable(String),
     #[error("broker error: {0}")]
     Broker(String),
 }
@@ -70,11 +73,16 @@ impl Naming {
 
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// Publishes every message and returns once the broker has confirmed all of them.
-    /// On error, any subset may have been delivered: callers publish again (consumers dedupe).
+    /// Publishes every message and returns once the broker has confirmed all of them into at
+    /// least one queue each. On error, any subset may have been delivered: callers publish
+    /// again (consumers dedupe). A message that no queue is bound for is an error, not a loss.
     async fn publish(&self, messages: &[Envelope]) -> Result<(), TransportError>;
 
-    /// Declares the queue, its error queue and its bindings (idempotently), and consumes it.
+    /// Declares the queue, its error queue and its bindings, idempotently. Declaring the queues
+    /// of every consumer before publishing means no message is published into the void.
+    async fn declare(&self, queue: &QueueSpec) -> Result<(), TransportError>;
+
+    /// Declares the queue (as [`declare`](Self::declare)) and consumes it.
     /// The stream survives reconnections; it ends only when dropped.
     async fn consume(&self, queue: &QueueSpec) -> Result<Deliveries, TransportError>;
 
@@ -138,8 +146,6 @@ pub struct DeadLetter {
 /// Operator tools for error queues.
 #[async_trait]
 pub trait DeadLetters: Send + Sync {
-    /// Error queues that exist under this naming.
-    async fn error_queues(&self) -> Result<Vec<String>, TransportError>;
     /// The dead letters of one error queue, without removing them.
     async fn list(&self, error_queue: &str) -> Result<Vec<DeadLetter>, TransportError>;
     /// Moves every dead letter of an error queue back to its original queue; returns how many.

@@ -1,0 +1,84 @@
+//! Shared pieces of the messaging integration tests: a handler whose effect is a counter in
+//! PostgreSQL (guarded by the inbox), and a fresh database for it.
+#![allow(dead_code)]
+
+use async_trait::async_trait;
+use contracts::order::OrderShipped;
+use messaging::postgres::{commit, save_error};
+use messaging::testing::TestDatabase;
+use messaging::{Causation, Effects, Envelope, Handler, HandlerError, SaveError, TraceParent};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use std::time::Duration;
+use uuid::Uuid;
+
+static NO_SERVICE_MIGRATIONS: Migrator = Migrator::DEFAULT;
+
+/// A database with the messaging tables and a `counters` table.
+pub async fn database() -> TestDatabase {
+    let db = TestDatabase::new(&NO_SERVICE_MIGRATIONS).await;
+    sqlx::query("CREATE TABLE counters (id int PRIMARY KEY, value int NOT NULL)").execute(&db.pool).await.unwrap();
+    sqlx::query("INSERT INTO counters VALUES (1, 0)").execute(&db.pool).await.unwrap();
+    db
+}
+
+pub fn shipped(order_id: Uuid) -> Envelope {
+    Causation::root(order_id.to_string(), TraceParent::new_root()).envelope(&OrderShipped { order_id })
+}
+
+/// The id that [`Counter`] refuses as a broken business rule.
+pub const POISON: Uuid = Uuid::nil();
+
+/// Adds one to the counter per `order.shipped.v1`, once per message id.
+pub struct Counter {
+    pub pool: PgPool,
+}
+
+#[async_trait]
+impl Handler for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+
+    fn message_types(&self) -> Vec<&'static str> {
+        vec!["order.shipped.v1"]
+    }
+
+    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
+        let shipped: OrderShipped = message.decode().map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        if shipped.order_id == POISON {
+            return Err(HandlerError::Permanent("order id is nil".into()));
+        }
+        let effects = Effects::consuming(self.name(), message.message_id);
+        let outcome = commit(&self.pool, &effects, async |tx| {
+            sqlx::query("UPDATE counters SET value = value + 1 WHERE id = 1").execute(tx).await.map_err(save_error)?;
+            Ok(())
+        })
+        .await;
+        match outcome {
+            Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
+            Err(error) => Err(HandlerError::Transient(error.to_string())),
+        }
+    }
+}
+
+pub async fn counter(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("SELECT value FROM counters WHERE id = 1").fetch_one(pool).await.unwrap()
+}
+
+/// Polls `condition` every 20 ms until it holds, or panics after `limit`.
+pub async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Shows the services' logs in failing tests (`RUST_LOG` picks the level).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,236 @@
+//! The RabbitMQ transport and the consumer runtime against the real broker. Every test uses its
+//! own exchange and queue names and deletes them at the end.
+
+mod common;
+
+use common::{Counter, POISON, counter, database, eventually, shipped};
+use futures::StreamExt;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use messaging::postgres::{PgInbox, Relay, RelayConfig, commit};
+use messaging::testing::{amqp_url, unique_naming};
+use messaging::transport::rabbitmq::RabbitMq;
+use messaging::transport::{DeadLetters, QueueSpec, Transport};
+use messaging::{Consumer, ConsumerConfig, Effects, Handler, RetryPolicy};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+async fn transport() -> RabbitMq {
+    RabbitMq::connect(&amqp_url(), unique_naming(), "messaging-tests").await.expect("RabbitMQ reachable")
+}
+
+fn spec(transport: &RabbitMq, types: Vec<String>) -> QueueSpec {
+    QueueSpec { name: transport.naming().queue("test", "observer"), message_types: types, prefetch: 100 }
+}
+
+#[tokio::test]
+async fn every_contract_message_round_trips_through_the_broker() {
+    let transport = transport().await;
+    let samples = contracts::samples();
+    let types = samples.iter().map(|(name, _)| name.to_string()).collect();
+    let spec = spec(&transport, types);
+    let mut deliveries = transport.consume(&spec).await.unwrap();
+
+    let sent: Vec<_> = samples
+        .into_iter()
+        .map(|(message_type, payload)| {
+            let mut envelope = shipped(Uuid::now_v7());
+            envelope.message_type = message_type.to_owned();
+            envelope.payload = payload;
+            envelope
+        })
+        .collect();
+    transport.publish(&sent).await.unwrap();
+
+    let mut received = HashMap::new();
+    while received.len() < sent.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await.unwrap().unwrap();
+        let envelope = delivery.message.clone().unwrap();
+        delivery.ack().await.unwrap();
+        received.insert(envelope.message_id, envelope);
+    }
+    for envelope in &sent {
+        assert_eq!(received.get(&envelope.message_id), Some(envelope), "{}", envelope.message_type);
+    }
+    drop(deliveries);
+    transport.delete_topology(&[spec]).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unconfirmed_publish_is_retried_by_the_relay() {
+    let db = database().await;
+    let transport = transport().await;
+    let spec = spec(&transport, vec!["order.shipped.v1".into()]);
+    let mut deliveries = transport.consume(&spec).await.unwrap();
+    // Without its exchange the broker refuses every publish.
+    transport.delete_topology(&[]).await.unwrap();
+
+    let message = shipped(Uuid::now_v7());
+    let mut effects = Effects::new();
+    effects.send(message.clone());
+    commit(&db.pool, &effects, async |_| Ok(())).await.unwrap();
+    let relay = Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), RelayConfig::default());
+    assert!(relay.publish_batch().await.is_err(), "the broker confirmed a publish to a missing exchange");
+    let unsent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(unsent, 1);
+
+    transport.declare(&spec).await.unwrap();
+    assert_eq!(relay.publish_batch().await.unwrap(), 1);
+    let delivery = tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await.unwrap().unwrap();
+    assert_eq!(delivery.message.as_ref().unwrap().message_id, message.message_id);
+    delivery.ack().await.unwrap();
+    drop(deliveries);
+    transport.delete_topology(&[spec]).await.unwrap();
+}
+
+#[tokio::test]
+async fn poison_messages_go_to_the_error_queue_while_good_ones_flow() {
+    let db = database().await;
+    let transport = transport().await;
+    let handler = Arc::new(Counter { pool: db.pool.clone() });
+    let config = ConsumerConfig { concurrency: 4, prefetch: 8, retry: RetryPolicy::default() };
+    let consumer = Consumer::new("test", transport.naming(), handler.clone(), config)
+        .with_inbox(Arc::new(PgInbox::new(db.pool.clone())));
+    let spec = consumer.queue().clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
+    transport.declare(&spec).await.unwrap();
+
+    // An envelope without a message id, a message that breaks the handler's rule, then good ones.
+    let raw = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let channel = raw.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            transport.naming().exchange().into(),
+            "order.shipped.v1".into(),
+            BasicPublishOptions::default(),
+            b"{\"orderId\": 1}",
+            BasicProperties::default().with_type("order.shipped.v1".into()),
+        )
+        .await
+        .unwrap();
+    let poison = shipped(POISON);
+    transport.publish(std::slice::from_ref(&poison)).await.unwrap();
+    let good: Vec<_> = (0..20).map(|_| shipped(Uuid::now_v7())).collect();
+    transport.publish(&good).await.unwrap();
+
+    eventually(Duration::from_secs(10), "good messages handled", async || counter(&db.pool).await == 20).await;
+    let error_queue = spec.error_queue();
+    let mut letters = Vec::new();
+    eventually(Duration::from_secs(10), "both poison messages dead-lettered", async || {
+        letters = transport.list(&error_queue).await.unwrap();
+        letters.len() == 2
+    })
+    .await;
+    letters.sort_by_key(|letter| letter.message_id.is_some());
+    assert!(letters[0].reason.contains("no message id"), "{:?}", letters[0]);
+    assert_eq!(letters[1].message_id, Some(poison.message_id.to_string()));
+    assert_eq!(letters[1].reason, "order id is nil");
+    assert_eq!(letters[1].attempts, 1);
+    assert!(letters[1].failed_at.is_some());
+    // Listing leaves them in place.
+    assert_eq!(transport.list(&error_queue).await.unwrap().len(), 2);
+
+    shutdown.cancel();
+    running.await.unwrap();
+    let _ = raw.close(200, "OK".into()).await;
+    transport.delete_topology(&[spec]).await.unwrap();
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_then_dead_lettered_with_the_attempt_count() {
+    use async_trait::async_trait;
+    use messaging::{Envelope, HandlerError};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    struct Flaky {
+        calls: AtomicU32,
+    }
+    #[async_trait]
+    impl Handler for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn message_types(&self) -> Vec<&'static str> {
+            vec!["order.shipped.v1"]
+        }
+        async fn handle(&self, _: &Envelope) -> Result<(), HandlerError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(HandlerError::Transient("database away".into()))
+        }
+    }
+
+    let transport = transport().await;
+    let handler = Arc::new(Flaky { calls: AtomicU32::new(0) });
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+    };
+    let consumer = Consumer::new("test", transport.naming(), handler.clone(), ConsumerConfig { retry, ..Default::default() });
+    let spec = consumer.queue().clone();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
+    transport.declare(&spec).await.unwrap();
+    transport.publish(&[shipped(Uuid::now_v7())]).await.unwrap();
+
+    let mut letters = Vec::new();
+    eventually(Duration::from_secs(10), "dead letter", async || {
+        letters = transport.list(&spec.error_queue()).await.unwrap();
+        !letters.is_empty()
+    })
+    .await;
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(letters[0].attempts, 3);
+    assert!(letters[0].reason.contains("gave up after 3 attempts: database away"), "{}", letters[0].reason);
+    shutdown.cancel();
+    running.await.unwrap();
+    transport.delete_topology(&[spec]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replayed_dead_letter_is_delivered_again_and_purge_empties_the_error_queue() {
+    let db = database().await;
+    let transport = transport().await;
+    let spec = QueueSpec {
+        name: transport.naming().queue("test", "counter"),
+        message_types: vec!["order.shipped.v1".into()],
+        prefetch: 10,
+    };
+    // Dead-letter two messages by hand, as a failing consumer would.
+    let mut deliveries = transport.consume(&spec).await.unwrap();
+    transport.publish(&[shipped(Uuid::now_v7()), shipped(Uuid::now_v7())]).await.unwrap();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await.unwrap().unwrap();
+        delivery.dead_letter(messaging::transport::Failure { reason: "bug fixed later".into(), attempts: 1 }).await.unwrap();
+    }
+    drop(deliveries);
+    eventually(Duration::from_secs(5), "two dead letters", async || {
+        transport.list(&spec.error_queue()).await.unwrap().len() == 2
+    })
+    .await;
+
+    // The "fixed" consumer now runs; one replay brings both back.
+    let consumer = Consumer::new("test", transport.naming(), Arc::new(Counter { pool: db.pool.clone() }), Default::default());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
+    assert_eq!(transport.replay(&spec.error_queue()).await.unwrap(), 2);
+    eventually(Duration::from_secs(10), "replayed messages handled", async || counter(&db.pool).await == 2).await;
+    assert!(transport.list(&spec.error_queue()).await.unwrap().is_empty());
+
+    // The running consumer dead-letters a poison message; purge removes it.
+    transport.publish(&[shipped(POISON)]).await.unwrap();
+    eventually(Duration::from_secs(5), "a dead letter to purge", async || {
+        transport.list(&spec.error_queue()).await.unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(transport.purge(&spec.error_queue()).await.unwrap(), 1);
+    assert!(transport.list(&spec.error_queue()).await.unwrap().is_empty());
+    shutdown.cancel();
+    running.await.unwrap();
+    transport.delete_topology(&[spec]).await.unwrap();
+}
