@@ -90,7 +90,12 @@ impl IsConflict for SaveError {
 
 /// Runs `attempt` again while it fails with a conflict, with a short randomized pause so that
 /// contenders spread out. Conflicts mean another writer made progress, so the budget is generous.
-pub async fn retry_on_conflict<T, E: IsConflict>(mut attempt: impl AsyncFnMut() -> Result<T, E>) -> Result<T, E> {
+pub async fn retry_on_conflict<T, E, F, Fut>(mut attempt: F) -> Result<T, E>
+where
+    E: IsConflict,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     const MAX_ATTEMPTS: u32 = 50;
     let mut tries = 1;
     loop {
@@ -126,10 +131,10 @@ mod tests {
 
     #[tokio::test]
     async fn conflicts_are_retried_until_success() {
-        let mut calls = 0;
-        let result = retry_on_conflict(async || {
-            calls += 1;
-            if calls < 3 { Err(Conflict) } else { Ok(calls) }
+        let calls = std::cell::Cell::new(0);
+        let result = retry_on_conflict(|| async {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 { Err(Conflict) } else { Ok(calls.get()) }
         })
         .await;
         assert_eq!(result.unwrap(), 3);
@@ -137,13 +142,13 @@ mod tests {
 
     #[tokio::test]
     async fn other_errors_are_returned_at_once() {
-        let mut calls = 0;
-        let result: Result<(), SaveError> = retry_on_conflict(async || {
-            calls += 1;
+        let calls = std::cell::Cell::new(0);
+        let result: Result<(), SaveError> = retry_on_conflict(|| async {
+            calls.set(calls.get() + 1);
             Err(SaveError::AlreadyConsumed)
         })
         .await;
         assert!(matches!(result, Err(SaveError::AlreadyConsumed)));
-        assert_eq!(calls, 1);
+        assert_eq!(calls.get(), 1);
     }
 }

@@ -1,1 +1,4 @@
+pub mod application;
 pub mod domain;
+pub mod http;
+pub mod infrastructure;

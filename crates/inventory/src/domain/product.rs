@@ -180,6 +180,11 @@ impl Product {
         Ok(quantity)
     }
 
+    /// Notes that a store saved this copy: it is now one version further.
+    pub fn record_saved(&mut self) {
+        self.version += 1;
+    }
+
     pub fn take_events(&mut self) -> Vec<ProductEvent> {
         std::mem::take(&mut self.events)
     }

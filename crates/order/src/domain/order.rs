@@ -318,6 +318,11 @@ impl Order {
         Ok(())
     }
 
+    /// Notes that a store saved this copy: it is now one version further.
+    pub fn record_saved(&mut self) {
+        self.version += 1;
+    }
+
     /// The events raised since the order was created or loaded, leaving none behind.
     pub fn take_events(&mut self) -> Vec<OrderEvent> {
         std::mem::take(&mut self.events)

@@ -1,0 +1,55 @@
+use super::saga::SagaError;
+use crate::domain::{OrderId, ProductError, ProductId};
+use messaging::{BoxError, HandlerError, IsConflict, SaveError};
+
+/// Why an inventory command or message was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("product {0} does not exist")]
+    ProductNotFound(ProductId),
+    #[error("there is no stock reservation for order {0}")]
+    ReservationNotFound(OrderId),
+    #[error(transparent)]
+    Rule(#[from] ProductError),
+    #[error(transparent)]
+    Saga(#[from] SagaError),
+    #[error("the product was changed concurrently; try again")]
+    Conflict,
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// The database refused a write: a defect, not bad input.
+    #[error("storage refused the write: {0}")]
+    StorageRefused(#[source] BoxError),
+}
+
+impl From<SaveError> for AppError {
+    fn from(error: SaveError) -> Self {
+        match error {
+            SaveError::Conflict | SaveError::AlreadyConsumed => AppError::Conflict,
+            SaveError::Unavailable(source) => AppError::Unavailable(source),
+            SaveError::Refused(source) => AppError::StorageRefused(source),
+        }
+    }
+}
+
+impl From<BoxError> for AppError {
+    fn from(error: BoxError) -> Self {
+        AppError::Unavailable(error)
+    }
+}
+
+impl IsConflict for AppError {
+    fn is_conflict(&self) -> bool {
+        matches!(self, AppError::Conflict)
+    }
+}
+
+impl From<AppError> for HandlerError {
+    /// Whether a message handler should try again: only when storage was in the way.
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::Conflict | AppError::Unavailable(_) => HandlerError::Transient(error.to_string()),
+            other => HandlerError::Permanent(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Ports: what the application needs from storage. Each save commits the aggregate (or saga)
+//! with its outgoing messages and the inbox record, atomically.
+
+use super::saga::ReservationSaga;
+use crate::domain::{Money, OrderId, Product, ProductEvent, ProductId};
+use async_trait::async_trait;
+use messaging::{BoxError, Effects, SaveError};
+
+#[async_trait]
+pub trait ProductStore: Send + Sync {
+    /// A fresh product id.
+    async fn next_id(&self) -> Result<ProductId, BoxError>;
+
+    async fn load(&self, id: ProductId) -> Result<Option<Product>, BoxError>;
+
+    /// Saves the product if it is still at the version it was loaded at (0 for a new one).
+    /// `changes` are the events it raised since: they say which reservations to write.
+    async fn save(&self, product: &Product, changes: &[ProductEvent], effects: &Effects<'_>) -> Result<(), SaveError>;
+
+    /// Commits effects that change no product (a refusal sent back, say).
+    async fn commit(&self, effects: &Effects<'_>) -> Result<(), SaveError>;
+
+    /// Products by id, `limit` at a time, continuing after an id.
+    async fn list(&self, after: Option<ProductId>, limit: u32) -> Result<Vec<ProductSummary>, BoxError>;
+}
+
+/// A product as listed: its stock figures without the individual reservations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductSummary {
+    pub id: ProductId,
+    pub name: String,
+    pub description: String,
+    pub price: Money,
+    pub stock: u32,
+    pub reserved: u32,
+}
+
+#[async_trait]
+pub trait SagaStore: Send + Sync {
+    async fn load(&self, order_id: OrderId) -> Result<Option<ReservationSaga>, BoxError>;
+
+    /// Saves the saga if it is still at the version it was loaded at (0 for a new one).
+    async fn save(&self, saga: &ReservationSaga, effects: &Effects<'_>) -> Result<(), SaveError>;
+}

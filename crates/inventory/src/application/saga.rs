@@ -1,0 +1,454 @@
+//! The ReserveStocks saga: the process manager that reserves every line of a placed order.
+//!
+//! One instance per order, correlated by the order id. It is a pure state machine: each method
+//! takes what happened and returns the [`Action`]s to take (commands to send, outcomes to
+//! publish, the timeout to schedule or cancel). The handler turns actions into messages and
+//! saves the instance with them and the inbox record, atomically.
+//!
+//! ```text
+//!  order.placed ──> Reserving ── every line reserved ──> Reserved ── order.shipped ──> Shipped
+//!                     │                                    │
+//!                     │ a line rejected / timeout /        │ order.cancelled
+//!                     │ order cancelled                    v
+//!                     └──────────────> Failed           Released
+//! ```
+//! Failed and Released give back every reservation held, and any that arrives late.
+
+use crate::domain::{OrderId, ProductId, Quantity};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SagaState {
+    /// Waiting for the answers of the stock handler.
+    Reserving,
+    /// Every line is held for the order (the order is confirmed).
+    Reserved,
+    /// The reservation failed (or the order was cancelled first); held stock is released.
+    Failed,
+    /// The confirmed order was cancelled; its stock is released.
+    Released,
+    /// The confirmed order shipped; its reserved stock left the warehouse.
+    Shipped,
+}
+
+impl SagaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Reserving => "reserving",
+            SagaState::Reserved => "reserved",
+            SagaState::Failed => "failed",
+            SagaState::Released => "released",
+            SagaState::Shipped => "shipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Reserving, Self::Reserved, Self::Failed, Self::Released, Self::Shipped]
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "status")]
+pub enum LineStatus {
+    /// Reserve command sent, no answer yet.
+    Pending,
+    Reserved,
+    Rejected { reason: String },
+    Released,
+    Deducted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaLine {
+    pub product_id: i64,
+    pub quantity: u32,
+    #[serde(flatten)]
+    pub status: LineStatus,
+}
+
+/// What the saga wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Reserve { product_id: ProductId, quantity: Quantity },
+    Release { product_id: ProductId },
+    Deduct { product_id: ProductId },
+    ScheduleTimeout { at: DateTime<Utc> },
+    CancelTimeout { message_id: uuid::Uuid },
+    PublishCompleted,
+    PublishFailed { reason: String },
+}
+
+/// Why a message cannot apply to the saga as it stands: a defect upstream, not a race.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SagaError {
+    #[error("order {order_id} cannot ship: its stock reservation is {state}")]
+    CannotShip { order_id: OrderId, state: &'static str },
+    #[error("order {order_id} has no reservation line for product {product_id}")]
+    UnknownLine { order_id: OrderId, product_id: ProductId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationSaga {
+    pub order_id: OrderId,
+    pub state: SagaState,
+    pub lines: Vec<SagaLine>,
+    pub failure_reason: Option<String>,
+    /// The scheduled timeout message, withdrawn once the outcome is known.
+    pub timeout_message_id: Option<uuid::Uuid>,
+    pub started_at: DateTime<Utc>,
+    /// Version it was loaded at; 0 for a new instance.
+    pub version: i64,
+}
+
+pub const REASON_ORDER_CANCELLED: &str = "order cancelled";
+
+impl ReservationSaga {
+    /// Starts on `order.placed`: reserve every line at once and arm the timeout.
+    pub fn start(
+        order_id: OrderId,
+        lines: Vec<(ProductId, Quantity)>,
+        now: DateTime<Utc>,
+        timeout: std::time::Duration,
+    ) -> (Self, Vec<Action>) {
+        let mut saga = Self {
+            order_id,
+            state: SagaState::Reserving,
+            lines: lines
+                .iter()
+                .map(|(product_id, quantity)| SagaLine {
+                    product_id: product_id.get(),
+                    quantity: quantity.get(),
+                    status: LineStatus::Pending,
+                })
+                .collect(),
+            failure_reason: None,
+            timeout_message_id: None,
+            started_at: now,
+            version: 0,
+        };
+        if lines.is_empty() {
+            let actions = saga.fail("order has no items".into());
+            return (saga, actions);
+        }
+        let mut actions: Vec<Action> =
+            lines.into_iter().map(|(product_id, quantity)| Action::Reserve { product_id, quantity }).collect();
+        let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        actions.push(Action::ScheduleTimeout { at: now.checked_add_signed(timeout).unwrap_or(DateTime::<Utc>::MAX_UTC) });
+        (saga, actions)
+    }
+
+    /// The order was cancelled before its `order.placed` arrived: an instance that remembers,
+    /// so that the late `order.placed` reserves nothing.
+    pub fn cancelled_before_start(order_id: OrderId, now: DateTime<Utc>) -> Self {
+        Self {
+            order_id,
+            state: SagaState::Failed,
+            lines: Vec::new(),
+            failure_reason: Some(REASON_ORDER_CANCELLED.into()),
+            timeout_message_id: None,
+            started_at: now,
+            version: 0,
+        }
+    }
+
+    pub fn on_stock_reserved(&mut self, product_id: ProductId) -> Result<Vec<Action>, SagaError> {
+        let state = self.state;
+        let line = self.line_mut(product_id)?;
+        if line.status != LineStatus::Pending {
+            return Ok(Vec::new()); // already answered
+        }
+        match state {
+            SagaState::Reserving => {
+                line.status = LineStatus::Reserved;
+                if self.lines.iter().all(|line| line.status == LineStatus::Reserved) {
+                    self.state = SagaState::Reserved;
+                    let mut actions = vec![Action::PublishCompleted];
+                    actions.extend(self.cancel_timeout());
+                    return Ok(actions);
+                }
+                Ok(Vec::new())
+            }
+            // Too late: the reservation failed or the order is gone. Give it back.
+            _ => {
+                line.status = LineStatus::Released;
+                Ok(vec![Action::Release { product_id }])
+            }
+        }
+    }
+
+    pub fn on_stock_rejected(&mut self, product_id: ProductId, reason: String) -> Result<Vec<Action>, SagaError> {
+        let state = self.state;
+        let line = self.line_mut(product_id)?;
+        if line.status != LineStatus::Pending {
+            return Ok(Vec::new());
+        }
+        line.status = LineStatus::Rejected { reason: reason.clone() };
+        if state == SagaState::Reserving { Ok(self.fail(reason)) } else { Ok(Vec::new()) }
+    }
+
+    pub fn on_timeout(&mut self, after: std::time::Duration) -> Vec<Action> {
+        if self.state != SagaState::Reserving {
+            return Vec::new();
+        }
+        self.timeout_message_id = None; // it fired; nothing to withdraw
+        self.fail(format!("stock reservation timed out after {}", humanize(after)))
+    }
+
+    pub fn on_order_cancelled(&mut self) -> Vec<Action> {
+        match self.state {
+            SagaState::Reserving => self.fail(REASON_ORDER_CANCELLED.into()),
+            SagaState::Reserved => {
+                self.state = SagaState::Released;
+                self.failure_reason = Some(REASON_ORDER_CANCELLED.into());
+                self.release_held()
+            }
+            SagaState::Failed | SagaState::Released | SagaState::Shipped => Vec::new(),
+        }
+    }
+
+    pub fn on_order_shipped(&mut self) -> Result<Vec<Action>, SagaError> {
+        match self.state {
+            SagaState::Reserved => {
+                self.state = SagaState::Shipped;
+                Ok(self
+                    .lines
+                    .iter_mut()
+                    .filter(|line| line.status == LineStatus::Reserved)
+                    .map(|line| {
+                        line.status = LineStatus::Deducted;
+                        Action::Deduct { product_id: ProductId::new(line.product_id).expect("stored ids are valid") }
+                    })
+                    .collect())
+            }
+            SagaState::Shipped => Ok(Vec::new()),
+            other => Err(SagaError::CannotShip { order_id: self.order_id, state: other.as_str() }),
+        }
+    }
+
+    /// Ends the reservation as failed: releases what is held, publishes the reason.
+    fn fail(&mut self, reason: String) -> Vec<Action> {
+        self.state = SagaState::Failed;
+        self.failure_reason = Some(reason.clone());
+        let mut actions = self.release_held();
+        actions.extend(self.cancel_timeout());
+        actions.push(Action::PublishFailed { reason });
+        actions
+    }
+
+    fn release_held(&mut self) -> Vec<Action> {
+        self.lines
+            .iter_mut()
+            .filter(|line| line.status == LineStatus::Reserved)
+            .map(|line| {
+                line.status = LineStatus::Released;
+                Action::Release { product_id: ProductId::new(line.product_id).expect("stored ids are valid") }
+            })
+            .collect()
+    }
+
+    fn cancel_timeout(&mut self) -> Option<Action> {
+        self.timeout_message_id.take().map(|message_id| Action::CancelTimeout { message_id })
+    }
+
+    fn line_mut(&mut self, product_id: ProductId) -> Result<&mut SagaLine, SagaError> {
+        let order_id = self.order_id;
+        self.lines
+            .iter_mut()
+            .find(|line| line.product_id == product_id.get())
+            .ok_or(SagaError::UnknownLine { order_id, product_id })
+    }
+}
+
+fn humanize(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => format!("{}ms", duration.as_millis()),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const TIMEOUT: Duration = Duration::from_secs(600);
+
+    fn product(id: i64) -> ProductId {
+        ProductId::new(id).unwrap()
+    }
+
+    fn qty(units: i64) -> Quantity {
+        Quantity::new(units).unwrap()
+    }
+
+    fn started(lines: &[(i64, i64)]) -> (ReservationSaga, Vec<Action>) {
+        let lines = lines.iter().map(|(p, q)| (product(*p), qty(*q))).collect();
+        let (mut saga, actions) = ReservationSaga::start(OrderId::generate(), lines, Utc::now(), TIMEOUT);
+        // The handler records the id of the timeout message it scheduled.
+        saga.timeout_message_id = Some(uuid::Uuid::from_u128(7));
+        (saga, actions)
+    }
+
+    fn cancel_timeout() -> Action {
+        Action::CancelTimeout { message_id: uuid::Uuid::from_u128(7) }
+    }
+
+    #[test]
+    fn starting_reserves_every_line_at_once_and_arms_the_timeout() {
+        let now = Utc::now();
+        let (saga, actions) =
+            ReservationSaga::start(OrderId::generate(), vec![(product(1), qty(2)), (product(2), qty(1))], now, TIMEOUT);
+        assert_eq!(saga.state, SagaState::Reserving);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Reserve { product_id: product(1), quantity: qty(2) },
+                Action::Reserve { product_id: product(2), quantity: qty(1) },
+                Action::ScheduleTimeout { at: now + chrono::Duration::seconds(600) },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_order_without_items_fails_at_once() {
+        let (saga, actions) = ReservationSaga::start(OrderId::generate(), vec![], Utc::now(), TIMEOUT);
+        assert_eq!(saga.state, SagaState::Failed);
+        assert_eq!(actions, vec![Action::PublishFailed { reason: "order has no items".into() }]);
+    }
+
+    #[test]
+    fn the_last_reserved_line_completes_the_saga_and_withdraws_the_timeout() {
+        let (mut saga, _) = started(&[(1, 2), (2, 1)]);
+        assert_eq!(saga.on_stock_reserved(product(2)).unwrap(), vec![]);
+        assert_eq!(saga.on_stock_reserved(product(1)).unwrap(), vec![Action::PublishCompleted, cancel_timeout()]);
+        assert_eq!(saga.state, SagaState::Reserved);
+        // A repeated answer changes nothing.
+        assert_eq!(saga.on_stock_reserved(product(1)).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_rejected_line_fails_the_saga_and_releases_what_is_held() {
+        let (mut saga, _) = started(&[(1, 2), (2, 1), (3, 1)]);
+        saga.on_stock_reserved(product(1)).unwrap();
+        let actions = saga.on_stock_rejected(product(2), "not enough stock".into()).unwrap();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Release { product_id: product(1) },
+                cancel_timeout(),
+                Action::PublishFailed { reason: "not enough stock".into() },
+            ]
+        );
+        assert_eq!(saga.state, SagaState::Failed);
+        // Line 3 answers late: what it reserved goes straight back.
+        assert_eq!(saga.on_stock_reserved(product(3)).unwrap(), vec![Action::Release { product_id: product(3) }]);
+        assert!(saga.lines.iter().all(|l| !matches!(l.status, LineStatus::Reserved | LineStatus::Pending)));
+    }
+
+    #[test]
+    fn a_second_rejection_publishes_nothing_more() {
+        let (mut saga, _) = started(&[(1, 2), (2, 1)]);
+        saga.on_stock_rejected(product(1), "no".into()).unwrap();
+        assert_eq!(saga.on_stock_rejected(product(2), "no either".into()).unwrap(), vec![]);
+        assert_eq!(saga.failure_reason.as_deref(), Some("no"));
+    }
+
+    #[test]
+    fn the_timeout_fails_a_saga_still_reserving() {
+        let (mut saga, _) = started(&[(1, 2), (2, 1)]);
+        saga.on_stock_reserved(product(1)).unwrap();
+        let actions = saga.on_timeout(TIMEOUT);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Release { product_id: product(1) },
+                Action::PublishFailed { reason: "stock reservation timed out after 10m".into() },
+            ]
+        );
+        assert_eq!(saga.on_stock_reserved(product(2)).unwrap(), vec![Action::Release { product_id: product(2) }]);
+    }
+
+    #[test]
+    fn a_late_timeout_is_ignored() {
+        let (mut saga, _) = started(&[(1, 1)]);
+        saga.on_stock_reserved(product(1)).unwrap();
+        assert_eq!(saga.on_timeout(TIMEOUT), vec![]);
+        assert_eq!(saga.state, SagaState::Reserved);
+    }
+
+    #[test]
+    fn cancelling_while_reserving_fails_the_saga() {
+        let (mut saga, _) = started(&[(1, 1), (2, 1)]);
+        saga.on_stock_reserved(product(2)).unwrap();
+        assert_eq!(
+            saga.on_order_cancelled(),
+            vec![
+                Action::Release { product_id: product(2) },
+                cancel_timeout(),
+                Action::PublishFailed { reason: "order cancelled".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn cancelling_a_confirmed_order_releases_every_line() {
+        let (mut saga, _) = started(&[(1, 1), (2, 3)]);
+        saga.on_stock_reserved(product(1)).unwrap();
+        saga.on_stock_reserved(product(2)).unwrap();
+        assert_eq!(
+            saga.on_order_cancelled(),
+            vec![Action::Release { product_id: product(1) }, Action::Release { product_id: product(2) }]
+        );
+        assert_eq!(saga.state, SagaState::Released);
+        assert_eq!(saga.on_order_cancelled(), vec![]);
+    }
+
+    #[test]
+    fn shipping_deducts_every_line_once() {
+        let (mut saga, _) = started(&[(1, 1), (2, 3)]);
+        saga.on_stock_reserved(product(1)).unwrap();
+        saga.on_stock_reserved(product(2)).unwrap();
+        assert_eq!(
+            saga.on_order_shipped().unwrap(),
+            vec![Action::Deduct { product_id: product(1) }, Action::Deduct { product_id: product(2) }]
+        );
+        assert_eq!(saga.on_order_shipped().unwrap(), vec![]);
+        assert_eq!(saga.on_order_cancelled(), vec![]);
+    }
+
+    #[test]
+    fn shipping_an_order_whose_reservation_failed_is_a_defect() {
+        let (mut saga, _) = started(&[(1, 1)]);
+        saga.on_stock_rejected(product(1), "no".into()).unwrap();
+        assert!(matches!(saga.on_order_shipped(), Err(SagaError::CannotShip { state: "failed", .. })));
+    }
+
+    #[test]
+    fn an_answer_for_a_product_not_on_the_order_is_a_defect() {
+        let (mut saga, _) = started(&[(1, 1)]);
+        assert!(matches!(saga.on_stock_reserved(product(9)), Err(SagaError::UnknownLine { .. })));
+    }
+
+    #[test]
+    fn a_saga_cancelled_before_start_holds_nothing_and_releases_late_answers() {
+        let mut saga = ReservationSaga::cancelled_before_start(OrderId::generate(), Utc::now());
+        assert_eq!(saga.state, SagaState::Failed);
+        assert!(saga.lines.is_empty());
+        assert_eq!(saga.on_order_cancelled(), vec![]);
+    }
+
+    #[test]
+    fn lines_serialize_with_their_status_inline() {
+        let line = SagaLine { product_id: 4, quantity: 2, status: LineStatus::Rejected { reason: "no".into() } };
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json, serde_json::json!({ "productId": 4, "quantity": 2, "status": "rejected", "reason": "no" }));
+        assert_eq!(serde_json::from_value::<SagaLine>(json).unwrap(), line);
+    }
+}

@@ -1,0 +1,178 @@
+//! Runs the ReserveStocks saga: loads the instance of the order a message is about, feeds it
+//! the message, and saves it with the messages its actions produce.
+
+use super::applied;
+use super::error::AppError;
+use super::ports::SagaStore;
+use super::saga::{Action, ReservationSaga};
+use crate::domain::{OrderId, ProductId, Quantity};
+use async_trait::async_trait;
+use chrono::Utc;
+use contracts::Message;
+use contracts::inventory::{
+    DeductStock, ReleaseStock, ReservationTimedOut, ReserveStock, StockReservationCompleted, StockReservationFailed,
+    StockReservationRejected, StockReserved,
+};
+use contracts::order::{CancelledFrom, OrderCancelled, OrderPlaced, OrderShipped};
+use messaging::{Causation, Effects, Envelope, Handler, HandlerError, retry_on_conflict};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ReservationSagaHandler {
+    sagas: Arc<dyn SagaStore>,
+    /// How long the saga waits for every line before it gives up.
+    timeout: Duration,
+}
+
+impl ReservationSagaHandler {
+    pub fn new(sagas: Arc<dyn SagaStore>, timeout: Duration) -> Self {
+        Self { sagas, timeout }
+    }
+}
+
+fn permanent(error: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Permanent(error.to_string())
+}
+
+/// A message, as the saga sees it.
+enum Event {
+    Placed(Vec<(ProductId, Quantity)>),
+    Cancelled,
+    Shipped,
+    Reserved(ProductId),
+    Rejected(ProductId, String),
+    TimedOut,
+}
+
+/// The order a message is about and what it tells the saga; `None` if it tells it nothing.
+fn read(message: &Envelope) -> Result<Option<(OrderId, Event)>, HandlerError> {
+    let product = |id: i64| ProductId::new(id).map_err(permanent);
+    let (order_id, event) = match message.message_type.as_str() {
+        OrderPlaced::TYPE => {
+            let placed: OrderPlaced = message.decode().map_err(permanent)?;
+            let lines = placed
+                .items
+                .iter()
+                .map(|item| Ok((product(item.product_id)?, Quantity::new(item.quantity.into()).map_err(permanent)?)))
+                .collect::<Result<_, HandlerError>>()?;
+            (placed.order_id, Event::Placed(lines))
+        }
+        OrderCancelled::TYPE => {
+            let cancelled: OrderCancelled = message.decode().map_err(permanent)?;
+            if cancelled.cancelled_from == CancelledFrom::Draft {
+                return Ok(None); // a draft never reached inventory
+            }
+            (cancelled.order_id, Event::Cancelled)
+        }
+        OrderShipped::TYPE => (message.decode::<OrderShipped>().map_err(permanent)?.order_id, Event::Shipped),
+        StockReserved::TYPE => {
+            let reserved: StockReserved = message.decode().map_err(permanent)?;
+            (reserved.order_id, Event::Reserved(product(reserved.product_id)?))
+        }
+        StockReservationRejected::TYPE => {
+            let rejected: StockReservationRejected = message.decode().map_err(permanent)?;
+            (rejected.order_id, Event::Rejected(product(rejected.product_id)?, rejected.reason))
+        }
+        ReservationTimedOut::TYPE => {
+            (message.decode::<ReservationTimedOut>().map_err(permanent)?.order_id, Event::TimedOut)
+        }
+        other => return Err(permanent(format!("no handler for {other}"))),
+    };
+    Ok(Some((OrderId::from_uuid(order_id), event)))
+}
+
+#[async_trait]
+impl Handler for ReservationSagaHandler {
+    fn name(&self) -> &'static str {
+        "saga"
+    }
+
+    fn message_types(&self) -> Vec<&'static str> {
+        vec![
+            OrderPlaced::TYPE,
+            OrderCancelled::TYPE,
+            OrderShipped::TYPE,
+            StockReserved::TYPE,
+            StockReservationRejected::TYPE,
+            ReservationTimedOut::TYPE,
+        ]
+    }
+
+    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
+        let Some((order_id, event)) = read(message)? else { return Ok(()) };
+        let handled = retry_on_conflict(|| self.apply(message, order_id, &event)).await;
+        Ok(handled?)
+    }
+}
+
+impl ReservationSagaHandler {
+    /// One attempt: load (or start) the instance, feed it the event, save what changed.
+    async fn apply(&self, message: &Envelope, order_id: OrderId, event: &Event) -> Result<(), AppError> {
+        let loaded = self.sagas.load(order_id).await?;
+        let previous = loaded.clone();
+        let (mut saga, actions) = match (loaded, event) {
+            (None, Event::Placed(lines)) => ReservationSaga::start(order_id, lines.clone(), Utc::now(), self.timeout),
+            (None, Event::Cancelled) => (ReservationSaga::cancelled_before_start(order_id, Utc::now()), Vec::new()),
+            // A timeout whose saga is gone has nothing to end.
+            (None, Event::TimedOut) => return Ok(()),
+            (None, _) => return Err(AppError::ReservationNotFound(order_id)),
+            // Already started (or cancelled first): a second start changes nothing.
+            (Some(_), Event::Placed(_)) => return Ok(()),
+            (Some(mut saga), event) => {
+                let actions = match event {
+                    Event::Cancelled => saga.on_order_cancelled(),
+                    Event::Shipped => saga.on_order_shipped()?,
+                    Event::Reserved(product_id) => saga.on_stock_reserved(*product_id)?,
+                    Event::Rejected(product_id, reason) => saga.on_stock_rejected(*product_id, reason.clone())?,
+                    Event::TimedOut => saga.on_timeout(self.timeout),
+                    Event::Placed(_) => unreachable!("handled above"),
+                };
+                (saga, actions)
+            }
+        };
+        if previous.as_ref() == Some(&saga) && actions.is_empty() {
+            return Ok(()); // a late or repeated answer: nothing to record
+        }
+        let causation = Causation::from_message(message);
+        let mut effects = Effects::consuming(self.name(), message.message_id);
+        for action in actions {
+            self.enact(action, &mut saga, &causation, &mut effects);
+        }
+        applied(self.sagas.save(&saga, &effects).await)?;
+        saga.version += 1;
+        if previous.map(|p| p.state) != Some(saga.state) {
+            let state = saga.state.as_str();
+            tracing::info!(%order_id, state, reason = saga.failure_reason.as_deref(), "stock reservation {state}");
+            metrics::counter!("stock_reservations_total", "state" => state).increment(1);
+        }
+        Ok(())
+    }
+
+    /// Turns an action into the message that carries it out.
+    fn enact(&self, action: Action, saga: &mut ReservationSaga, causation: &Causation, effects: &mut Effects<'_>) {
+        let order_id = saga.order_id.as_uuid();
+        match action {
+            Action::Reserve { product_id, quantity } => effects.send(causation.envelope(&ReserveStock {
+                order_id,
+                product_id: product_id.get(),
+                quantity: quantity.get(),
+            })),
+            Action::Release { product_id } => {
+                effects.send(causation.envelope(&ReleaseStock { order_id, product_id: product_id.get() }))
+            }
+            Action::Deduct { product_id } => {
+                effects.send(causation.envelope(&DeductStock { order_id, product_id: product_id.get() }))
+            }
+            Action::ScheduleTimeout { at } => {
+                let timeout = causation.envelope(&ReservationTimedOut { order_id });
+                saga.timeout_message_id = Some(timeout.message_id);
+                effects.schedule(timeout, at)
+            }
+            Action::CancelTimeout { message_id } => effects.cancel_scheduled(message_id),
+            Action::PublishCompleted => effects.send(causation.envelope(&StockReservationCompleted { order_id })),
+            Action::PublishFailed { reason } => {
+                effects.send(causation.envelope(&StockReservationFailed { order_id, reason }))
+            }
+        };
+    }
+}

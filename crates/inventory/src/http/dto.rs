@@ -1,0 +1,149 @@
+//! Request and response bodies: JSON, camelCase, money as decimal strings.
+
+use crate::application::saga::{LineStatus, ReservationSaga};
+use crate::application::ProductSummary;
+use crate::domain::Product;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateProductRequest {
+    #[schema(example = "Kettle")]
+    pub name: String,
+    #[schema(example = "1.7 l, stainless steel")]
+    pub description: Option<String>,
+    /// A positive decimal amount with at most two decimals, as a string.
+    #[schema(example = "24.90")]
+    pub price: String,
+    #[schema(example = 100)]
+    pub stock: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestockRequest {
+    #[schema(example = 10)]
+    pub quantity: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePriceRequest {
+    #[schema(example = "19.90")]
+    pub price: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListProductsQuery {
+    /// List products with ids above this one.
+    pub after: Option<i64>,
+    /// Products per page, 1 to 500 (default 100).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductResponse {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    #[schema(example = "24.90")]
+    pub price: String,
+    /// Units in the warehouse.
+    pub stock: u32,
+    /// Units held for placed or confirmed orders.
+    pub reserved: u32,
+    /// Units that can still be reserved: stock minus reserved.
+    pub available: u32,
+    /// Absent in lists.
+    pub version: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationResponse {
+    pub order_id: Uuid,
+    /// reserving, reserved, failed, released or shipped.
+    #[schema(example = "reserved")]
+    pub state: String,
+    pub failure_reason: Option<String>,
+    pub lines: Vec<ReservationLineResponse>,
+    pub started_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationLineResponse {
+    pub product_id: i64,
+    pub quantity: u32,
+    /// pending, reserved, rejected, released or deducted.
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+impl From<&Product> for ProductResponse {
+    fn from(product: &Product) -> Self {
+        Self {
+            id: product.id().get(),
+            name: product.name().to_string(),
+            description: product.description().to_owned(),
+            price: product.price().to_string(),
+            stock: product.stock(),
+            reserved: product.reserved(),
+            available: product.available(),
+            version: Some(product.version()),
+        }
+    }
+}
+
+impl From<ProductSummary> for ProductResponse {
+    fn from(product: ProductSummary) -> Self {
+        Self {
+            id: product.id.get(),
+            name: product.name,
+            description: product.description,
+            price: product.price.to_string(),
+            stock: product.stock,
+            reserved: product.reserved,
+            available: product.stock.saturating_sub(product.reserved),
+            version: None,
+        }
+    }
+}
+
+impl From<ReservationSaga> for ReservationResponse {
+    fn from(saga: ReservationSaga) -> Self {
+        Self {
+            order_id: saga.order_id.as_uuid(),
+            state: saga.state.as_str().to_owned(),
+            failure_reason: saga.failure_reason,
+            lines: saga
+                .lines
+                .into_iter()
+                .map(|line| {
+                    let (status, reason) = match line.status {
+                        LineStatus::Pending => ("pending", None),
+                        LineStatus::Reserved => ("reserved", None),
+                        LineStatus::Rejected { reason } => ("rejected", Some(reason)),
+                        LineStatus::Released => ("released", None),
+                        LineStatus::Deducted => ("deducted", None),
+                    };
+                    ReservationLineResponse {
+                        product_id: line.product_id,
+                        quantity: line.quantity,
+                        status: status.to_owned(),
+                        reason,
+                    }
+                })
+                .collect(),
+            started_at: saga.started_at,
+            version: saga.version,
+        }
+    }
+}

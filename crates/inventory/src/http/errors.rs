@@ -1,0 +1,28 @@
+//! Application errors as problem+json.
+
+use crate::application::AppError;
+use crate::domain::ProductError;
+use web::Problem;
+
+impl From<AppError> for Problem {
+    fn from(error: AppError) -> Self {
+        let detail = error.to_string();
+        match error {
+            AppError::ProductNotFound(_) | AppError::ReservationNotFound(_) => Problem::not_found(detail),
+            AppError::Rule(rule) => match rule {
+                ProductError::EmptyName
+                | ProductError::NameTooLong(_)
+                | ProductError::DescriptionTooLong(_)
+                | ProductError::PriceNotPositive => Problem::invalid_input(detail),
+                ProductError::StockTooLarge
+                | ProductError::InsufficientStock { .. }
+                | ProductError::AlreadyReserved { .. }
+                | ProductError::NoReservation { .. } => Problem::rule_broken(detail),
+            },
+            AppError::Saga(_) => Problem::rule_broken(detail),
+            AppError::Conflict => Problem::conflict(detail),
+            AppError::Unavailable(_) => Problem::unavailable(detail),
+            AppError::StorageRefused(_) => Problem::internal(detail),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Message handlers of the order service.
+
+use super::commands::save;
+use super::error::AppError;
+use super::ports::{Catalog, OrderStore};
+use crate::domain::{CatalogItem, OrderId, OrderStatus, ProductId, Reason};
+use async_trait::async_trait;
+use contracts::Message;
+use contracts::inventory::{StockReservationCompleted, StockReservationFailed};
+use contracts::product::{ProductCreated, ProductPriceChanged};
+use kernel::Money;
+use messaging::{Causation, Effects, Envelope, Handler, HandlerError, SaveError, retry_on_conflict};
+use std::sync::Arc;
+
+fn permanent(error: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Permanent(error.to_string())
+}
+
+/// A save's outcome for a message handler: a copy that was already applied is a success.
+fn applied(outcome: Result<(), SaveError>) -> Result<(), AppError> {
+    match outcome {
+        Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Keeps the catalog copy in step with inventory's product events.
+pub struct CatalogHandler {
+    catalog: Arc<dyn Catalog>,
+}
+
+impl CatalogHandler {
+    pub fn new(catalog: Arc<dyn Catalog>) -> Self {
+        Self { catalog }
+    }
+}
+
+#[async_trait]
+impl Handler for CatalogHandler {
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+
+    fn message_types(&self) -> Vec<&'static str> {
+        vec![ProductCreated::TYPE, ProductPriceChanged::TYPE]
+    }
+
+    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
+        let (product_id, name, price, version) = match message.message_type.as_str() {
+            ProductCreated::TYPE => {
+                let created: ProductCreated = message.decode().map_err(permanent)?;
+                (created.product_id, created.name, created.price, created.version)
+            }
+            ProductPriceChanged::TYPE => {
+                let changed: ProductPriceChanged = message.decode().map_err(permanent)?;
+                (changed.product_id, changed.name, changed.price, changed.version)
+            }
+            other => return Err(permanent(format!("no handler for {other}"))),
+        };
+        let item = CatalogItem {
+            product_id: ProductId::new(product_id).map_err(permanent)?,
+            name,
+            price: Money::new(price).map_err(permanent)?,
+        };
+        let effects = Effects::consuming(self.name(), message.message_id);
+        Ok(applied(self.catalog.upsert(&item, version, &effects).await)?)
+    }
+}
+
+/// Confirms or rejects placed orders when inventory reports the reservation's outcome.
+pub struct ReservationOutcomeHandler {
+    orders: Arc<dyn OrderStore>,
+}
+
+impl ReservationOutcomeHandler {
+    pub fn new(orders: Arc<dyn OrderStore>) -> Self {
+        Self { orders }
+    }
+}
+
+/// What inventory reported for an order.
+enum Outcome {
+    Reserved,
+    Failed(Reason),
+}
+
+#[async_trait]
+impl Handler for ReservationOutcomeHandler {
+    fn name(&self) -> &'static str {
+        "reservations"
+    }
+
+    fn message_types(&self) -> Vec<&'static str> {
+        vec![StockReservationCompleted::TYPE, StockReservationFailed::TYPE]
+    }
+
+    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
+        let (order_id, outcome) = match message.message_type.as_str() {
+            StockReservationCompleted::TYPE => {
+                let completed: StockReservationCompleted = message.decode().map_err(permanent)?;
+                (completed.order_id, Outcome::Reserved)
+            }
+            StockReservationFailed::TYPE => {
+                let failed: StockReservationFailed = message.decode().map_err(permanent)?;
+                (failed.order_id, Outcome::Failed(Reason::new(failed.reason).map_err(permanent)?))
+            }
+            other => return Err(permanent(format!("no handler for {other}"))),
+        };
+        let order_id = OrderId::from_uuid(order_id);
+        let causation = Causation::from_message(message);
+        let handled = retry_on_conflict(|| async {
+            let mut order = self.orders.load(order_id).await?.ok_or(AppError::OrderNotFound(order_id))?;
+            let before = order.status();
+            if before != OrderStatus::Placed {
+                // Cancelled while inventory was reserving: inventory releases what it held.
+                tracing::info!(%order_id, status = %before, outcome = %message.message_type, "reservation outcome for an order no longer placed; ignored");
+                return Ok(());
+            }
+            match &outcome {
+                Outcome::Reserved => order.confirm()?,
+                Outcome::Failed(reason) => order.reject(reason.clone())?,
+            }
+            let effects = Effects::consuming(self.name(), message.message_id);
+            applied(save(&*self.orders, &mut order, Some(before), None, &causation, effects).await)
+        })
+        .await;
+        Ok(handled?)
+    }
+}

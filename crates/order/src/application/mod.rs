@@ -1,0 +1,16 @@
+//! The order application layer: command handlers behind the HTTP API, message handlers behind
+//! the broker, and the ports they use. No SQL, no HTTP, no broker client here.
+
+mod commands;
+mod error;
+mod handlers;
+mod messages;
+pub mod ports;
+
+pub use commands::{IdempotencyKey, NewOrder, OrderService};
+pub use error::AppError;
+pub use handlers::{CatalogHandler, ReservationOutcomeHandler};
+pub use ports::{Catalog, OrderFilter, OrderPage, OrderStore, OrderSummary};
+
+/// Names this service's queues and log lines.
+pub const SERVICE: &str = "order";

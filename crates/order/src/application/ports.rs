@@ -1,0 +1,66 @@
+//! Ports: what the application needs from storage. PostgreSQL adapters live in
+//! `infrastructure`; each save commits the aggregate with its messages and inbox record.
+
+use crate::domain::{CatalogItem, CustomerId, Order, OrderId, OrderStatus, ProductId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kernel::Money;
+use messaging::{BoxError, Effects, SaveError};
+
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    async fn load(&self, id: OrderId) -> Result<Option<Order>, BoxError>;
+
+    /// Saves the order if it is still at the version it was loaded at (a new order at version
+    /// 0), with `effects`, atomically. `idempotency` ties a new order to the key it was created
+    /// under, with the fingerprint of the request.
+    async fn save(
+        &self,
+        order: &Order,
+        idempotency: Option<(&str, &str)>,
+        effects: &Effects<'_>,
+    ) -> Result<(), SaveError>;
+
+    /// The order created under an idempotency key, with the fingerprint of its request.
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, BoxError>;
+
+    async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, BoxError>;
+}
+
+/// Which orders to list: newest first, `limit` at a time, continuing after an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderFilter {
+    pub customer_id: Option<CustomerId>,
+    pub status: Option<OrderStatus>,
+    pub after: Option<OrderId>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderSummary {
+    pub id: OrderId,
+    pub customer_id: CustomerId,
+    pub status: OrderStatus,
+    pub total: Money,
+    pub line_count: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderPage {
+    pub orders: Vec<OrderSummary>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_after: Option<OrderId>,
+}
+
+/// The order service's copy of the inventory catalog.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, BoxError>;
+
+    async fn list(&self) -> Result<Vec<CatalogItem>, BoxError>;
+
+    /// Records a product as of `version` of the inventory's product, unless a newer version is
+    /// already known, with `effects` (the inbox record), atomically.
+    async fn upsert(&self, item: &CatalogItem, version: i64, effects: &Effects<'_>) -> Result<(), SaveError>;
+}

@@ -1,0 +1,28 @@
+//! Application errors as problem+json: 400 invalid input, 404 unknown id, 409 a transition the
+//! state forbids or a concurrent change, 422 a business rule, 503 a dependency down.
+
+use crate::application::AppError;
+use crate::domain::OrderError;
+use web::Problem;
+
+impl From<AppError> for Problem {
+    fn from(error: AppError) -> Self {
+        let detail = error.to_string();
+        match error {
+            AppError::OrderNotFound(_) => Problem::not_found(detail),
+            AppError::UnknownProduct(_) | AppError::IdempotencyKeyReused => Problem::rule_broken(detail),
+            AppError::Rule(rule) => match rule {
+                OrderError::NotADraft(_) | OrderError::TransitionRefused { .. } => Problem::conflict(detail),
+                OrderError::NoSuchLine(_) => Problem::not_found(detail),
+                OrderError::DescriptionTooLong(_) => Problem::invalid_input(detail),
+                OrderError::EmptyOrder
+                | OrderError::TooManyLines
+                | OrderError::Quantity(_)
+                | OrderError::Money(_) => Problem::rule_broken(detail),
+            },
+            AppError::Conflict => Problem::conflict(detail),
+            AppError::Unavailable(_) => Problem::unavailable(detail),
+            AppError::StorageRefused(_) => Problem::internal(detail),
+        }
+    }
+}

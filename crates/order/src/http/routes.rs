@@ -1,0 +1,245 @@
+use super::dto::{
+    AddItemRequest, CancelRequest, CatalogItemResponse, CreateOrderRequest, ListOrdersQuery, OrderPageResponse,
+    OrderResponse, parse_status,
+};
+use crate::application::{IdempotencyKey, NewOrder, OrderFilter, OrderService};
+use crate::domain::{CustomerId, OrderId, ProductId, Quantity, Reason};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use uuid::Uuid;
+use web::{Json, Path, Problem, Query, RequestTrace};
+
+#[derive(Clone)]
+struct AppState {
+    orders: Arc<OrderService>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Order service", description = "Customer orders: drafts, lines, placing, cancelling, shipping."),
+    paths(create_order, get_order, list_orders, add_item, remove_item, place_order, cancel_order, ship_order, list_catalog),
+    components(schemas(Problem)),
+    tags((name = "orders"), (name = "catalog", description = "The order service's copy of inventory's catalog"))
+)]
+pub struct ApiDoc;
+
+/// The order API's routes (without operational endpoints, which the composition root adds).
+pub fn router(orders: Arc<OrderService>) -> Router {
+    Router::new()
+        .route("/api/orders", post(create_order).get(list_orders))
+        .route("/api/orders/{id}", get(get_order))
+        .route("/api/orders/{id}/items", post(add_item))
+        .route("/api/orders/{id}/items/{product_id}", delete(remove_item))
+        .route("/api/orders/{id}/place", post(place_order))
+        .route("/api/orders/{id}/cancel", post(cancel_order))
+        .route("/api/orders/{id}/ship", post(ship_order))
+        .route("/api/catalog", get(list_catalog))
+        .with_state(AppState { orders })
+}
+
+type ApiResult<T> = Result<T, Problem>;
+
+fn order_id(id: Uuid) -> OrderId {
+    OrderId::from_uuid(id)
+}
+
+fn product_id(id: i64) -> ApiResult<ProductId> {
+    ProductId::new(id).map_err(|e| Problem::invalid_input(format!("productId: {e}")))
+}
+
+/// Creates a draft order.
+///
+/// With an `Idempotency-Key` header, repeating the request returns the order created the first
+/// time (status 200) instead of creating another.
+#[utoipa::path(
+    post, path = "/api/orders", tag = "orders",
+    request_body = CreateOrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry")),
+    responses(
+        (status = 201, description = "Created", body = OrderResponse),
+        (status = 200, description = "Already created under this Idempotency-Key", body = OrderResponse),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_order(
+    State(state): State<AppState>,
+    RequestTrace(trace): RequestTrace,
+    headers: HeaderMap,
+    Json(request): Json<CreateOrderRequest>,
+) -> ApiResult<Response> {
+    let key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| Problem::invalid_input("Idempotency-Key must be ASCII"))?;
+            Some(IdempotencyKey::new(text).map_err(|e| Problem::invalid_input(e.to_string()))?)
+        }
+        None => None,
+    };
+    let new = NewOrder { customer_id: CustomerId::from_uuid(request.customer_id), description: request.description };
+    let (order, created) = state.orders.create(new, key, trace).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id())).expect("ids are ASCII");
+    Ok((status, [(header::LOCATION, location)], Json(OrderResponse::from(&order))).into_response())
+}
+
+/// An order with its lines.
+#[utoipa::path(
+    get, path = "/api/orders/{id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, body = OrderResponse),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_order(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Json<OrderResponse>> {
+    let order = state.orders.get(order_id(id)).await?;
+    Ok(Json(OrderResponse::from(&order)))
+}
+
+/// Orders, newest first, filtered by customer and status, a page at a time.
+#[utoipa::path(
+    get, path = "/api/orders", tag = "orders",
+    params(ListOrdersQuery),
+    responses(
+        (status = 200, body = OrderPageResponse),
+        (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_orders(State(state): State<AppState>, Query(query): Query<ListOrdersQuery>) -> ApiResult<Json<OrderPageResponse>> {
+    let status = match query.status.as_deref() {
+        Some(text) => Some(parse_status(text).ok_or_else(|| {
+            Problem::invalid_input(format!(
+                "status: {text:?} is not one of draft, placed, confirmed, rejected, shipped, cancelled"
+            ))
+        })?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem::invalid_input(format!("limit: must be 1 to 200 (got {limit})")));
+    }
+    let filter = OrderFilter {
+        customer_id: query.customer_id.map(CustomerId::from_uuid),
+        status,
+        after: query.after.map(OrderId::from_uuid),
+        limit,
+    };
+    Ok(Json(state.orders.list(&filter).await?.into()))
+}
+
+/// Adds a catalog product to a draft order; a product already on it gets its quantity raised.
+/// The price comes from the catalog, never from the request.
+#[utoipa::path(
+    post, path = "/api/orders/{id}/items", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    request_body = AddItemRequest,
+    responses(
+        (status = 200, body = OrderResponse),
+        (status = 400, description = "Invalid quantity or product id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is no longer a draft", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn add_item(
+    State(state): State<AppState>,
+    RequestTrace(trace): RequestTrace,
+    Path(id): Path<Uuid>,
+    Json(request): Json<AddItemRequest>,
+) -> ApiResult<Json<OrderResponse>> {
+    let product = product_id(request.product_id)?;
+    let quantity = Quantity::new(request.quantity).map_err(|e| Problem::invalid_input(format!("quantity: {e}")))?;
+    let order = state.orders.add_item(order_id(id), product, quantity, trace).await?;
+    Ok(Json(OrderResponse::from(&order)))
+}
+
+/// Removes a product's line from a draft order.
+#[utoipa::path(
+    delete, path = "/api/orders/{id}/items/{product_id}", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id"), ("product_id" = i64, Path, description = "Product id")),
+    responses(
+        (status = 200, body = OrderResponse),
+        (status = 404, description = "No such order or line", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is no longer a draft", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn remove_item(
+    State(state): State<AppState>,
+    RequestTrace(trace): RequestTrace,
+    Path((id, product)): Path<(Uuid, i64)>,
+) -> ApiResult<Json<OrderResponse>> {
+    let order = state.orders.remove_item(order_id(id), product_id(product)?, trace).await?;
+    Ok(Json(OrderResponse::from(&order)))
+}
+
+/// Places a draft order: inventory then reserves its stock, and the order becomes confirmed
+/// or rejected.
+#[utoipa::path(
+    post, path = "/api/orders/{id}/place", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, body = OrderResponse),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not a draft", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The order has no lines", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn place_order(
+    State(state): State<AppState>,
+    RequestTrace(trace): RequestTrace,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<OrderResponse>> {
+    Ok(Json(OrderResponse::from(&state.orders.place(order_id(id), trace).await?)))
+}
+
+/// Cancels a draft, placed or confirmed order; stock held for it is released.
+#[utoipa::path(
+    post, path = "/api/orders/{id}/cancel", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    request_body = CancelRequest,
+    responses(
+        (status = 200, body = OrderResponse),
+        (status = 400, description = "Missing reason", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already rejected, shipped or cancelled", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn cancel_order(
+    State(state): State<AppState>,
+    RequestTrace(trace): RequestTrace,
+    Path(id): Path<Uuid>,
+    Json(request): Json<CancelRequest>,
+) -> ApiResult<Json<OrderResponse>> {
+    let reason = Reason::new(request.reason).map_err(|e| Problem::invalid_input(format!("reason: {e}")))?;
+    Ok(Json(OrderResponse::from(&state.orders.cancel(order_id(id), reason, trace).await?)))
+}
+
+/// Ships a confirmed order: its reserved stock leaves the warehouse.
+#[utoipa::path(
+    post, path = "/api/orders/{id}/ship", tag = "orders",
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, body = OrderResponse),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not confirmed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn ship_order(
+    State(state): State<AppState>,
+    RequestTrace(trace): RequestTrace,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<OrderResponse>> {
+    Ok(Json(OrderResponse::from(&state.orders.ship(order_id(id), trace).await?)))
+}
+
+/// The products orders can be made of, as inventory last announced them.
+#[utoipa::path(get, path = "/api/catalog", tag = "catalog", responses((status = 200, body = Vec<CatalogItemResponse>)))]
+async fn list_catalog(State(state): State<AppState>) -> ApiResult<Json<Vec<CatalogItemResponse>>> {
+    Ok(Json(state.orders.catalog().await?.into_iter().map(Into::into).collect()))
+}

@@ -1,0 +1,63 @@
+use crate::application::Catalog;
+use crate::domain::{CatalogItem, ProductId};
+use async_trait::async_trait;
+use kernel::Money;
+use messaging::postgres::{commit, save_error};
+use messaging::{BoxError, Effects, SaveError};
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+#[derive(Clone)]
+pub struct PgCatalog {
+    pool: PgPool,
+}
+
+impl PgCatalog {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn item((product_id, name, price): (i64, String, Decimal)) -> Result<CatalogItem, BoxError> {
+    Ok(CatalogItem { product_id: ProductId::new(product_id)?, name, price: Money::new(price)? })
+}
+
+#[async_trait]
+impl Catalog for PgCatalog {
+    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, BoxError> {
+        let row: Option<(i64, String, Decimal)> =
+            sqlx::query_as("SELECT product_id, name, price FROM catalog_products WHERE product_id = $1")
+                .bind(product_id.get())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(item).transpose()
+    }
+
+    async fn list(&self) -> Result<Vec<CatalogItem>, BoxError> {
+        let rows: Vec<(i64, String, Decimal)> =
+            sqlx::query_as("SELECT product_id, name, price FROM catalog_products ORDER BY product_id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(item).collect()
+    }
+
+    async fn upsert(&self, item: &CatalogItem, version: i64, effects: &Effects<'_>) -> Result<(), SaveError> {
+        commit(&self.pool, effects, async |tx| {
+            sqlx::query(
+                "INSERT INTO catalog_products (product_id, name, price, version) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (product_id) DO UPDATE \
+                 SET name = excluded.name, price = excluded.price, version = excluded.version, updated_at = now() \
+                 WHERE catalog_products.version < excluded.version",
+            )
+            .bind(item.product_id.get())
+            .bind(&item.name)
+            .bind(item.price.amount())
+            .bind(version)
+            .execute(tx)
+            .await
+            .map_err(save_error)?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,200 @@
+use crate::application::{OrderFilter, OrderPage, OrderStore, OrderSummary};
+use crate::domain::{CustomerId, Order, OrderId, OrderLine, OrderState, OrderStatus, ProductId, Quantity, Reason};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kernel::Money;
+use messaging::postgres::{commit, save_error};
+use messaging::{BoxError, Effects, SaveError};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct PgOrderStore {
+    pool: PgPool,
+}
+
+impl PgOrderStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+/// A line as stored in the `lines` JSON column.
+#[derive(Serialize, Deserialize)]
+struct StoredLine {
+    product_id: i64,
+    product_name: String,
+    unit_price: Decimal,
+    quantity: i64,
+}
+
+fn stored_lines(order: &Order) -> serde_json::Value {
+    let lines: Vec<StoredLine> = order
+        .lines()
+        .iter()
+        .map(|line| StoredLine {
+            product_id: line.product_id.get(),
+            product_name: line.product_name.clone(),
+            unit_price: line.unit_price.amount(),
+            quantity: i64::from(line.quantity.get()),
+        })
+        .collect();
+    serde_json::to_value(lines).expect("lines serialize")
+}
+
+fn restore(row: &sqlx::postgres::PgRow) -> Result<Order, BoxError> {
+    let status: String = row.try_get("status")?;
+    let reason: Option<String> = row.try_get("status_reason")?;
+    let reason = || -> Result<Reason, BoxError> { Ok(Reason::new(reason.clone().unwrap_or_default())?) };
+    let state = match OrderStatus::parse(&status).ok_or_else(|| format!("unknown order status {status:?}"))? {
+        OrderStatus::Draft => OrderState::Draft,
+        OrderStatus::Placed => OrderState::Placed,
+        OrderStatus::Confirmed => OrderState::Confirmed,
+        OrderStatus::Rejected => OrderState::Rejected { reason: reason()? },
+        OrderStatus::Shipped => OrderState::Shipped,
+        OrderStatus::Cancelled => OrderState::Cancelled { reason: reason()? },
+    };
+    let stored: Vec<StoredLine> = serde_json::from_value(row.try_get("lines")?)?;
+    let lines = stored
+        .into_iter()
+        .map(|line| {
+            Ok(OrderLine {
+                product_id: ProductId::new(line.product_id)?,
+                product_name: line.product_name,
+                unit_price: Money::new(line.unit_price)?,
+                quantity: Quantity::new(line.quantity)?,
+            })
+        })
+        .collect::<Result<Vec<_>, BoxError>>()?;
+    Ok(Order::restore(
+        OrderId::from_uuid(row.try_get("id")?),
+        CustomerId::from_uuid(row.try_get("customer_id")?),
+        row.try_get("description")?,
+        state,
+        lines,
+        row.try_get("created_at")?,
+        row.try_get("version")?,
+    )?)
+}
+
+#[async_trait]
+impl OrderStore for PgOrderStore {
+    async fn load(&self, id: OrderId) -> Result<Option<Order>, BoxError> {
+        let row = sqlx::query(
+            "SELECT id, customer_id, description, status, status_reason, lines, created_at, version \
+             FROM orders WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(restore).transpose()
+    }
+
+    async fn save(
+        &self,
+        order: &Order,
+        idempotency: Option<(&str, &str)>,
+        effects: &Effects<'_>,
+    ) -> Result<(), SaveError> {
+        let reason = order.state().reason().map(Reason::as_str);
+        commit(&self.pool, effects, async |tx| {
+            let written = if order.version() == 0 {
+                sqlx::query(
+                    "INSERT INTO orders (id, customer_id, description, status, status_reason, lines, total, created_at, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)",
+                )
+                .bind(order.id().as_uuid())
+                .bind(order.customer_id().as_uuid())
+                .bind(order.description())
+                .bind(order.status().as_str())
+                .bind(reason)
+                .bind(stored_lines(order))
+                .bind(order.total().amount())
+                .bind(order.created_at())
+                .execute(&mut *tx)
+                .await
+            } else {
+                sqlx::query(
+                    "UPDATE orders SET status = $3, status_reason = $4, lines = $5, total = $6, \
+                            updated_at = now(), version = version + 1 \
+                     WHERE id = $1 AND version = $2",
+                )
+                .bind(order.id().as_uuid())
+                .bind(order.version())
+                .bind(order.status().as_str())
+                .bind(reason)
+                .bind(stored_lines(order))
+                .bind(order.total().amount())
+                .execute(&mut *tx)
+                .await
+            }
+            .map_err(save_error)?;
+            if written.rows_affected() == 0 {
+                return Err(SaveError::Conflict);
+            }
+            if let Some((key, fingerprint)) = idempotency {
+                sqlx::query("INSERT INTO idempotency_keys (key, order_id, fingerprint) VALUES ($1, $2, $3)")
+                    .bind(key)
+                    .bind(order.id().as_uuid())
+                    .bind(fingerprint)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(save_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, BoxError> {
+        let row: Option<(Uuid, String)> =
+            sqlx::query_as("SELECT order_id, fingerprint FROM idempotency_keys WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(id, fingerprint)| (OrderId::from_uuid(id), fingerprint)))
+    }
+
+    async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, BoxError> {
+        let rows = sqlx::query(
+            "SELECT id, customer_id, status, total, jsonb_array_length(lines) AS line_count, created_at \
+             FROM orders \
+             WHERE ($1::uuid IS NULL OR customer_id = $1) \
+               AND ($2::text IS NULL OR status = $2) \
+               AND ($3::uuid IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(filter.customer_id.map(|id| id.as_uuid()))
+        .bind(filter.status.map(OrderStatus::as_str))
+        .bind(filter.after.map(|id| id.as_uuid()))
+        .bind(i64::from(filter.limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = rows
+            .iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                let line_count: i32 = row.try_get("line_count")?;
+                let created_at: DateTime<Utc> = row.try_get("created_at")?;
+                Ok(OrderSummary {
+                    id: OrderId::from_uuid(row.try_get("id")?),
+                    customer_id: CustomerId::from_uuid(row.try_get("customer_id")?),
+                    status: OrderStatus::parse(&status).ok_or_else(|| format!("unknown order status {status:?}"))?,
+                    total: Money::new(row.try_get("total")?)?,
+                    line_count: line_count as u32,
+                    created_at,
+                })
+            })
+            .collect::<Result<Vec<_>, BoxError>>()?;
+        // One row more than asked tells whether another page follows.
+        let next_after = if orders.len() > filter.limit as usize {
+            orders.truncate(filter.limit as usize);
+            orders.last().map(|order| order.id)
+        } else {
+            None
+        };
+        Ok(OrderPage { orders, next_after })
+    }
+}

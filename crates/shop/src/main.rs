@@ -1,0 +1,179 @@
+//! `shop`: run the order and inventory services, migrate their databases, inspect dead letters,
+//! put load on a running system.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use messaging::transport::memory::MemoryTransport;
+use messaging::transport::rabbitmq::RabbitMq;
+use messaging::{Naming, Transport};
+use shop::telemetry::{LogFormat, init_logs, init_metrics};
+use shop::{BrokerSettings, InventorySettings, OrderSettings, RunningService, Tuning};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "shop", version, about = "An event-driven shop: order and inventory services over PostgreSQL and RabbitMQ")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "SHOP_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run both services in this process, each with its own database and HTTP listener,
+    /// talking only through the broker.
+    Up {
+        #[command(flatten)]
+        orders: OrderSettings,
+        #[command(flatten)]
+        inventory: InventorySettings,
+        #[command(flatten)]
+        broker: BrokerSettings,
+        #[command(flatten)]
+        tuning: Tuning,
+        /// `memory` runs without RabbitMQ (messages stay in this process).
+        #[arg(long, env = "SHOP_TRANSPORT", value_enum, default_value = "rabbitmq")]
+        transport: TransportKind,
+    },
+    /// Run one service.
+    Serve {
+        #[command(subcommand)]
+        service: Service,
+    },
+    /// Create the databases if needed and bring their schemas up to date, then exit.
+    Migrate {
+        #[command(flatten)]
+        orders: OrderSettings,
+        #[command(flatten)]
+        inventory: InventorySettings,
+    },
+    /// List, replay or purge the messages that consumers could not process.
+    DeadLetters {
+        #[command(subcommand)]
+        action: shop::dead_letters::Action,
+        #[command(flatten)]
+        broker: BrokerSettings,
+    },
+    /// Drive orders through running services and check the invariants afterwards.
+    Load(shop::load::LoadArgs),
+}
+
+#[derive(Subcommand)]
+enum Service {
+    /// The order service.
+    Order {
+        #[command(flatten)]
+        settings: OrderSettings,
+        #[command(flatten)]
+        broker: BrokerSettings,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// The inventory service.
+    Inventory {
+        #[command(flatten)]
+        settings: InventorySettings,
+        #[command(flatten)]
+        broker: BrokerSettings,
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TransportKind {
+    Rabbitmq,
+    Memory,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Up { orders, inventory, broker, tuning, transport } => {
+            let metrics = Some(init_metrics()?);
+            let naming = Naming::new(&broker.queue_prefix);
+            let transport: Arc<dyn Transport> = match transport {
+                TransportKind::Rabbitmq => Arc::new(rabbitmq(&broker, "shop").await?),
+                TransportKind::Memory => Arc::new(MemoryTransport::new()),
+            };
+            let inventory =
+                shop::start_inventory(&inventory, transport.clone(), &naming, &tuning, metrics.clone()).await?;
+            let orders = shop::start_order(&orders, transport, &naming, &tuning, metrics).await?;
+            print_ready(&[&orders, &inventory]);
+            run_until_signal(vec![orders, inventory]).await
+        }
+        Command::Serve { service } => {
+            let metrics = Some(init_metrics()?);
+            let running = match service {
+                Service::Order { settings, broker, tuning } => {
+                    let transport = Arc::new(rabbitmq(&broker, "shop-order").await?);
+                    shop::start_order(&settings, transport, &Naming::new(&broker.queue_prefix), &tuning, metrics).await?
+                }
+                Service::Inventory { settings, broker, tuning } => {
+                    let transport = Arc::new(rabbitmq(&broker, "shop-inventory").await?);
+                    let naming = Naming::new(&broker.queue_prefix);
+                    shop::start_inventory(&settings, transport, &naming, &tuning, metrics).await?
+                }
+            };
+            print_ready(&[&running]);
+            run_until_signal(vec![running]).await
+        }
+        Command::Migrate { orders, inventory } => {
+            shop::migrate(&orders, &inventory).await?;
+            println!("databases are up to date");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::DeadLetters { action, broker } => {
+            let transport = rabbitmq(&broker, "shop-dead-letters").await?;
+            shop::dead_letters::run(action, &transport).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Load(args) => shop::load::run(args).await,
+    }
+}
+
+async fn rabbitmq(broker: &BrokerSettings, connection_name: &str) -> anyhow::Result<RabbitMq> {
+    RabbitMq::connect(&broker.amqp_url, Naming::new(&broker.queue_prefix), connection_name)
+        .await
+        .with_context(|| "cannot reach RabbitMQ (is it running? see SHOP_AMQP_URL)")
+}
+
+fn print_ready(services: &[&RunningService]) {
+    for service in services {
+        tracing::info!("{} API on http://{} (docs: http://{}/docs)", service.name, service.http_addr, service.http_addr);
+    }
+}
+
+/// Runs until SIGINT or SIGTERM, then stops every service gracefully.
+async fn run_until_signal(services: Vec<RunningService>) -> anyhow::Result<std::process::ExitCode> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+    futures::future::join_all(services.into_iter().map(RunningService::stop)).await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,43 @@
+//! The HTTP side of a service: its API with the shared middleware, the OpenAPI document and
+//! its browsable UI, and the operational endpoints.
+
+use axum::Router;
+use axum::http::StatusCode;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use utoipa_swagger_ui::SwaggerUi;
+use web::{Problem, ReadinessCheck};
+
+pub struct HttpApp {
+    pub service: &'static str,
+    pub api: Router,
+    pub openapi: utoipa::openapi::OpenApi,
+    pub checks: Vec<Box<dyn ReadinessCheck>>,
+    pub metrics: Option<PrometheusHandle>,
+    pub request_timeout: Duration,
+}
+
+impl HttpApp {
+    /// The full router: API, `/docs` (Swagger UI, served from the binary), `/api-docs/openapi.json`,
+    /// `/health/*`, `/metrics`; unknown routes and methods answer with problems.
+    pub fn into_router(self) -> Router {
+        Router::new()
+            .merge(self.api)
+            .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", self.openapi))
+            .merge(web::operations_router(self.checks, self.metrics))
+            .fallback(web::not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, self.request_timeout))
+            .layer(CatchPanicLayer::custom(|_| {
+                axum::response::IntoResponse::into_response(Problem::internal("a request handler panicked"))
+            }))
+            .layer(web::trace_layer(self.service))
+            .layer(axum::middleware::from_fn(web::propagate_trace))
+    }
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "this route does not accept that method")
+}

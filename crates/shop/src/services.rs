@@ -1,0 +1,231 @@
+//! Wiring of the two services: database, migrations, stores, handlers, consumers, relay, HTTP.
+
+use crate::config::{InventorySettings, OrderSettings, Tuning};
+use crate::server::HttpApp;
+use anyhow::Context;
+use async_trait::async_trait;
+use messaging::postgres::{PgInbox, Relay, RelayConfig};
+use messaging::{Consumer, ConsumerConfig, Handler, Naming, RetryPolicy, Transport};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use web::ReadinessCheck;
+
+/// A service running in this process. Stop it with [`RunningService::stop`].
+pub struct RunningService {
+    pub name: &'static str,
+    /// Where its HTTP API listens (useful with port 0).
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl RunningService {
+    /// Graceful stop: stop accepting requests and finish those in flight, stop consuming and
+    /// finish the messages in hand, then publish what the outbox still holds.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Resolves when the service has stopped.
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.done).await;
+    }
+}
+
+/// Everything a service is made of, as the generic runner needs it.
+struct ServiceParts {
+    name: &'static str,
+    pool: PgPool,
+    transport: Arc<dyn Transport>,
+    naming: Naming,
+    handlers: Vec<Arc<dyn Handler>>,
+    http: HttpApp,
+    http_addr: SocketAddr,
+    tuning: Tuning,
+}
+
+pub async fn start_order(
+    settings: &OrderSettings,
+    transport: Arc<dyn Transport>,
+    naming: &Naming,
+    tuning: &Tuning,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<RunningService> {
+    use order::application::{CatalogHandler, OrderService, ReservationOutcomeHandler, SERVICE};
+    use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
+
+    let pool = database(SERVICE, &settings.database_url, tuning, migrator()).await?;
+    let orders = Arc::new(PgOrderStore::new(pool.clone()));
+    let catalog = Arc::new(PgCatalog::new(pool.clone()));
+    let service = Arc::new(OrderService::new(orders.clone(), catalog.clone()));
+    let handlers: Vec<Arc<dyn Handler>> =
+        vec![Arc::new(CatalogHandler::new(catalog)), Arc::new(ReservationOutcomeHandler::new(orders))];
+    let http = http_app(SERVICE, order::http::router(service), order::http::ApiDoc::openapi(), &pool, &transport, metrics, tuning);
+    run(ServiceParts {
+        name: SERVICE,
+        pool,
+        transport,
+        naming: naming.clone(),
+        handlers,
+        http,
+        http_addr: settings.http_addr,
+        tuning: tuning.clone(),
+    })
+    .await
+}
+
+pub async fn start_inventory(
+    settings: &InventorySettings,
+    transport: Arc<dyn Transport>,
+    naming: &Naming,
+    tuning: &Tuning,
+    metrics: Option<PrometheusHandle>,
+) -> anyhow::Result<RunningService> {
+    use inventory::application::{ProductService, ReservationSagaHandler, SERVICE, StockHandler};
+    use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
+
+    let pool = database(SERVICE, &settings.database_url, tuning, migrator()).await?;
+    let products = Arc::new(PgProductStore::new(pool.clone()));
+    let sagas = Arc::new(PgSagaStore::new(pool.clone()));
+    let service = Arc::new(ProductService::new(products.clone(), sagas.clone()));
+    let handlers: Vec<Arc<dyn Handler>> = vec![
+        Arc::new(ReservationSagaHandler::new(sagas, settings.reservation_timeout)),
+        Arc::new(StockHandler::new(products)),
+    ];
+    let http = http_app(SERVICE, inventory::http::router(service), inventory::http::ApiDoc::openapi(), &pool, &transport, metrics, tuning);
+    run(ServiceParts {
+        name: SERVICE,
+        pool,
+        transport,
+        naming: naming.clone(),
+        handlers,
+        http,
+        http_addr: settings.http_addr,
+        tuning: tuning.clone(),
+    })
+    .await
+}
+
+/// Opens the service's database (creating it if needed) and brings its schema up to date.
+pub async fn database(service: &str, url: &str, tuning: &Tuning, migrator: sqlx::migrate::Migrator) -> anyhow::Result<PgPool> {
+    let pool = messaging::postgres::connect(url, tuning.db_pool_size)
+        .await
+        .with_context(|| format!("cannot open the {service} database at {}", redact(url)))?;
+    migrator.run(&pool).await.with_context(|| format!("cannot migrate the {service} database"))?;
+    Ok(pool)
+}
+
+fn http_app(
+    service: &'static str,
+    api: axum::Router,
+    openapi: utoipa::openapi::OpenApi,
+    pool: &PgPool,
+    transport: &Arc<dyn Transport>,
+    metrics: Option<PrometheusHandle>,
+    tuning: &Tuning,
+) -> HttpApp {
+    HttpApp {
+        service,
+        api,
+        openapi,
+        checks: vec![Box::new(DatabaseCheck(pool.clone())), Box::new(BrokerCheck(transport.clone()))],
+        metrics,
+        request_timeout: tuning.request_timeout,
+    }
+}
+
+async fn run(parts: ServiceParts) -> anyhow::Result<RunningService> {
+    let ServiceParts { name, pool, transport, naming, handlers, http, http_addr, tuning } = parts;
+    let consumer_config = ConsumerConfig {
+        concurrency: tuning.consumer_concurrency,
+        prefetch: tuning.prefetch,
+        retry: RetryPolicy::default(),
+    };
+    let inbox = Arc::new(PgInbox::new(pool.clone()));
+    let consumers: Vec<Consumer> = handlers
+        .into_iter()
+        .map(|handler| Consumer::new(name, &naming, handler, consumer_config.clone()).with_inbox(inbox.clone()))
+        .collect();
+    // Queues exist before the first request, so nothing this service is sent is unroutable.
+    for consumer in &consumers {
+        transport.declare(consumer.queue()).await.with_context(|| format!("cannot declare queue {}", consumer.queue().name))?;
+    }
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {http_addr} for the {name} API"))?;
+    let http_addr = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let (consumers_stop, relay_stop) = (CancellationToken::new(), CancellationToken::new());
+    let consuming: Vec<_> = consumers
+        .into_iter()
+        .map(|consumer| tokio::spawn(consumer.run(transport.clone(), consumers_stop.clone())))
+        .collect();
+    let relay_config = RelayConfig { sweep_interval: tuning.relay_sweep, ..RelayConfig::default() };
+    let relaying = tokio::spawn(Relay::new(name, pool.clone(), transport.clone(), relay_config).run(relay_stop.clone()));
+    let router = http.into_router();
+    let serving = tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future());
+    tracing::info!(service = name, %http_addr, "service started");
+
+    let stopping = shutdown.clone();
+    let done = tokio::spawn(async move {
+        stopping.cancelled().await;
+        tracing::info!(service = name, "stopping: finishing requests in flight");
+        if let Ok(Err(error)) = serving.await {
+            tracing::warn!(service = name, %error, "HTTP server error");
+        }
+        consumers_stop.cancel();
+        for consumer in consuming {
+            let _ = consumer.await;
+        }
+        relay_stop.cancel();
+        let _ = relaying.await;
+        pool.close().await;
+        tracing::info!(service = name, "stopped");
+    });
+    Ok(RunningService { name, http_addr, shutdown, done })
+}
+
+struct DatabaseCheck(PgPool);
+
+#[async_trait]
+impl ReadinessCheck for DatabaseCheck {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn is_ready(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.0).await.is_ok()
+    }
+}
+
+struct BrokerCheck(Arc<dyn Transport>);
+
+#[async_trait]
+impl ReadinessCheck for BrokerCheck {
+    fn name(&self) -> &'static str {
+        "broker"
+    }
+
+    async fn is_ready(&self) -> bool {
+        self.0.is_ready().await
+    }
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}://{user}@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

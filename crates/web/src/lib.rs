@@ -1,0 +1,23 @@
+//! HTTP conventions shared by the order and inventory APIs.
+//!
+//! - [`Problem`]: RFC 7807 `application/problem+json` errors.
+//! - [`Json`], [`Path`], [`Query`]: extractors whose rejections are problems (400), never
+//!   axum's plain-text defaults.
+//! - [`RequestTrace`] and [`trace_layer`]: the W3C trace context of a request, and a span per
+//!   request carrying its trace id.
+//! - [`operations_router`]: `/health/live`, `/health/ready`, `/metrics`.
+
+mod extract;
+mod operations;
+mod problem;
+mod trace;
+
+pub use extract::{Json, Path, Query};
+pub use operations::{ReadinessCheck, operations_router};
+pub use problem::Problem;
+pub use trace::{RequestTrace, propagate_trace, trace_layer};
+
+/// Fallback for unknown routes: a 404 problem.
+pub async fn not_found(uri: axum::http::Uri) -> Problem {
+    Problem::not_found(format!("no route for {}", uri.path()))
+}
