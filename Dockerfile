@@ -1,0 +1,24 @@
+# Multi-stage build of the `shop` binary; the same image runs either service (see
+# docker-compose.yml) or both (`shop up`).
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p shop \
+    && cp target/release/shop /usr/local/bin/shop
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home shop
+COPY --from=build /usr/local/bin/shop /usr/local/bin/shop
+USER shop
+ENV SHOP_LOG_FORMAT=json \
+    SHOP_ORDERS_HTTP_ADDR=0.0.0.0:8081 \
+    SHOP_INVENTORY_HTTP_ADDR=0.0.0.0:8082
+EXPOSE 8081 8082
+ENTRYPOINT ["shop"]
+CMD ["up"]

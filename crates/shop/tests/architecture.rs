@@ -1,0 +1,83 @@
+//! Checks that keep the architecture visible: the domain does no I/O, the application talks to
+//! ports rather than drivers, and every integration message has a consumer.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(sources(&path));
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Every `use` of a forbidden crate or module in the layer's sources, as "file: line".
+fn violations(layer: &str, forbidden: &[&str]) -> Vec<String> {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    for service in ["order", "inventory"] {
+        for file in sources(&crates.join(service).join("src").join(layer)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for line in text.lines() {
+                let code = line.trim();
+                let uses = |name: &str| {
+                    code.starts_with(&format!("use {name}"))
+                        || code.contains(&format!(" {name}::"))
+                        || code.contains(&format!("({name}::"))
+                        || code.contains(&format!("<{name}::"))
+                        || code.starts_with(&format!("{name}::"))
+                };
+                if forbidden.iter().any(|name| uses(name)) {
+                    found.push(format!("{}: {code}", file.display()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_domain_does_no_io_and_knows_no_messages() {
+    let forbidden =
+        ["sqlx", "axum", "lapin", "tokio", "reqwest", "std::fs", "std::net", "messaging", "contracts", "web", "tracing"];
+    let found = violations("domain", &forbidden);
+    assert!(found.is_empty(), "domain code must stay pure:\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_application_talks_to_ports_not_to_drivers() {
+    let forbidden = ["sqlx", "axum", "lapin", "reqwest", "web", "messaging::postgres", "messaging::transport"];
+    let found = violations("application", &forbidden);
+    assert!(found.is_empty(), "application code must use ports:\n{}", found.join("\n"));
+}
+
+#[tokio::test]
+async fn every_integration_message_has_a_consumer_and_every_consumer_is_known() {
+    use messaging::Handler;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    // Handlers only need their stores to handle messages; a pool that never connects will do.
+    let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+    let orders = Arc::new(order::infrastructure::PgOrderStore::new(pool.clone()));
+    let catalog = Arc::new(order::infrastructure::PgCatalog::new(pool.clone()));
+    let products = Arc::new(inventory::infrastructure::PgProductStore::new(pool.clone()));
+    let sagas = Arc::new(inventory::infrastructure::PgSagaStore::new(pool));
+    let handlers: Vec<(&str, Arc<dyn Handler>)> = vec![
+        ("order", Arc::new(order::application::CatalogHandler::new(catalog))),
+        ("order", Arc::new(order::application::ReservationOutcomeHandler::new(orders))),
+        ("inventory", Arc::new(inventory::application::ReservationSagaHandler::new(sagas, Duration::from_secs(1)))),
+        ("inventory", Arc::new(inventory::application::StockHandler::new(products))),
+    ];
+    let consumed: Vec<&str> = handlers.iter().flat_map(|(_, handler)| handler.message_types()).collect();
+    for (message_type, _) in contracts::samples() {
+        assert!(consumed.contains(&message_type), "{message_type} has no consumer: it would never leave the outbox");
+    }
+    let named: Vec<(&str, &str)> = handlers.iter().map(|(service, handler)| (*service, handler.name())).collect();
+    assert_eq!(named, shop::dead_letters::CONSUMERS, "the dead-letter tools must know every consumer");
+}

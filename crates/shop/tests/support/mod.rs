@@ -1,0 +1,208 @@
+//! A whole system for end-to-end tests: both services on ephemeral ports in this process, each
+//! with a fresh database, talking through the real RabbitMQ under names no other test uses.
+//! Tests drive it through its HTTP APIs only.
+#![allow(dead_code)]
+
+use messaging::testing::{TestDatabase, amqp_url, unique_naming};
+use messaging::transport::QueueSpec;
+use messaging::transport::rabbitmq::RabbitMq;
+use messaging::{Naming, Transport};
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::{Value, json};
+use shop::dead_letters::CONSUMERS;
+use shop::{InventorySettings, OrderSettings, RunningService, Tuning};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub struct System {
+    pub orders_url: String,
+    pub inventory_url: String,
+    pub http: Client,
+    pub inventory_db: TestDatabase,
+    pub orders_db: TestDatabase,
+    transport: RabbitMq,
+    naming: Naming,
+    services: Vec<RunningService>,
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::with_reservation_timeout(Duration::from_secs(600)).await
+    }
+
+    pub async fn with_reservation_timeout(reservation_timeout: Duration) -> Self {
+        init_logs();
+        let (orders_db, inventory_db) = (TestDatabase::empty().await, TestDatabase::empty().await);
+        let naming = unique_naming();
+        let transport = RabbitMq::connect(&amqp_url(), naming.clone(), "e2e").await.expect("RabbitMQ reachable");
+        let shared: Arc<dyn Transport> = Arc::new(transport.clone());
+        let tuning = Tuning { db_pool_size: 8, ..Tuning::default() };
+        let inventory = shop::start_inventory(
+            &InventorySettings {
+                database_url: inventory_db.url.clone(),
+                http_addr: "127.0.0.1:0".parse().unwrap(),
+                reservation_timeout,
+            },
+            shared.clone(),
+            &naming,
+            &tuning,
+            None,
+        )
+        .await
+        .expect("inventory starts");
+        let orders = shop::start_order(
+            &OrderSettings { database_url: orders_db.url.clone(), http_addr: "127.0.0.1:0".parse().unwrap() },
+            shared,
+            &naming,
+            &tuning,
+            None,
+        )
+        .await
+        .expect("orders start");
+        Self {
+            orders_url: format!("http://{}", orders.http_addr),
+            inventory_url: format!("http://{}", inventory.http_addr),
+            http: Client::new(),
+            inventory_db,
+            orders_db,
+            transport,
+            naming,
+            services: vec![orders, inventory],
+        }
+    }
+
+    pub async fn stop(mut self) {
+        for service in self.services.drain(..) {
+            service.stop().await;
+        }
+        let specs: Vec<QueueSpec> = CONSUMERS
+            .iter()
+            .map(|(service, consumer)| QueueSpec {
+                name: self.naming.queue(service, consumer),
+                message_types: vec![],
+                prefetch: 1,
+            })
+            .collect();
+        let _ = self.transport.delete_topology(&specs).await;
+    }
+
+    /// Sends a request with an optional JSON body; returns the status and the JSON answer.
+    pub async fn call(&self, method: Method, url: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response: Response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub fn order_url(&self, path: &str) -> String {
+        format!("{}{path}", self.orders_url)
+    }
+
+    pub fn inventory_url(&self, path: &str) -> String {
+        format!("{}{path}", self.inventory_url)
+    }
+
+    /// Creates a product and waits until the order service's catalog knows it.
+    pub async fn product(&self, name: &str, price: &str, stock: u32) -> i64 {
+        let body = json!({ "name": name, "price": price, "stock": stock });
+        let (status, product) = self.call(Method::POST, &self.inventory_url("/api/products"), Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{product}");
+        let id = product["id"].as_i64().unwrap();
+        eventually(Duration::from_secs(10), "the catalog knows the product", async || {
+            let (_, catalog) = self.call(Method::GET, &self.order_url("/api/catalog"), None).await;
+            catalog.as_array().is_some_and(|items| items.iter().any(|item| item["productId"] == id))
+        })
+        .await;
+        id
+    }
+
+    pub async fn stock_of(&self, product: i64) -> (u64, u64, u64) {
+        let (status, body) = self.call(Method::GET, &self.inventory_url(&format!("/api/products/{product}")), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let n = |field: &str| body[field].as_u64().unwrap();
+        (n("stock"), n("reserved"), n("available"))
+    }
+
+    pub async fn new_order(&self) -> String {
+        let body = json!({ "customerId": Uuid::now_v7() });
+        let (status, order) = self.call(Method::POST, &self.order_url("/api/orders"), Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        order["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn add(&self, order: &str, product: i64, quantity: i64) -> (StatusCode, Value) {
+        let body = json!({ "productId": product, "quantity": quantity });
+        self.call(Method::POST, &self.order_url(&format!("/api/orders/{order}/items")), Some(body)).await
+    }
+
+    pub async fn command(&self, order: &str, action: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(Method::POST, &self.order_url(&format!("/api/orders/{order}/{action}")), body).await
+    }
+
+    /// An order with `lines` (product, quantity), placed.
+    pub async fn placed_order(&self, lines: &[(i64, i64)]) -> String {
+        let order = self.new_order().await;
+        for (product, quantity) in lines {
+            let (status, body) = self.add(&order, *product, *quantity).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let (status, body) = self.command(&order, "place", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        order
+    }
+
+    pub async fn order(&self, order: &str) -> Value {
+        let (status, body) = self.call(Method::GET, &self.order_url(&format!("/api/orders/{order}")), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// Waits until the order leaves `placed`; returns it.
+    pub async fn settled(&self, order: &str) -> Value {
+        let mut last = Value::Null;
+        eventually(Duration::from_secs(20), "the order settles", async || {
+            last = self.order(order).await;
+            last["status"] != "placed"
+        })
+        .await;
+        last
+    }
+
+    pub async fn reservation(&self, order: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, &self.inventory_url(&format!("/api/reservations/{order}")), None).await
+    }
+
+    /// Waits until the saga of `order` is in `state` with no line still pending or reserved
+    /// (for states that hold nothing).
+    pub async fn reservation_in(&self, order: &str, state: &str) -> Value {
+        let mut last = Value::Null;
+        eventually(Duration::from_secs(20), &format!("the reservation becomes {state}"), async || {
+            let (status, body) = self.reservation(order).await;
+            last = body;
+            status == StatusCode::OK && last["state"] == state
+        })
+        .await;
+        last
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds, or panics after `limit`.
+pub async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
