@@ -16,10 +16,14 @@ CREATE TABLE outbox (
     sent_at        timestamptz
 );
 
--- What the relay claims, in order; also gives the time of the next scheduled message.
-CREATE INDEX outbox_pending ON outbox (deliver_after, seq) WHERE sent_at IS NULL;
+-- What the relay claims, oldest first (it skips scheduled rows not yet due).
+CREATE INDEX outbox_pending ON outbox (seq) WHERE sent_at IS NULL;
+-- When the next scheduled row falls due.
+CREATE INDEX outbox_due ON outbox (deliver_after) WHERE sent_at IS NULL;
 -- What the cleanup deletes.
 CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
+-- A queue table churns: vacuum and analyze it often so claims stay cheap index scans.
+ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 
 -- Wakes the relays when new rows commit (NOTIFY is delivered at commit, once per transaction).
 CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -39,3 +43,4 @@ CREATE TABLE inbox (
     PRIMARY KEY (consumer, message_id)
 );
 CREATE INDEX inbox_processed_at ON inbox (processed_at);
+ALTER TABLE inbox SET (autovacuum_vacuum_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.05);

@@ -23,6 +23,8 @@ use uuid::Uuid;
 pub struct RelayConfig {
     /// Most rows claimed and published in one transaction.
     pub batch_size: i64,
+    /// Batches in flight at once: one claims the next rows while another awaits its confirms.
+    pub workers: usize,
     /// Longest sleep without a notification: bounds the delay of a lost notification.
     pub sweep_interval: Duration,
     /// How long sent rows are kept (for inspection) before deletion.
@@ -36,6 +38,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             batch_size: 200,
+            workers: 4,
             sweep_interval: Duration::from_secs(2),
             sent_retention: Duration::from_secs(3600),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
@@ -114,19 +117,30 @@ impl Relay {
         Some(listener)
     }
 
-    /// Publishes batches until nothing due is left.
+    /// Publishes batches until nothing due is left; a backlog is drained `workers` batches at a time.
     pub async fn publish_all_due(&self) -> Result<(), RelayError> {
-        while self.publish_batch().await? == self.config.batch_size as usize {}
+        if self.publish_batch().await? < self.config.batch_size as usize {
+            return Ok(());
+        }
+        let worker = || async {
+            while self.publish_batch().await? == self.config.batch_size as usize {}
+            Ok::<_, RelayError>(())
+        };
+        futures::future::try_join_all((0..self.config.workers.max(1)).map(|_| worker())).await?;
         Ok(())
     }
 
     /// Claims, publishes and stamps one batch of due rows; returns how many.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
+        // Walk the pending index in order and stop after one batch. Left alone, the planner can
+        // pick a bitmap scan and sort every pending row when its statistics are stale (a burst
+        // into a fresh table), which makes each claim cost as much as the whole backlog.
+        sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
         let rows = sqlx::query(
             "SELECT message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload \
              FROM outbox WHERE sent_at IS NULL AND deliver_after <= now() \
-             ORDER BY deliver_after, seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(self.config.batch_size)
         .fetch_all(&mut *tx)
