@@ -10,6 +10,9 @@ CREATE TABLE orders (
     lines         jsonb       NOT NULL DEFAULT '[]',
     total         numeric(16, 2) NOT NULL CHECK (total >= 0),
     created_at    timestamptz NOT NULL,
+    placed_at     timestamptz,
+    -- When inventory's answer confirmed or rejected the order.
+    decided_at    timestamptz,
     updated_at    timestamptz NOT NULL DEFAULT now(),
     version       bigint      NOT NULL CHECK (version > 0),
     CHECK ((status IN ('rejected', 'cancelled')) = (status_reason IS NOT NULL))

@@ -93,7 +93,7 @@ impl OrderService {
     }
 
     pub async fn place(&self, id: OrderId, trace: TraceParent) -> Result<Order, AppError> {
-        self.update(id, trace, Order::place).await
+        self.update(id, trace, |order| order.place(Utc::now())).await
     }
 
     pub async fn cancel(&self, id: OrderId, reason: Reason, trace: TraceParent) -> Result<Order, AppError> {

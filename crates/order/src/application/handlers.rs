@@ -5,6 +5,7 @@ use super::error::AppError;
 use super::ports::{Catalog, OrderStore};
 use crate::domain::{CatalogItem, OrderId, OrderStatus, ProductId, Reason};
 use async_trait::async_trait;
+use chrono::Utc;
 use contracts::Message;
 use contracts::inventory::{StockReservationCompleted, StockReservationFailed};
 use contracts::product::{ProductCreated, ProductPriceChanged};
@@ -117,8 +118,8 @@ impl Handler for ReservationOutcomeHandler {
                 return Ok(());
             }
             match &outcome {
-                Outcome::Reserved => order.confirm()?,
-                Outcome::Failed(reason) => order.reject(reason.clone())?,
+                Outcome::Reserved => order.confirm(Utc::now())?,
+                Outcome::Failed(reason) => order.reject(reason.clone(), Utc::now())?,
             }
             let effects = Effects::consuming(self.name(), message.message_id);
             applied(save(&*self.orders, &mut order, Some(before), None, &causation, effects).await)

@@ -3,4 +3,4 @@
 mod order;
 
 pub use kernel::{CustomerId, Money, MoneyError, OrderId, ProductId, Quantity, QuantityError};
-pub use order::{CatalogItem, Order, OrderError, OrderEvent, OrderLine, OrderState, OrderStatus, Reason, ReasonError};
+pub use order::{CatalogItem, Order, OrderError, OrderEvent, OrderLine, OrderState, OrderStatus, Reason, ReasonError, Timeline};

@@ -140,6 +140,15 @@ impl OrderLine {
     }
 }
 
+/// When an order reached the milestones of its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeline {
+    pub created_at: DateTime<Utc>,
+    pub placed_at: Option<DateTime<Utc>>,
+    /// When inventory's answer confirmed or rejected it.
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
 /// What happened to an order; the application turns some of these into integration messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderEvent {
@@ -183,7 +192,7 @@ pub struct Order {
     state: OrderState,
     lines: Vec<OrderLine>,
     total: Money,
-    created_at: DateTime<Utc>,
+    timeline: Timeline,
     /// The version this copy was loaded at (0 for a new order); stores save against it.
     version: i64,
     events: Vec<OrderEvent>,
@@ -212,13 +221,13 @@ impl Order {
             state: OrderState::Draft,
             lines: Vec::new(),
             total: Money::ZERO,
-            created_at: now,
+            timeline: Timeline { created_at: now, placed_at: None, decided_at: None },
             version: 0,
             events: vec![OrderEvent::Created { order_id: id, customer_id }],
         })
     }
 
-    /// Rebuilds an order from storage. Lines and total must come from a saved order.
+    /// Rebuilds an order from storage.
     #[allow(clippy::too_many_arguments)]
     pub fn restore(
         id: OrderId,
@@ -226,11 +235,11 @@ impl Order {
         description: Option<String>,
         state: OrderState,
         lines: Vec<OrderLine>,
-        created_at: DateTime<Utc>,
+        timeline: Timeline,
         version: i64,
     ) -> Result<Self, OrderError> {
         let total = total_of(&lines)?;
-        Ok(Self { id, customer_id, description, state, lines, total, created_at, version, events: Vec::new() })
+        Ok(Self { id, customer_id, description, state, lines, total, timeline, version, events: Vec::new() })
     }
 
     /// Adds `quantity` of a catalog product; a product already on the order gets one line with
@@ -270,12 +279,13 @@ impl Order {
         Ok(())
     }
 
-    pub fn place(&mut self) -> Result<(), OrderError> {
+    pub fn place(&mut self, now: DateTime<Utc>) -> Result<(), OrderError> {
         self.ensure_draft_for("placed")?;
         if self.lines.is_empty() {
             return Err(OrderError::EmptyOrder);
         }
         self.state = OrderState::Placed;
+        self.timeline.placed_at = Some(now);
         self.events.push(OrderEvent::Placed {
             order_id: self.id,
             customer_id: self.customer_id,
@@ -296,17 +306,19 @@ impl Order {
     }
 
     /// Inventory reserved every line.
-    pub fn confirm(&mut self) -> Result<(), OrderError> {
+    pub fn confirm(&mut self, now: DateTime<Utc>) -> Result<(), OrderError> {
         self.ensure_status(OrderStatus::Placed, "confirmed")?;
         self.state = OrderState::Confirmed;
+        self.timeline.decided_at = Some(now);
         self.events.push(OrderEvent::Confirmed { order_id: self.id });
         Ok(())
     }
 
     /// Inventory could not reserve every line.
-    pub fn reject(&mut self, reason: Reason) -> Result<(), OrderError> {
+    pub fn reject(&mut self, reason: Reason, now: DateTime<Utc>) -> Result<(), OrderError> {
         self.ensure_status(OrderStatus::Placed, "rejected")?;
         self.state = OrderState::Rejected { reason: reason.clone() };
+        self.timeline.decided_at = Some(now);
         self.events.push(OrderEvent::Rejected { order_id: self.id, reason });
         Ok(())
     }
@@ -365,8 +377,8 @@ impl Order {
     pub fn total(&self) -> Money {
         self.total
     }
-    pub fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+    pub fn timeline(&self) -> Timeline {
+        self.timeline
     }
     pub fn version(&self) -> i64 {
         self.version
@@ -404,14 +416,14 @@ mod tests {
         let mut order = draft();
         order.add_line(&item(1, "2.50"), qty(2)).unwrap();
         if status != OrderStatus::Draft {
-            order.place().unwrap();
+            order.place(Utc::now()).unwrap();
         }
         match status {
             OrderStatus::Draft | OrderStatus::Placed => {}
-            OrderStatus::Confirmed => order.confirm().unwrap(),
-            OrderStatus::Rejected => order.reject(reason("no stock")).unwrap(),
+            OrderStatus::Confirmed => order.confirm(Utc::now()).unwrap(),
+            OrderStatus::Rejected => order.reject(reason("no stock"), Utc::now()).unwrap(),
             OrderStatus::Shipped => {
-                order.confirm().unwrap();
+                order.confirm(Utc::now()).unwrap();
                 order.ship().unwrap();
             }
             OrderStatus::Cancelled => order.cancel(reason("changed my mind")).unwrap(),
@@ -424,10 +436,10 @@ mod tests {
     fn attempt(from: OrderStatus, command: &str) -> Result<OrderStatus, OrderError> {
         let mut order = order_in(from);
         match command {
-            "place" => order.place(),
+            "place" => order.place(Utc::now()),
             "cancel" => order.cancel(reason("because")),
-            "confirm" => order.confirm(),
-            "reject" => order.reject(reason("because")),
+            "confirm" => order.confirm(Utc::now()),
+            "reject" => order.reject(reason("because"), Utc::now()),
             "ship" => order.ship(),
             _ => unreachable!(),
         }
@@ -502,7 +514,7 @@ mod tests {
 
     #[test]
     fn an_empty_order_cannot_be_placed() {
-        assert_eq!(draft().place(), Err(OrderError::EmptyOrder));
+        assert_eq!(draft().place(Utc::now()), Err(OrderError::EmptyOrder));
     }
 
     #[test]
@@ -511,7 +523,7 @@ mod tests {
         order.add_line(&item(1, "2.50"), qty(2)).unwrap();
         order.add_line(&item(2, "1.00"), qty(1)).unwrap();
         order.take_events();
-        order.place().unwrap();
+        order.place(Utc::now()).unwrap();
         assert_eq!(
             order.take_events(),
             vec![OrderEvent::Placed {
@@ -567,9 +579,19 @@ mod tests {
     }
 
     #[test]
+    fn the_timeline_records_placing_and_the_decision() {
+        let mut order = draft();
+        order.add_line(&item(1, "1.00"), qty(1)).unwrap();
+        let (placed, decided) = (Utc::now(), Utc::now() + chrono::Duration::milliseconds(12));
+        order.place(placed).unwrap();
+        order.confirm(decided).unwrap();
+        assert_eq!((order.timeline().placed_at, order.timeline().decided_at), (Some(placed), Some(decided)));
+    }
+
+    #[test]
     fn rejection_keeps_its_reason() {
         let mut order = order_in(OrderStatus::Placed);
-        order.reject(reason("insufficient stock for product 1")).unwrap();
+        order.reject(reason("insufficient stock for product 1"), Utc::now()).unwrap();
         assert_eq!(order.state(), &OrderState::Rejected { reason: reason("insufficient stock for product 1") });
     }
 

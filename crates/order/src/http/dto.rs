@@ -58,6 +58,9 @@ pub struct OrderResponse {
     #[schema(example = "39.98")]
     pub total: String,
     pub created_at: DateTime<Utc>,
+    pub placed_at: Option<DateTime<Utc>>,
+    /// When inventory's answer confirmed or rejected the order.
+    pub decided_at: Option<DateTime<Utc>>,
     pub version: i64,
 }
 
@@ -123,7 +126,9 @@ impl From<&Order> for OrderResponse {
             status_reason: order.state().reason().map(|reason| reason.to_string()),
             lines: order.lines().iter().map(LineResponse::from).collect(),
             total: order.total().to_string(),
-            created_at: order.created_at(),
+            created_at: order.timeline().created_at,
+            placed_at: order.timeline().placed_at,
+            decided_at: order.timeline().decided_at,
             version: order.version(),
         }
     }

@@ -1,5 +1,7 @@
 use crate::application::{OrderFilter, OrderPage, OrderStore, OrderSummary};
-use crate::domain::{CustomerId, Order, OrderId, OrderLine, OrderState, OrderStatus, ProductId, Quantity, Reason};
+use crate::domain::{
+    CustomerId, Order, OrderId, OrderLine, OrderState, OrderStatus, ProductId, Quantity, Reason, Timeline,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kernel::Money;
@@ -74,7 +76,11 @@ fn restore(row: &sqlx::postgres::PgRow) -> Result<Order, BoxError> {
         row.try_get("description")?,
         state,
         lines,
-        row.try_get("created_at")?,
+        Timeline {
+            created_at: row.try_get("created_at")?,
+            placed_at: row.try_get("placed_at")?,
+            decided_at: row.try_get("decided_at")?,
+        },
         row.try_get("version")?,
     )?)
 }
@@ -83,7 +89,8 @@ fn restore(row: &sqlx::postgres::PgRow) -> Result<Order, BoxError> {
 impl OrderStore for PgOrderStore {
     async fn load(&self, id: OrderId) -> Result<Option<Order>, BoxError> {
         let row = sqlx::query(
-            "SELECT id, customer_id, description, status, status_reason, lines, created_at, version \
+            "SELECT id, customer_id, description, status, status_reason, lines, created_at, placed_at, decided_at, \
+                    version \
              FROM orders WHERE id = $1",
         )
         .bind(id.as_uuid())
@@ -102,8 +109,9 @@ impl OrderStore for PgOrderStore {
         commit(&self.pool, effects, async |tx| {
             let written = if order.version() == 0 {
                 sqlx::query(
-                    "INSERT INTO orders (id, customer_id, description, status, status_reason, lines, total, created_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)",
+                    "INSERT INTO orders (id, customer_id, description, status, status_reason, lines, total, created_at, \
+                                         placed_at, decided_at, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)",
                 )
                 .bind(order.id().as_uuid())
                 .bind(order.customer_id().as_uuid())
@@ -112,13 +120,15 @@ impl OrderStore for PgOrderStore {
                 .bind(reason)
                 .bind(stored_lines(order))
                 .bind(order.total().amount())
-                .bind(order.created_at())
+                .bind(order.timeline().created_at)
+                .bind(order.timeline().placed_at)
+                .bind(order.timeline().decided_at)
                 .execute(&mut *tx)
                 .await
             } else {
                 sqlx::query(
-                    "UPDATE orders SET status = $3, status_reason = $4, lines = $5, total = $6, \
-                            updated_at = now(), version = version + 1 \
+                    "UPDATE orders SET status = $3, status_reason = $4, lines = $5, total = $6, placed_at = $7, \
+                            decided_at = $8, updated_at = now(), version = version + 1 \
                      WHERE id = $1 AND version = $2",
                 )
                 .bind(order.id().as_uuid())
@@ -127,6 +137,8 @@ impl OrderStore for PgOrderStore {
                 .bind(reason)
                 .bind(stored_lines(order))
                 .bind(order.total().amount())
+                .bind(order.timeline().placed_at)
+                .bind(order.timeline().decided_at)
                 .execute(&mut *tx)
                 .await
             }
