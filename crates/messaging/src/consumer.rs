@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,7 +34,21 @@ pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The message types routed to this consumer.
     fn message_types(&self) -> Vec<&'static str>;
+
+    /// Messages with the same key are handled one after another (within a process); others
+    /// run concurrently. By default, the correlation id: one order's messages never race each
+    /// other for the same saga or aggregate version.
+    fn ordering_key(&self, message: &Envelope) -> u64 {
+        hash(&message.correlation_id)
+    }
+
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError>;
+}
+
+/// A stable hash for ordering keys.
+pub fn hash(key: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }
 
 #[derive(Debug, Clone)]
@@ -62,7 +76,7 @@ impl RetryPolicy {
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    /// Messages handled at once by this consumer (per process).
+    /// Messages handled at once by this consumer (per process): the number of ordering lanes.
     pub concurrency: usize,
     /// Unacknowledged deliveries the broker may push ahead.
     pub prefetch: u16,
@@ -125,13 +139,24 @@ impl Consumer {
             }
         };
         tracing::info!(queue = %self.queue.name, "consuming");
-        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let mut in_flight = JoinSet::new();
+        // One lane per unit of concurrency; a delivery goes to the lane of its ordering key.
+        // Lanes need no bound of their own: the prefetch window bounds what is in hand.
+        let mut lanes = Vec::with_capacity(self.config.concurrency.max(1));
+        let mut workers = JoinSet::new();
+        for _ in 0..self.config.concurrency.max(1) {
+            let (lane, mut queued) = mpsc::unbounded_channel::<Delivery>();
+            let worker = worker.clone();
+            workers.spawn(async move {
+                while let Some(delivery) = queued.recv().await {
+                    if worker.shutdown.is_cancelled() {
+                        continue; // not started: dropped unacknowledged, so delivered again later
+                    }
+                    worker.process(delivery).await;
+                }
+            });
+            lanes.push(lane);
+        }
         loop {
-            let slot = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                slot = slots.clone().acquire_owned() => slot.expect("semaphore never closed"),
-            };
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 delivery = deliveries.next() => match delivery {
@@ -139,15 +164,18 @@ impl Consumer {
                     None => break,
                 },
             };
-            let worker = worker.clone();
-            in_flight.spawn(async move {
-                worker.process(delivery).await;
-                drop(slot);
-            });
-            while in_flight.try_join_next().is_some() {}
+            let key = match &delivery.message {
+                Ok(message) => worker.handler.ordering_key(message),
+                Err(_) => 0,
+            };
+            let lane = &lanes[(key % lanes.len() as u64) as usize];
+            if lane.send(delivery).is_err() {
+                break;
+            }
         }
         // Settle what is in flight while the deliveries (and their channel) are still open.
-        while in_flight.join_next().await.is_some() {}
+        drop(lanes);
+        while workers.join_next().await.is_some() {}
         drop(deliveries);
         tracing::info!(queue = %self.queue.name, "consumer stopped");
     }

@@ -34,6 +34,11 @@ impl Handler for StockHandler {
         vec![ReserveStock::TYPE, ReleaseStock::TYPE, DeductStock::TYPE]
     }
 
+    /// Commands on one product run one after another: they would only conflict on its version.
+    fn ordering_key(&self, message: &Envelope) -> u64 {
+        messaging::consumer::hash(message.payload.get("productId").and_then(|id| id.as_i64()))
+    }
+
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
         let outcome = match message.message_type.as_str() {
             ReserveStock::TYPE => {

@@ -16,6 +16,8 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -63,6 +65,8 @@ pub enum RelayError {
     Transport(#[from] crate::transport::TransportError),
     #[error("outbox row {0} holds an unreadable envelope: {1}")]
     Corrupt(Uuid, String),
+    #[error("relay task crashed: {0}")]
+    Crashed(String),
 }
 
 impl Relay {
@@ -71,44 +75,71 @@ impl Relay {
     }
 
     /// Runs until `shutdown`, then publishes what is due one last time and returns.
+    ///
+    /// Batches are pipelined: a commit notification starts a new batch even while earlier ones
+    /// wait for their confirms (up to `workers` at once), so one slow confirm does not delay
+    /// the messages committed after it.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut listener = self.listen().await;
+        let relay = Arc::new(self);
+        let workers = relay.config.workers.max(1);
+        let mut listener = relay.listen().await;
+        let mut in_flight: JoinSet<Result<usize, RelayError>> = JoinSet::new();
+        // Batches worth starting: rows may be due.
+        let mut wanted = 1usize;
         let mut failures = 0u32;
-        let mut next_cleanup = tokio::time::Instant::now();
+        let mut resume_at: Option<Instant> = None;
+        let mut next_cleanup = Instant::now();
         loop {
             if listener.is_none() {
-                listener = self.listen().await;
+                listener = relay.listen().await;
             }
-            if tokio::time::Instant::now() >= next_cleanup {
-                self.clean_up().await;
-                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            if Instant::now() >= next_cleanup {
+                relay.clean_up().await;
+                next_cleanup = Instant::now() + relay.config.cleanup_interval;
             }
-            match self.publish_all_due().await {
-                Ok(()) => {
-                    failures = 0;
-                    let pause = self.time_to_next_due().await;
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = wait_for_notification(&mut listener) => {}
+            let backing_off = resume_at.is_some_and(|at| Instant::now() < at);
+            if !backing_off && wanted > 0 && in_flight.len() < workers {
+                wanted -= 1;
+                let relay = relay.clone();
+                in_flight.spawn(async move { relay.publish_batch().await });
+                continue;
+            }
+            let pause = match resume_at {
+                Some(at) if backing_off => at - Instant::now(),
+                _ if in_flight.is_empty() => relay.time_to_next_due().await,
+                _ => relay.config.sweep_interval,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    match done.unwrap_or_else(|panic| Err(RelayError::Crashed(panic.to_string()))) {
+                        Ok(published) => {
+                            failures = 0;
+                            resume_at = None;
+                            // A full batch means more are probably due: drain with every worker.
+                            if published == relay.config.batch_size as usize {
+                                wanted = workers;
+                            }
+                        }
+                        Err(error) => {
+                            // Back off: new commits must not hammer a broker that is down.
+                            failures += 1;
+                            let pause = backoff(failures);
+                            tracing::warn!(relay = relay.name, %error, retry_in = ?pause, "relay could not publish");
+                            resume_at = Some(Instant::now() + pause);
+                            wanted = 1;
+                        }
                     }
                 }
-                Err(error) => {
-                    // Back off without listening: new commits must not hammer a broker that is down.
-                    failures += 1;
-                    let pause = backoff(failures);
-                    tracing::warn!(relay = self.name, %error, retry_in = ?pause, "relay could not publish");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                }
+                _ = wait_for_notification(&mut listener), if !backing_off => wanted = wanted.max(1),
+                _ = tokio::time::sleep(pause) => wanted = wanted.max(1),
             }
         }
-        if let Err(error) = self.publish_all_due().await {
-            tracing::warn!(relay = self.name, %error, "relay stopped with messages left to publish");
+        while in_flight.join_next().await.is_some() {}
+        if let Err(error) = relay.publish_all_due().await {
+            tracing::warn!(relay = relay.name, %error, "relay stopped with messages left to publish");
         }
-        tracing::info!(relay = self.name, "relay stopped");
+        tracing::info!(relay = relay.name, "relay stopped");
     }
 
     async fn listen(&self) -> Option<PgListener> {
@@ -136,7 +167,13 @@ impl Relay {
         // Walk the pending index in order and stop after one batch. Left alone, the planner can
         // pick a bitmap scan and sort every pending row when its statistics are stale (a burst
         // into a fresh table), which makes each claim cost as much as the whole backlog.
-        sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+        // Its commit need not wait for the disk: if the "sent" stamps are lost in a crash, the
+        // rows are published again and the consumers' inboxes drop the copies.
+        sqlx::raw_sql(
+            "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off",
+        )
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(
             "SELECT message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload \
              FROM outbox WHERE sent_at IS NULL AND deliver_after <= now() \
