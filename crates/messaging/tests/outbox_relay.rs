@@ -214,3 +214,17 @@ async fn the_relay_is_woken_at_commit_not_by_its_sweep() {
     shutdown.cancel();
     running.await.unwrap();
 }
+
+#[tokio::test]
+async fn instances_starting_together_all_get_the_database() {
+    // Regression: the loser of a CREATE DATABASE race got a unique-violation error and exited.
+    let name = format!("test_{}", Uuid::now_v7().simple());
+    let url = format!("{}/{name}", messaging::testing::server_url());
+    let creations = (0..6).map(|_| messaging::postgres::create_database_if_missing(&url));
+    for outcome in futures::future::join_all(creations).await {
+        outcome.expect("every instance sees the database");
+    }
+    let admin_url = format!("{}/postgres", messaging::testing::server_url());
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)"))).execute(&mut admin).await.unwrap();
+}

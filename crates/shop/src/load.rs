@@ -6,27 +6,32 @@
 //! products, places it, and then may cancel it at once, wait for the outcome and cancel the
 //! confirmed order, or ship it. Place-to-decision latency is read from the order's own
 //! `placedAt`/`decidedAt`, so polling does not blur it.
+//!
+//! The customers tolerate failures the way a careful client would: they spread requests over
+//! every instance given, retry what failed in transit (and check before repeating anything that
+//! is not idempotent), so the same code drives the fault-injection runs of `shop chaos`.
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
-    /// Base URL of the order API.
-    #[arg(long, env = "SHOP_LOAD_ORDERS_URL", default_value = "http://127.0.0.1:8081")]
-    pub orders_url: String,
-    /// Base URL of the inventory API.
-    #[arg(long, env = "SHOP_LOAD_INVENTORY_URL", default_value = "http://127.0.0.1:8082")]
-    pub inventory_url: String,
+    /// Base URL of the order API; several, comma-separated, spread the load over instances.
+    #[arg(long, env = "SHOP_LOAD_ORDERS_URL", default_value = "http://127.0.0.1:8081", value_delimiter = ',')]
+    pub orders_url: Vec<String>,
+    /// Base URL of the inventory API; several, comma-separated, spread the load over instances.
+    #[arg(long, env = "SHOP_LOAD_INVENTORY_URL", default_value = "http://127.0.0.1:8082", value_delimiter = ',')]
+    pub inventory_url: Vec<String>,
     /// Orders to place.
     #[arg(long, default_value_t = 1000)]
     pub orders: usize,
@@ -65,13 +70,6 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
-/// What happened to one order, as the customer saw it.
-#[derive(Debug, Clone)]
-struct Placed {
-    id: String,
-    lines: Vec<(i64, u32)>,
-}
-
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub seed: u64,
@@ -82,6 +80,7 @@ pub struct Report {
     pub latency_ms: LatencySummary,
     pub statuses: BTreeMap<String, usize>,
     pub unfinished: usize,
+    /// Answers 5xx or no answer at all (each was retried).
     pub http_errors: usize,
     pub violations: Vec<String>,
 }
@@ -110,88 +109,381 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(if report.passed() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
-struct Api {
-    http: Client,
-    orders: String,
-    inventory: String,
-    errors: std::sync::atomic::AtomicUsize,
+/// Runs the load and the checks; returns the report (an error only if the run could not happen).
+pub async fn drive(args: &LoadArgs) -> anyhow::Result<Report> {
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let api = Api::new(args)?;
+    eprintln!("seed {seed}: {} orders from {} customers over {} products", args.orders, args.concurrency, args.products);
+    let catalog = api.seed_catalog(args).await?;
+    let started = Instant::now();
+    let orders = api.place_orders(args, &catalog, seed).await?;
+    let finals = api.settle(&orders, args.settle_timeout).await?;
+    let mut report = summarize(seed, args.concurrency, started.elapsed(), &finals);
+    report.violations = api.check_invariants(&catalog, &finals, args.settle_timeout).await?;
+    report.http_errors = api.errors();
+    Ok(report)
 }
 
+/// The products of a run: id -> initial stock.
+pub type Catalog = BTreeMap<i64, u32>;
+
+/// The services' HTTP APIs, with the retries of a careful client.
+pub struct Api {
+    http: Client,
+    orders: Vec<String>,
+    inventory: Vec<String>,
+    next: AtomicUsize,
+    errors: AtomicUsize,
+}
+
+struct Request {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Service {
+    Orders,
+    Inventory,
+}
+
+/// Attempts before a request is given up; with the backoff, about 40 s of trying.
+const ATTEMPTS: u32 = 16;
+
 impl Api {
-    async fn call(&self, method: reqwest::Method, url: String, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
-        let mut request = self.http.request(method, &url).timeout(Duration::from_secs(30));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.with_context(|| format!("{url} unreachable"))?;
-        let status = response.status();
-        let body = response.json::<Value>().await.unwrap_or(Value::Null);
-        if status.is_server_error() {
-            self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok((status, body))
+    pub fn new(args: &LoadArgs) -> anyhow::Result<Arc<Self>> {
+        ensure!(args.orders > 0 && args.concurrency > 0, "--orders and --concurrency must be at least 1");
+        ensure!(
+            args.products > 0 && args.max_lines > 0 && args.max_quantity > 0,
+            "--products, --max-lines and --max-quantity must be at least 1"
+        );
+        let trim = |urls: &[String]| urls.iter().map(|url| url.trim().trim_end_matches('/').to_owned()).collect::<Vec<_>>();
+        let (orders, inventory) = (trim(&args.orders_url), trim(&args.inventory_url));
+        ensure!(!orders.is_empty() && !inventory.is_empty(), "give at least one URL per service");
+        Ok(Arc::new(Self {
+            http: Client::builder().pool_max_idle_per_host(args.concurrency * 2).timeout(Duration::from_secs(30)).build()?,
+            orders,
+            inventory,
+            next: AtomicUsize::new(0),
+            errors: AtomicUsize::new(0),
+        }))
     }
 
-    async fn expect(&self, method: reqwest::Method, url: String, body: Option<Value>, expected: StatusCode) -> anyhow::Result<Value> {
-        let (status, answer) = self.call(method.clone(), url.clone(), body).await?;
-        ensure!(status == expected, "{method} {url}: expected {expected}, got {status}: {answer}");
+    /// Requests answered 5xx or not at all so far.
+    pub fn errors(&self) -> usize {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// One attempt on the next instance: `None` when there was no usable answer (no connection,
+    /// a timeout, a 5xx), in which case the request may or may not have been applied.
+    async fn attempt(&self, service: Service, request: &Request) -> Option<(StatusCode, Value)> {
+        let Request { method, path, body, idempotency_key } = request;
+        let instances = match service {
+            Service::Orders => &self.orders,
+            Service::Inventory => &self.inventory,
+        };
+        let base = &instances[self.next.fetch_add(1, Ordering::Relaxed) % instances.len()];
+        let mut request = self.http.request(method.clone(), format!("{base}{path}"));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        match request.send().await {
+            Ok(response) if !response.status().is_server_error() => {
+                let status = response.status();
+                Some((status, response.json::<Value>().await.unwrap_or(Value::Null)))
+            }
+            _ => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// A request that is safe to repeat, repeated until it gets an answer.
+    async fn call(&self, service: Service, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+        self.send(service, &Request { method, path: path.to_owned(), body, idempotency_key: None }).await
+    }
+
+    async fn send(&self, service: Service, request: &Request) -> anyhow::Result<(StatusCode, Value)> {
+        for attempt in 0..ATTEMPTS {
+            if let Some(answer) = self.attempt(service, request).await {
+                return Ok(answer);
+            }
+            tokio::time::sleep(retry_pause(attempt)).await;
+        }
+        bail!("{} {}: no answer after {ATTEMPTS} attempts", request.method, request.path)
+    }
+
+    async fn expect(&self, service: Service, method: Method, path: &str, body: Option<Value>, expected: StatusCode) -> anyhow::Result<Value> {
+        let (status, answer) = self.call(service, method.clone(), path, body).await?;
+        ensure!(status == expected, "{method} {path}: expected {expected}, got {status}: {answer}");
         Ok(answer)
     }
 
-    async fn order(&self, id: &str) -> anyhow::Result<Value> {
-        self.expect(reqwest::Method::GET, format!("{}/api/orders/{id}", self.orders), None, StatusCode::OK).await
+    pub async fn order(&self, id: &str) -> anyhow::Result<Value> {
+        self.expect(Service::Orders, Method::GET, &format!("/api/orders/{id}"), None, StatusCode::OK).await
     }
 
-    async fn product(&self, id: i64) -> anyhow::Result<Value> {
-        self.expect(reqwest::Method::GET, format!("{}/api/products/{id}", self.inventory), None, StatusCode::OK).await
+    pub async fn product(&self, id: i64) -> anyhow::Result<Value> {
+        self.expect(Service::Inventory, Method::GET, &format!("/api/products/{id}"), None, StatusCode::OK).await
+    }
+
+    /// Creates the run's products and waits until the order service's catalog has them.
+    pub async fn seed_catalog(&self, args: &LoadArgs) -> anyhow::Result<Catalog> {
+        let mut products = Catalog::new();
+        let run = &Uuid::now_v7().simple().to_string()[20..];
+        for n in 0..args.products {
+            let body = json!({
+                "name": format!("load {run} product {n}"),
+                "price": format!("{}.{:02}", 1 + n % 50, (n * 37) % 100),
+                "stock": args.stock,
+            });
+            let product = self.expect(Service::Inventory, Method::POST, "/api/products", Some(body), StatusCode::CREATED).await?;
+            products.insert(product["id"].as_i64().context("product without id")?, args.stock);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let catalog = self.expect(Service::Orders, Method::GET, "/api/catalog", None, StatusCode::OK).await?;
+            let known: Vec<i64> = catalog.as_array().into_iter().flatten().filter_map(|item| item["productId"].as_i64()).collect();
+            if products.keys().all(|id| known.contains(id)) {
+                return Ok(products);
+            }
+            ensure!(Instant::now() < deadline, "the order service has not heard of the new products after 60s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every customer's orders; returns their ids.
+    pub async fn place_orders(self: &Arc<Self>, args: &LoadArgs, catalog: &Catalog, seed: u64) -> anyhow::Result<Vec<String>> {
+        let progress = progress_bar(args);
+        let next = Arc::new(AtomicUsize::new(0));
+        let products: Arc<Vec<i64>> = Arc::new(catalog.keys().copied().collect());
+        let mut customers = tokio::task::JoinSet::new();
+        for customer in 0..args.concurrency {
+            let (api, args, products, next, progress) =
+                (self.clone(), args.clone(), products.clone(), next.clone(), progress.clone());
+            let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(customer as u64));
+            customers.spawn(async move {
+                let mut placed = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < args.orders {
+                    placed.push(api.one_order(&args, &products, &mut rng).await?);
+                    progress.inc(1);
+                }
+                Ok::<_, anyhow::Error>(placed)
+            });
+        }
+        let mut orders = Vec::with_capacity(args.orders);
+        while let Some(finished) = customers.join_next().await {
+            orders.extend(finished??);
+        }
+        progress.finish_and_clear();
+        Ok(orders)
+    }
+
+    async fn one_order(&self, args: &LoadArgs, products: &[i64], rng: &mut fastrand::Rng) -> anyhow::Result<String> {
+        // The key makes the create safe to repeat after an attempt without an answer.
+        let create = Request {
+            method: Method::POST,
+            path: "/api/orders".into(),
+            body: Some(json!({ "customerId": Uuid::now_v7(), "description": "load test" })),
+            idempotency_key: Some(Uuid::now_v7().to_string()),
+        };
+        let (status, created) = self.send(Service::Orders, &create).await?;
+        ensure!(status == StatusCode::CREATED || status == StatusCode::OK, "create order: {status}: {created}");
+        let id = created["id"].as_str().context("order without id")?.to_owned();
+
+        let mut chosen = products.to_vec();
+        rng.shuffle(&mut chosen);
+        for product in chosen.into_iter().take(rng.usize(1..=args.max_lines.min(products.len()))) {
+            self.add_line(&id, product, rng.u32(1..=args.max_quantity)).await?;
+        }
+        self.transition(&id, "place", None).await?;
+
+        let roll = rng.f64();
+        if roll < args.cancel_ratio / 2.0 {
+            self.transition(&id, "cancel", Some(json!({ "reason": "changed my mind right away" }))).await?;
+        } else if roll < args.cancel_ratio || rng.f64() < args.ship_ratio {
+            let outcome = self.wait_until_decided(&id, Duration::from_secs(60)).await?;
+            if outcome["status"] == "confirmed" {
+                if roll < args.cancel_ratio {
+                    self.transition(&id, "cancel", Some(json!({ "reason": "found it cheaper" }))).await?;
+                } else {
+                    self.transition(&id, "ship", None).await?;
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    /// Adds a line once: after an attempt without an answer, it looks before trying again.
+    async fn add_line(&self, order: &str, product: i64, quantity: u32) -> anyhow::Result<()> {
+        let add = Request {
+            method: Method::POST,
+            path: format!("/api/orders/{order}/items"),
+            body: Some(json!({ "productId": product, "quantity": quantity })),
+            idempotency_key: None,
+        };
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                let current = self.order(order).await?;
+                let lines = current["lines"].as_array().cloned().unwrap_or_default();
+                if lines.iter().any(|line| line["productId"] == product) {
+                    return Ok(());
+                }
+            }
+            match self.attempt(Service::Orders, &add).await {
+                Some((StatusCode::OK, _)) => return Ok(()),
+                Some((status, answer)) => bail!("add product {product} to {order}: {status}: {answer}"),
+                None => tokio::time::sleep(retry_pause(attempt)).await,
+            }
+        }
+        bail!("add product {product} to {order}: no answer after {ATTEMPTS} attempts")
+    }
+
+    /// Place, cancel or ship. A 409 after a retry is the first attempt's success showing; a
+    /// 409 for a cancel or ship means the order ended otherwise meanwhile (rejected, say).
+    async fn transition(&self, order: &str, action: &str, body: Option<Value>) -> anyhow::Result<()> {
+        let (status, answer) = self.call(Service::Orders, Method::POST, &format!("/api/orders/{order}/{action}"), body).await?;
+        ensure!(status == StatusCode::OK || status == StatusCode::CONFLICT, "{action} {order}: {status}: {answer}");
+        Ok(())
+    }
+
+    async fn wait_until_decided(&self, id: &str, limit: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + limit;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let order = self.order(id).await?;
+            if order["status"] != "placed" || Instant::now() >= deadline {
+                return Ok(order);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls every order until it has left `placed` (or the time is up); returns the last view.
+    pub async fn settle(&self, orders: &[String], limit: Duration) -> anyhow::Result<HashMap<String, Value>> {
+        let deadline = Instant::now() + limit;
+        let mut finals = HashMap::with_capacity(orders.len());
+        let mut pending = orders.to_vec();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for chunk in pending.chunks(64) {
+                let views = futures::future::try_join_all(chunk.iter().map(|id| self.order(id))).await?;
+                for (id, view) in chunk.iter().zip(views) {
+                    if view["status"] == "placed" {
+                        still.push(id.clone());
+                    }
+                    finals.insert(id.clone(), view);
+                }
+            }
+            pending = still;
+            if pending.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(finals)
+    }
+
+    /// The invariants of DESIGN.md, read through the APIs once the system is quiet. `finals`
+    /// are the orders' last views: their lines are what was really ordered.
+    pub async fn check_invariants(
+        &self,
+        catalog: &Catalog,
+        finals: &HashMap<String, Value>,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut expected_reserved: BTreeMap<i64, u64> = catalog.keys().map(|id| (*id, 0)).collect();
+        let mut shipped: BTreeMap<i64, u64> = catalog.keys().map(|id| (*id, 0)).collect();
+        let mut violations = Vec::new();
+        for (id, order) in finals {
+            let bucket = match order["status"].as_str().unwrap_or("?") {
+                "confirmed" => &mut expected_reserved,
+                "shipped" => &mut shipped,
+                "rejected" | "cancelled" => continue,
+                other => {
+                    violations.push(format!("order {id} never ended: it is {other}"));
+                    continue;
+                }
+            };
+            for line in order["lines"].as_array().into_iter().flatten() {
+                let (product, quantity) = (line["productId"].as_i64().unwrap_or(0), line["quantity"].as_u64().unwrap_or(0));
+                *bucket.entry(product).or_default() += quantity;
+            }
+        }
+        // Releases of rejected and cancelled orders may still be in flight: wait for quiet.
+        let deadline = Instant::now() + limit;
+        let mut stock_violations;
+        loop {
+            stock_violations = Vec::new();
+            for (id, initial) in catalog {
+                let product = self.product(*id).await?;
+                let field = |name: &str| product[name].as_u64().unwrap_or(u64::MAX);
+                let (stock, reserved) = (field("stock"), field("reserved"));
+                if reserved > stock {
+                    stock_violations.push(format!("product {id} oversold: {reserved} reserved of {stock} in stock"));
+                }
+                if reserved != expected_reserved[id] {
+                    stock_violations.push(format!(
+                        "product {id}: {reserved} reserved, but its confirmed orders hold {}",
+                        expected_reserved[id]
+                    ));
+                }
+                if u64::from(*initial) != stock + shipped[id] {
+                    stock_violations.push(format!(
+                        "product {id}: stock not conserved: {initial} initial != {stock} now + {} shipped",
+                        shipped[id]
+                    ));
+                }
+            }
+            if stock_violations.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        violations.extend(stock_violations);
+        // The saga's record of every order agrees with the order.
+        let ids: Vec<&String> = finals.keys().collect();
+        for chunk in ids.chunks(64) {
+            let records = futures::future::try_join_all(chunk.iter().map(|id| async move {
+                self.call(Service::Inventory, Method::GET, &format!("/api/reservations/{id}"), None).await
+            }))
+            .await?;
+            for (id, (status, record)) in chunk.iter().zip(records) {
+                let order_status = finals[*id]["status"].as_str().unwrap_or("?");
+                let saga_state = if status == StatusCode::OK { record["state"].as_str().unwrap_or("?") } else { "none" };
+                let agrees = match order_status {
+                    "confirmed" => saga_state == "reserved",
+                    "shipped" => saga_state == "shipped",
+                    "rejected" => saga_state == "failed",
+                    "cancelled" => matches!(saga_state, "failed" | "released"),
+                    _ => true, // reported above
+                };
+                if !agrees {
+                    violations.push(format!("order {id} is {order_status} but its reservation is {saga_state}"));
+                }
+            }
+        }
+        Ok(violations)
     }
 }
 
-/// Runs the load and the checks; returns the report (an error only if the run could not happen).
-pub async fn drive(args: &LoadArgs) -> anyhow::Result<Report> {
-    ensure!(args.orders > 0 && args.concurrency > 0, "--orders and --concurrency must be at least 1");
-    ensure!(args.products > 0 && args.max_lines > 0 && args.max_quantity > 0, "--products, --max-lines and --max-quantity must be at least 1");
-    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
-    let api = Arc::new(Api {
-        http: Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?,
-        orders: args.orders_url.trim_end_matches('/').to_owned(),
-        inventory: args.inventory_url.trim_end_matches('/').to_owned(),
-        errors: Default::default(),
-    });
-    eprintln!("seed {seed}: {} orders from {} customers over {} products", args.orders, args.concurrency, args.products);
+fn retry_pause(attempt: u32) -> Duration {
+    Duration::from_millis((50u64 << attempt.min(6)).min(3_000))
+}
 
-    let products = seed_catalog(&api, args).await?;
-    let progress = progress_bar(args);
-    let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let placed = Arc::new(Mutex::new(Vec::with_capacity(args.orders)));
-    let mut customers = tokio::task::JoinSet::new();
-    for customer in 0..args.concurrency {
-        let (api, args, products, next, placed, progress) =
-            (api.clone(), args.clone(), products.clone(), next.clone(), placed.clone(), progress.clone());
-        let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(customer as u64));
-        customers.spawn(async move {
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < args.orders {
-                let order = one_order(&api, &args, &products, &mut rng).await?;
-                placed.lock().unwrap().push(order);
-                progress.inc(1);
-            }
-            Ok::<_, anyhow::Error>(())
-        });
-    }
-    while let Some(finished) = customers.join_next().await {
-        finished??;
-    }
-    progress.finish_and_clear();
-    let placed = std::mem::take(&mut *placed.lock().unwrap());
-
-    // Every order must end; then the stock figures must settle on what the orders say.
-    let finals = wait_for_outcomes(&api, &placed, args.settle_timeout).await?;
-    let duration = started.elapsed();
-    let mut report = Report { seed, orders: placed.len(), concurrency: args.concurrency, ..Report::default() };
+/// Throughput, latency and final statuses of a set of orders.
+pub fn summarize(seed: u64, concurrency: usize, duration: Duration, finals: &HashMap<String, Value>) -> Report {
+    let mut report = Report { seed, orders: finals.len(), concurrency, ..Report::default() };
     report.duration_s = duration.as_secs_f64();
-    report.orders_per_s = placed.len() as f64 / duration.as_secs_f64();
-    let mut latency = Histogram::<u64>::new(3)?;
+    report.orders_per_s = finals.len() as f64 / duration.as_secs_f64();
+    let mut latency = Histogram::<u64>::new(3).expect("valid histogram");
     for order in finals.values() {
         let status = order["status"].as_str().unwrap_or("?").to_owned();
         if status == "placed" {
@@ -199,7 +491,8 @@ pub async fn drive(args: &LoadArgs) -> anyhow::Result<Report> {
         }
         *report.statuses.entry(status).or_default() += 1;
         if let (Some(placed_at), Some(decided_at)) = (timestamp(&order["placedAt"]), timestamp(&order["decidedAt"])) {
-            latency.record((decided_at - placed_at).num_microseconds().unwrap_or(0).max(0) as u64)?;
+            let micros = (decided_at - placed_at).num_microseconds().unwrap_or(0).max(0) as u64;
+            latency.record(micros).expect("latency within range");
         }
     }
     report.latency_ms = LatencySummary {
@@ -209,202 +502,7 @@ pub async fn drive(args: &LoadArgs) -> anyhow::Result<Report> {
         p99: latency.value_at_quantile(0.99) as f64 / 1000.0,
         max: latency.max() as f64 / 1000.0,
     };
-    report.violations = check_invariants(&api, &products, &placed, &finals, args.settle_timeout).await?;
-    report.http_errors = api.errors.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(report)
-}
-
-/// The run's products: id -> initial stock.
-async fn seed_catalog(api: &Api, args: &LoadArgs) -> anyhow::Result<Arc<BTreeMap<i64, u32>>> {
-    let mut products = BTreeMap::new();
-    let run = &Uuid::now_v7().simple().to_string()[20..];
-    for n in 0..args.products {
-        let body = json!({
-            "name": format!("load {run} product {n}"),
-            "price": format!("{}.{:02}", 1 + n % 50, (n * 37) % 100),
-            "stock": args.stock,
-        });
-        let product = api
-            .expect(reqwest::Method::POST, format!("{}/api/products", api.inventory), Some(body), StatusCode::CREATED)
-            .await?;
-        products.insert(product["id"].as_i64().context("product without id")?, args.stock);
-    }
-    // Orders can only use products the order service has heard of.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let catalog = api.expect(reqwest::Method::GET, format!("{}/api/catalog", api.orders), None, StatusCode::OK).await?;
-        let known: Vec<i64> = catalog.as_array().into_iter().flatten().filter_map(|item| item["productId"].as_i64()).collect();
-        if products.keys().all(|id| known.contains(id)) {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "the order service has not heard of the new products after 30s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(Arc::new(products))
-}
-
-async fn one_order(api: &Api, args: &LoadArgs, products: &BTreeMap<i64, u32>, rng: &mut fastrand::Rng) -> anyhow::Result<Placed> {
-    let ids: Vec<i64> = products.keys().copied().collect();
-    let body = json!({ "customerId": Uuid::now_v7(), "description": "load test" });
-    let created = api
-        .http
-        .post(format!("{}/api/orders", api.orders))
-        .header("Idempotency-Key", Uuid::now_v7().to_string())
-        .json(&body)
-        .send()
-        .await?;
-    ensure!(created.status() == StatusCode::CREATED, "create order: {}", created.status());
-    let id = created.json::<Value>().await?["id"].as_str().context("order without id")?.to_owned();
-
-    let line_count = rng.usize(1..=args.max_lines.min(ids.len()));
-    let mut chosen = ids.clone();
-    rng.shuffle(&mut chosen);
-    let mut lines = Vec::with_capacity(line_count);
-    for product in chosen.into_iter().take(line_count) {
-        let quantity = rng.u32(1..=args.max_quantity);
-        let body = json!({ "productId": product, "quantity": quantity });
-        api.expect(reqwest::Method::POST, format!("{}/api/orders/{id}/items", api.orders), Some(body), StatusCode::OK).await?;
-        lines.push((product, quantity));
-    }
-    api.expect(reqwest::Method::POST, format!("{}/api/orders/{id}/place", api.orders), None, StatusCode::OK).await?;
-
-    let roll = rng.f64();
-    if roll < args.cancel_ratio / 2.0 {
-        cancel(api, &id, "changed my mind right away").await?;
-    } else if roll < args.cancel_ratio || rng.f64() < args.ship_ratio {
-        let cancel_it = roll < args.cancel_ratio;
-        let outcome = wait_until_decided(api, &id, Duration::from_secs(60)).await?;
-        if outcome["status"] == "confirmed" {
-            if cancel_it {
-                cancel(api, &id, "found it cheaper").await?;
-            } else {
-                api.expect(reqwest::Method::POST, format!("{}/api/orders/{id}/ship", api.orders), None, StatusCode::OK).await?;
-            }
-        }
-    }
-    Ok(Placed { id, lines })
-}
-
-async fn cancel(api: &Api, id: &str, reason: &str) -> anyhow::Result<()> {
-    let url = format!("{}/api/orders/{id}/cancel", api.orders);
-    let (status, body) = api.call(reqwest::Method::POST, url, Some(json!({ "reason": reason }))).await?;
-    // A cancel can race the rejection: an order rejected meanwhile cannot be cancelled.
-    ensure!(status == StatusCode::OK || status == StatusCode::CONFLICT, "cancel {id}: {status}: {body}");
-    Ok(())
-}
-
-async fn wait_until_decided(api: &Api, id: &str, limit: Duration) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let order = api.order(id).await?;
-        if order["status"] != "placed" {
-            return Ok(order);
-        }
-        if Instant::now() >= deadline {
-            return Ok(order);
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-/// Polls every order until it has left `placed` (or the time is up); returns the last view.
-async fn wait_for_outcomes(api: &Arc<Api>, placed: &[Placed], limit: Duration) -> anyhow::Result<HashMap<String, Value>> {
-    let deadline = Instant::now() + limit;
-    let mut finals = HashMap::with_capacity(placed.len());
-    let mut pending: Vec<String> = placed.iter().map(|order| order.id.clone()).collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for chunk in pending.chunks(64) {
-            let views = futures::future::try_join_all(chunk.iter().map(|id| api.order(id))).await?;
-            for (id, view) in chunk.iter().zip(views) {
-                if view["status"] == "placed" {
-                    still.push(id.clone());
-                }
-                finals.insert(id.clone(), view);
-            }
-        }
-        pending = still;
-        if pending.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(finals)
-}
-
-/// The invariants of DESIGN.md, read through the APIs once the system is quiet.
-async fn check_invariants(
-    api: &Arc<Api>,
-    products: &BTreeMap<i64, u32>,
-    placed: &[Placed],
-    finals: &HashMap<String, Value>,
-    limit: Duration,
-) -> anyhow::Result<Vec<String>> {
-    // What the orders say each product should hold and should have shipped.
-    let mut expected_reserved: BTreeMap<i64, u64> = products.keys().map(|id| (*id, 0)).collect();
-    let mut shipped: BTreeMap<i64, u64> = products.keys().map(|id| (*id, 0)).collect();
-    for order in placed {
-        let status = finals.get(&order.id).and_then(|view| view["status"].as_str()).unwrap_or("?");
-        let bucket = match status {
-            "confirmed" => &mut expected_reserved,
-            "shipped" => &mut shipped,
-            _ => continue,
-        };
-        for (product, quantity) in &order.lines {
-            *bucket.get_mut(product).unwrap() += u64::from(*quantity);
-        }
-    }
-    // Releases of rejected and cancelled orders may still be in flight: wait for quiet.
-    let deadline = Instant::now() + limit;
-    let mut violations;
-    loop {
-        violations = Vec::new();
-        for (id, initial) in products {
-            let product = api.product(*id).await?;
-            let field = |name: &str| product[name].as_u64().unwrap_or(u64::MAX);
-            let (stock, reserved) = (field("stock"), field("reserved"));
-            if reserved > stock {
-                violations.push(format!("product {id} oversold: {reserved} reserved of {stock} in stock"));
-            }
-            if reserved != expected_reserved[id] {
-                violations.push(format!(
-                    "product {id}: {reserved} reserved, but its confirmed orders hold {}",
-                    expected_reserved[id]
-                ));
-            }
-            if u64::from(*initial) != stock + shipped[id] {
-                violations.push(format!("product {id}: stock not conserved: {initial} initial != {stock} now + {} shipped", shipped[id]));
-            }
-        }
-        if violations.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // The saga's record of every order agrees with the order.
-    for chunk in placed.chunks(64) {
-        let records = futures::future::try_join_all(chunk.iter().map(|order| {
-            api.call(reqwest::Method::GET, format!("{}/api/reservations/{}", api.inventory, order.id), None)
-        }))
-        .await?;
-        for (order, (status, record)) in chunk.iter().zip(records) {
-            let order_status = finals.get(&order.id).and_then(|view| view["status"].as_str()).unwrap_or("?");
-            let saga_state = if status == StatusCode::OK { record["state"].as_str().unwrap_or("?") } else { "none" };
-            let agrees = match order_status {
-                "confirmed" => saga_state == "reserved",
-                "shipped" => saga_state == "shipped",
-                "rejected" => saga_state == "failed",
-                "cancelled" => matches!(saga_state, "failed" | "released"),
-                _ => false,
-            };
-            if !agrees {
-                violations.push(format!("order {} is {order_status} but its reservation is {saga_state}", order.id));
-            }
-        }
-    }
-    Ok(violations)
+    report
 }
 
 fn timestamp(value: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -434,7 +532,7 @@ pub fn print_report(report: &Report) {
     );
     let statuses: Vec<String> = report.statuses.iter().map(|(status, count)| format!("{status} {count}")).collect();
     println!("final statuses  {}", statuses.join(", "));
-    println!("server errors   {}", report.http_errors);
+    println!("http errors     {} (5xx or no answer, each retried)", report.http_errors);
     if report.unfinished > 0 {
         println!("UNFINISHED      {} orders never left placed", report.unfinished);
     }

@@ -58,6 +58,8 @@ enum Command {
     },
     /// Drive orders through running services and check the invariants afterwards.
     Load(shop::load::LoadArgs),
+    /// Run services as processes, inject faults under load, then check every invariant.
+    Chaos(shop::chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -143,6 +145,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Load(args) => shop::load::run(args).await,
+        Command::Chaos(args) => shop::chaos::run(args).await,
     }
 }
 

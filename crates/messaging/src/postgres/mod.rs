@@ -40,8 +40,9 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
         return Ok(());
     }
     match Postgres::create_database(url).await {
-        // Another instance created it between our check and our create.
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P04") => Ok(()),
+        // Another instance created it between our check and our create: depending on the
+        // timing, PostgreSQL says duplicate_database or trips over the catalog's unique index.
+        Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("42P04" | "23505")) => Ok(()),
         outcome => outcome,
     }
 }

@@ -199,6 +199,14 @@ impl RabbitMq {
         outcome
     }
 
+    /// Messages ready in a queue (not counting those delivered and not yet acknowledged).
+    pub async fn depth(&self, queue: &str) -> Result<u32, TransportError> {
+        let channel = self.channel().await?;
+        let count = declare_queue(&channel, queue).await?;
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(count)
+    }
+
     /// Deletes every queue of `specs` (with their error queues) and the exchange: test cleanup.
     pub async fn delete_topology(&self, specs: &[QueueSpec]) -> Result<(), TransportError> {
         let channel = self.channel().await?;

@@ -1,0 +1,676 @@
+//! `shop chaos`: the guarantees under real faults, Jepsen-style.
+//!
+//! Runs two instances of each service as OS processes against the real PostgreSQL and RabbitMQ,
+//! puts them under order load (the `shop load` customers), and meanwhile, at random moments
+//! drawn from a printed seed: kills service processes with SIGKILL and restarts them, restarts
+//! RabbitMQ, cuts every database connection (or restarts PostgreSQL), republishes copies of
+//! messages already delivered, and publishes poison messages. Then it waits for the system to
+//! go quiet and checks every invariant of DESIGN.md, through the APIs and in the databases.
+
+use crate::load::{Api, LoadArgs, summarize};
+use anyhow::{Context, bail};
+use clap::Args;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use messaging::transport::rabbitmq::RabbitMq;
+use messaging::transport::{DeadLetters, Naming, Transport};
+use messaging::Envelope;
+use serde::Serialize;
+use sqlx::{Connection as _, PgConnection, Row};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// Orders to place while faults happen.
+    #[arg(long, default_value_t = 300)]
+    pub orders: usize,
+    /// Customers placing orders at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Products (few, so that orders compete for stock).
+    #[arg(long, default_value_t = 8)]
+    pub products: usize,
+    /// Initial stock of each product.
+    #[arg(long, default_value_t = 200)]
+    pub stock: u32,
+    /// Mean pause between two faults.
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub fault_interval: Duration,
+    /// Keep the load going until at least this many faults happened.
+    #[arg(long, default_value_t = 6)]
+    pub min_faults: usize,
+    /// Seed of every random choice (printed, so that a failing run can be repeated).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The saga's reservation timeout in the services under test.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub reservation_timeout: Duration,
+    /// Restart PostgreSQL (pg_ctlcluster) instead of cutting the services' connections.
+    #[arg(long)]
+    pub restart_postgres: bool,
+    /// PostgreSQL server (without a database name) where the run's databases are created.
+    #[arg(long, env = "SHOP_CHAOS_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub postgres_url: String,
+    #[arg(long, env = "SHOP_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp_url: String,
+    /// The `shop` binary to run the services with (default: this one).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// How long the system may take to go quiet after the last fault.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    pub quiescence_timeout: Duration,
+    /// Keep the databases and service logs after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    KillOrderService,
+    KillInventoryService,
+    RestartBroker,
+    Database,
+    Duplicates,
+    Poison,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::KillOrderService,
+    Fault::KillInventoryService,
+    Fault::RestartBroker,
+    Fault::Database,
+    Fault::Duplicates,
+    Fault::Poison,
+];
+
+#[derive(Debug, Default, Serialize)]
+pub struct ChaosReport {
+    pub seed: u64,
+    pub orders: usize,
+    pub statuses: BTreeMap<String, usize>,
+    pub load_duration_s: f64,
+    pub faults: BTreeMap<String, usize>,
+    pub duplicates_injected: usize,
+    pub poison_injected: usize,
+    pub quiescence_s: f64,
+    pub violations: Vec<String>,
+    pub logs: Option<String>,
+}
+
+impl ChaosReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+pub async fn run(args: ChaosArgs) -> anyhow::Result<std::process::ExitCode> {
+    let report = execute(&args).await?;
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    Ok(if report.passed() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+/// The system under test: four service processes, their databases and broker names.
+struct Cluster {
+    binary: PathBuf,
+    logs: PathBuf,
+    env: Vec<(String, String)>,
+    orders_db: String,
+    inventory_db: String,
+    postgres_url: String,
+    naming: Naming,
+    instances: Vec<Instance>,
+}
+
+struct Instance {
+    service: &'static str,
+    port: u16,
+    child: Option<Child>,
+    /// Killed on purpose and due to be restarted by the fault that killed it.
+    held_down: bool,
+}
+
+impl Instance {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    fn new(args: &ChaosArgs, run_id: &str) -> anyhow::Result<Self> {
+        let binary = match &args.binary {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe()?,
+        };
+        let logs = std::env::temp_dir().join(format!("shop-chaos-{run_id}"));
+        std::fs::create_dir_all(&logs)?;
+        let orders_db = format!("chaos_{run_id}_orders");
+        let inventory_db = format!("chaos_{run_id}_inventory");
+        let naming = Naming::new(format!("chaos-{run_id}"));
+        let server = args.postgres_url.trim_end_matches('/');
+        let env = vec![
+            ("SHOP_ORDERS_DATABASE_URL".into(), format!("{server}/{orders_db}")),
+            ("SHOP_INVENTORY_DATABASE_URL".into(), format!("{server}/{inventory_db}")),
+            ("SHOP_AMQP_URL".into(), args.amqp_url.clone()),
+            ("SHOP_QUEUE_PREFIX".into(), naming.prefix().to_owned()),
+            ("SHOP_RESERVATION_TIMEOUT".into(), humantime::format_duration(args.reservation_timeout).to_string()),
+            ("SHOP_DB_POOL_SIZE".into(), "6".into()),
+            ("RUST_LOG".into(), "info,sqlx=warn,lapin=error".into()),
+        ];
+        let mut instances = Vec::new();
+        for service in ["order", "order", "inventory", "inventory"] {
+            instances.push(Instance { service, port: free_port()?, child: None, held_down: false });
+        }
+        Ok(Self { binary, logs, env, orders_db, inventory_db, postgres_url: server.to_owned(), naming, instances })
+    }
+
+    fn urls(&self, service: &str) -> Vec<String> {
+        self.instances.iter().filter(|i| i.service == service).map(Instance::url).collect()
+    }
+
+    fn start(&mut self, index: usize) -> anyhow::Result<()> {
+        let instance = &mut self.instances[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{}-{index}.log", instance.service)))?;
+        let addr_variable = if instance.service == "order" { "SHOP_ORDERS_HTTP_ADDR" } else { "SHOP_INVENTORY_HTTP_ADDR" };
+        let child = Command::new(&self.binary)
+            .args(["serve", instance.service])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(addr_variable, format!("127.0.0.1:{}", instance.port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.binary.display()))?;
+        instance.child = Some(child);
+        instance.held_down = false;
+        Ok(())
+    }
+
+    /// SIGKILL; the instance stays down until started again.
+    async fn kill(&mut self, index: usize) {
+        self.instances[index].held_down = true;
+        if let Some(mut child) = self.instances[index].child.take() {
+            let _ = child.start_kill(); // SIGKILL
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Restarts, like an orchestrator would, every instance that exited on its own (one that
+    /// cannot start while the broker or the database is down, say). With `all`, also those
+    /// held down by a fault.
+    fn revive(&mut self, all: bool) -> anyhow::Result<usize> {
+        let mut revived = 0;
+        for index in 0..self.instances.len() {
+            let running = match &mut self.instances[index].child {
+                Some(child) => child.try_wait()?.is_none(),
+                None => false,
+            };
+            if !running && (all || !self.instances[index].held_down) {
+                self.start(index)?;
+                revived += 1;
+            }
+        }
+        Ok(revived)
+    }
+
+    async fn admin(&self) -> anyhow::Result<PgConnection> {
+        Ok(PgConnection::connect(&format!("{}/postgres", self.postgres_url)).await?)
+    }
+
+    async fn database(&self, name: &str) -> anyhow::Result<PgConnection> {
+        Ok(PgConnection::connect(&format!("{}/{name}", self.postgres_url)).await?)
+    }
+
+    async fn shutdown(&mut self, keep: bool) {
+        for index in 0..self.instances.len() {
+            self.kill(index).await;
+        }
+        if keep {
+            return;
+        }
+        if let Ok(mut admin) = self.admin().await {
+            for db in [&self.orders_db, &self.inventory_db] {
+                let drop = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+async fn wait_ready(urls: &[String], limit: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + limit;
+    for url in urls {
+        loop {
+            let ready = client.get(format!("{url}/health/ready")).send().await.is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("{url} is not ready after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+pub async fn execute(args: &ChaosArgs) -> anyhow::Result<ChaosReport> {
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let run_id = format!("{:x}", seed % 0xffff_ffff);
+    println!("chaos seed {seed} (repeat with --seed {seed})");
+    let cluster = Arc::new(tokio::sync::Mutex::new(Cluster::new(args, &run_id)?));
+    let outcome = chaos(args, seed, cluster.clone()).await;
+    let mut cluster = cluster.lock().await;
+    let keep = args.keep || !outcome.as_ref().is_ok_and(ChaosReport::passed);
+    let logs = cluster.logs.display().to_string();
+    cluster.shutdown(keep).await;
+    let mut report = outcome?;
+    if keep {
+        report.logs = Some(logs);
+    }
+    Ok(report)
+}
+
+async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Cluster>>) -> anyhow::Result<ChaosReport> {
+    // Inventory first, so that the first orders do not wait for its queues.
+    {
+        let mut cluster = cluster.lock().await;
+        for index in [2, 3, 0, 1] {
+            cluster.start(index)?;
+        }
+    }
+    let (order_urls, inventory_urls, naming) = {
+        let cluster = cluster.lock().await;
+        (cluster.urls("order"), cluster.urls("inventory"), cluster.naming.clone())
+    };
+    let supervisor = tokio::spawn(supervise(cluster.clone()));
+    wait_ready(&inventory_urls, Duration::from_secs(60)).await?;
+    wait_ready(&order_urls, Duration::from_secs(60)).await?;
+    let broker = RabbitMq::connect(&args.amqp_url, naming.clone(), "shop-chaos").await?;
+
+    let load = LoadArgs {
+        orders_url: order_urls,
+        inventory_url: inventory_urls,
+        orders: args.orders,
+        concurrency: args.concurrency,
+        products: args.products,
+        stock: args.stock,
+        max_lines: 3,
+        max_quantity: 3,
+        cancel_ratio: 0.1,
+        ship_ratio: 0.3,
+        seed: Some(seed),
+        settle_timeout: args.quiescence_timeout,
+        json: None,
+        quiet: true,
+    };
+    let api = Api::new(&load)?;
+    let catalog = api.seed_catalog(&load).await?;
+
+    // Load and faults run together; the load goes on until enough faults happened.
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop_faults = CancellationToken::new();
+    let injector = tokio::spawn(inject_faults(args.clone(), seed, cluster.clone(), broker.clone(), tally.clone(), stop_faults.clone()));
+    let started = Instant::now();
+    let mut orders = api.place_orders(&load, &catalog, seed).await?;
+    let mut round = 1;
+    while tally.lock().unwrap().total() < args.min_faults {
+        let more = LoadArgs { orders: args.orders.div_ceil(4).max(20), ..load.clone() };
+        orders.extend(api.place_orders(&more, &catalog, seed.wrapping_add(round)).await?);
+        round += 1;
+    }
+    let load_duration = started.elapsed();
+    stop_faults.cancel();
+    injector.await??;
+    println!("load done: {} orders in {:.1}s; waiting for quiescence", orders.len(), load_duration.as_secs_f64());
+
+    // Everything runs again, then the system must drain and settle.
+    let quiet_since = Instant::now();
+    cluster.lock().await.revive(true)?;
+    let finals = api.settle(&orders, args.quiescence_timeout).await?;
+    let mut violations = wait_for_quiescence(&cluster, &broker, args.quiescence_timeout).await?;
+    let quiescence = quiet_since.elapsed();
+    violations.extend(api.check_invariants(&catalog, &finals, Duration::from_secs(30)).await?);
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    violations.extend(check_database(&cluster, Duration::from_secs(30)).await?);
+    violations.extend(check_dead_letters(&broker, tally.poison).await?);
+
+    supervisor.abort();
+    let summary = summarize(seed, args.concurrency, load_duration, &finals);
+    Ok(ChaosReport {
+        seed,
+        orders: orders.len(),
+        statuses: summary.statuses,
+        load_duration_s: load_duration.as_secs_f64(),
+        faults: tally.faults.iter().map(|(fault, n)| (serde_json::to_value(fault).unwrap().as_str().unwrap().to_owned(), *n)).collect(),
+        duplicates_injected: tally.duplicates,
+        poison_injected: tally.poison,
+        quiescence_s: quiescence.as_secs_f64(),
+        violations,
+        logs: None,
+    })
+}
+
+/// Restarts instances that exited on their own, every half second.
+async fn supervise(cluster: Arc<tokio::sync::Mutex<Cluster>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Err(error) = cluster.lock().await.revive(false) {
+            eprintln!("cannot restart a service: {error:#}");
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    faults: BTreeMap<Fault, usize>,
+    duplicates: usize,
+    poison: usize,
+}
+
+impl Tally {
+    fn total(&self) -> usize {
+        self.faults.values().sum()
+    }
+}
+
+/// Injects faults at random moments until told to stop. Kinds come in shuffled rounds, so a
+/// short run still sees every kind.
+async fn inject_faults(
+    args: ChaosArgs,
+    seed: u64,
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    broker: RabbitMq,
+    tally: Arc<Mutex<Tally>>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed_fa17);
+    let mut round: Vec<Fault> = Vec::new();
+    let mut restarts = tokio::task::JoinSet::new();
+    loop {
+        let pause = args.fault_interval.mul_f64(0.5 + rng.f64());
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        if round.is_empty() {
+            round = FAULTS.to_vec();
+            rng.shuffle(&mut round);
+        }
+        let fault = round.pop().expect("refilled above");
+        let at = format!("{:?}", fault);
+        match fault {
+            Fault::KillOrderService | Fault::KillInventoryService => {
+                let index = if fault == Fault::KillOrderService { rng.usize(0..2) } else { 2 + rng.usize(0..2) };
+                let down_for = Duration::from_millis(rng.u64(200..2_000));
+                cluster.lock().await.kill(index).await;
+                let cluster = cluster.clone();
+                restarts.spawn(async move {
+                    tokio::time::sleep(down_for).await;
+                    cluster.lock().await.start(index)
+                });
+            }
+            Fault::RestartBroker => {
+                let down_for = Duration::from_millis(rng.u64(500..3_000));
+                rabbitmqctl("stop_app").await?;
+                tokio::time::sleep(down_for).await;
+                rabbitmqctl("start_app").await?;
+            }
+            Fault::Database if args.restart_postgres => restart_postgres().await?,
+            Fault::Database => {
+                let cluster = cluster.lock().await;
+                let mut admin = cluster.admin().await?;
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname IN ($1, $2) AND pid <> pg_backend_pid()",
+                )
+                .bind(&cluster.orders_db)
+                .bind(&cluster.inventory_db)
+                .execute(&mut admin)
+                .await?;
+            }
+            Fault::Duplicates => {
+                let copies = republish_delivered(&cluster, &broker, &mut rng).await?;
+                tally.lock().unwrap().duplicates += copies;
+            }
+            Fault::Poison => {
+                let count = rng.usize(1..=3);
+                publish_poison(&args.amqp_url, cluster.lock().await.naming.exchange(), count).await?;
+                tally.lock().unwrap().poison += count;
+            }
+        }
+        println!("  fault: {at}");
+        *tally.lock().unwrap().faults.entry(fault).or_default() += 1;
+    }
+    while let Some(restart) = restarts.join_next().await {
+        restart??;
+    }
+    Ok(())
+}
+
+async fn rabbitmqctl(command: &'static str) -> anyhow::Result<()> {
+    let status = Command::new("rabbitmqctl").args(["-q", command]).stdout(Stdio::null()).status().await?;
+    anyhow::ensure!(status.success(), "rabbitmqctl {command} failed");
+    Ok(())
+}
+
+async fn restart_postgres() -> anyhow::Result<()> {
+    let version = std::fs::read_dir("/etc/postgresql")?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .next()
+        .context("no cluster under /etc/postgresql")?;
+    let status = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "pg_ctlcluster restart failed");
+    Ok(())
+}
+
+/// Publishes again up to 20 messages that were already delivered: same ids, same bodies.
+async fn republish_delivered(
+    cluster: &tokio::sync::Mutex<Cluster>,
+    broker: &RabbitMq,
+    rng: &mut fastrand::Rng,
+) -> anyhow::Result<usize> {
+    let (orders_db, inventory_db) = {
+        let cluster = cluster.lock().await;
+        (cluster.orders_db.clone(), cluster.inventory_db.clone())
+    };
+    let name = if rng.bool() { orders_db } else { inventory_db };
+    let mut db = cluster.lock().await.database(&name).await?;
+    let rows = sqlx::query(
+        "SELECT message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload \
+         FROM outbox WHERE sent_at IS NOT NULL ORDER BY random() LIMIT 20",
+    )
+    .fetch_all(&mut db)
+    .await?;
+    let copies: Vec<Envelope> = rows
+        .iter()
+        .map(|row| {
+            Ok(Envelope {
+                message_id: row.try_get("message_id")?,
+                message_type: row.try_get("message_type")?,
+                correlation_id: row.try_get("correlation_id")?,
+                causation_id: row.try_get("causation_id")?,
+                occurred_at: row.try_get("occurred_at")?,
+                traceparent: row.try_get("traceparent")?,
+                payload: row.try_get("payload")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    // The broker may be restarting: a copy that cannot be sent now is simply not injected.
+    if broker.publish(&copies).await.is_ok() { Ok(copies.len()) } else { Ok(0) }
+}
+
+/// Publishes messages no consumer can read (no envelope), routed to consumer queues.
+async fn publish_poison(amqp_url: &str, exchange: String, count: usize) -> anyhow::Result<()> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    for n in 0..count {
+        let routing_key = ["order.placed.v1", "inventory.reserve-stock.v1", "product.created.v1"][n % 3];
+        channel
+            .basic_publish(
+                exchange.clone().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                format!("{{\"poison\": {n}}}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+    }
+    let _ = connection.close(200, "OK".into()).await;
+    Ok(())
+}
+
+/// Waits until both outboxes are drained and every consumer queue is empty, twice in a row.
+async fn wait_for_quiescence(
+    cluster: &tokio::sync::Mutex<Cluster>,
+    broker: &RabbitMq,
+    limit: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + limit;
+    let mut quiet_checks = 0;
+    let mut last = Vec::new();
+    while quiet_checks < 2 {
+        last.clear();
+        let (orders_db, inventory_db, naming) = {
+            let cluster = cluster.lock().await;
+            (cluster.orders_db.clone(), cluster.inventory_db.clone(), cluster.naming.clone())
+        };
+        for name in [&orders_db, &inventory_db] {
+            let mut db = cluster.lock().await.database(name).await?;
+            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&mut db).await?;
+            if unsent > 0 {
+                last.push(format!("{name}: {unsent} outbox rows not published"));
+            }
+        }
+        for (service, consumer) in crate::dead_letters::CONSUMERS {
+            let queue = naming.queue(service, consumer);
+            let depth = broker.depth(&queue).await?;
+            if depth > 0 {
+                last.push(format!("{queue}: {depth} messages not consumed"));
+            }
+        }
+        quiet_checks = if last.is_empty() { quiet_checks + 1 } else { 0 };
+        if Instant::now() >= deadline {
+            return Ok(last.into_iter().map(|problem| format!("never quiet: {problem}")).collect());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(Vec::new())
+}
+
+/// Invariants that only the inventory database can show. Messages acknowledged a moment ago
+/// may still be settling, so a failing check is given until `limit` to pass.
+async fn check_database(cluster: &tokio::sync::Mutex<Cluster>, limit: Duration) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let violations = database_violations(cluster).await?;
+        if violations.is_empty() || Instant::now() >= deadline {
+            return Ok(violations);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn database_violations(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::Result<Vec<String>> {
+    let name = cluster.lock().await.inventory_db.clone();
+    let mut db = cluster.lock().await.database(&name).await?;
+    let mut violations = Vec::new();
+    let checks: [(&str, &str); 5] = [
+        ("a saga is still reserving", "SELECT order_id::text FROM reservation_sagas WHERE state = 'reserving'"),
+        (
+            "a product's reserved count differs from its reservations",
+            "SELECT p.id::text FROM products p LEFT JOIN reservations r ON r.product_id = p.id \
+             GROUP BY p.id HAVING p.reserved <> coalesce(sum(r.quantity), 0)",
+        ),
+        ("a product is oversold or negative", "SELECT id::text FROM products WHERE reserved > stock OR stock < 0 OR reserved < 0"),
+        (
+            "a reservation is not held by a reserved saga line of the same quantity",
+            "SELECT r.order_id::text || '/' || r.product_id FROM reservations r \
+             LEFT JOIN reservation_sagas s ON s.order_id = r.order_id \
+             WHERE s.state IS DISTINCT FROM 'reserved' OR NOT EXISTS ( \
+                 SELECT 1 FROM jsonb_array_elements(s.lines) l \
+                 WHERE (l->>'productId')::bigint = r.product_id AND (l->>'quantity')::int = r.quantity \
+                   AND l->>'status' = 'reserved')",
+        ),
+        (
+            "a reserved saga line has no reservation",
+            "SELECT s.order_id::text || '/' || (l->>'productId') FROM reservation_sagas s, jsonb_array_elements(s.lines) l \
+             WHERE l->>'status' = 'reserved' AND NOT EXISTS ( \
+                 SELECT 1 FROM reservations r WHERE r.order_id = s.order_id AND r.product_id = (l->>'productId')::bigint)",
+        ),
+    ];
+    for (what, query) in checks {
+        let found: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query)).fetch_all(&mut db).await?;
+        for item in found.iter().take(20) {
+            violations.push(format!("{what}: {item}"));
+        }
+    }
+    Ok(violations)
+}
+
+/// The error queues must hold exactly the poison injected on purpose.
+async fn check_dead_letters(broker: &RabbitMq, poison: usize) -> anyhow::Result<Vec<String>> {
+    let mut violations = Vec::new();
+    let mut found = 0;
+    for (service, consumer) in crate::dead_letters::CONSUMERS {
+        let error_queue = messaging::transport::error_queue_of(&broker.naming().queue(service, consumer));
+        for letter in broker.list(&error_queue).await? {
+            if letter.message_id.is_none() && letter.body.contains("poison") {
+                found += 1;
+            } else {
+                violations.push(format!("{error_queue}: {} {:?}: {}", letter.message_type.unwrap_or_default(), letter.message_id, letter.reason));
+            }
+        }
+    }
+    if found != poison {
+        violations.push(format!("{poison} poison messages injected, {found} found in error queues"));
+    }
+    Ok(violations)
+}
+
+pub fn print_report(report: &ChaosReport) {
+    println!("seed            {}", report.seed);
+    let statuses: Vec<String> = report.statuses.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("orders          {} ({}) in {:.1}s of load", report.orders, statuses.join(", "), report.load_duration_s);
+    let faults: Vec<String> = report.faults.iter().map(|(f, n)| format!("{f} {n}")).collect();
+    println!("faults          {} ({})", report.faults.values().sum::<usize>(), faults.join(", "));
+    println!("injected        {} duplicate messages, {} poison messages", report.duplicates_injected, report.poison_injected);
+    println!("quiescence      {:.1}s after the last fault", report.quiescence_s);
+    if report.violations.is_empty() {
+        println!("violations      none");
+    } else {
+        println!("VIOLATIONS      {}", report.violations.len());
+        for violation in report.violations.iter().take(50) {
+            println!("  {violation}");
+        }
+    }
+    if let Some(logs) = &report.logs {
+        println!("service logs    {logs}");
+    }
+}
