@@ -229,7 +229,10 @@ impl Worker {
             metrics::histogram!("message_handling_seconds", "consumer" => consumer, "type" => message.message_type.clone())
                 .record(started.elapsed().as_secs_f64());
             let failure = match outcome {
-                Ok(()) => return self.ack(delivery, message, "handled").await,
+                Ok(()) => {
+                    tracing::debug!(took = ?started.elapsed(), "handled");
+                    return self.ack(delivery, message, "handled").await;
+                }
                 Err(HandlerError::Permanent(reason)) => reason,
                 Err(HandlerError::Transient(reason)) if attempt < self.retry.max_attempts => {
                     let pause = self.retry.backoff(attempt);

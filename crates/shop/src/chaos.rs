@@ -521,8 +521,14 @@ async fn republish_delivered(
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
-    // The broker may be restarting: a copy that cannot be sent now is simply not injected.
-    if broker.publish(&copies).await.is_ok() { Ok(copies.len()) } else { Ok(0) }
+    // The broker may be restarting: try for a few seconds, then give up on these copies.
+    for _ in 0..10 {
+        if broker.publish(&copies).await.is_ok() {
+            return Ok(copies.len());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(0)
 }
 
 /// Publishes messages no consumer can read (no envelope), routed to consumer queues.

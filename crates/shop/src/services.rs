@@ -116,7 +116,7 @@ pub async fn start_inventory(
 pub async fn database(service: &str, url: &str, tuning: &Tuning, migrator: sqlx::migrate::Migrator) -> anyhow::Result<PgPool> {
     let pool = messaging::postgres::connect(url, tuning.db_pool_size)
         .await
-        .with_context(|| format!("cannot open the {service} database at {}", redact(url)))?;
+        .with_context(|| format!("cannot open the {service} database at {}", messaging::redact_url(url)))?;
     migrator.run(&pool).await.with_context(|| format!("cannot migrate the {service} database"))?;
     Ok(pool)
 }
@@ -218,14 +218,3 @@ impl ReadinessCheck for BrokerCheck {
     }
 }
 
-/// A URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}://{user}@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}

@@ -21,6 +21,8 @@ async fn a_several_line_order_is_confirmed_with_the_right_total_and_stock() {
     assert_eq!(confirmed["status"], "confirmed", "{confirmed}");
     assert_eq!(confirmed["total"], "88.20");
     assert_eq!(confirmed["lines"].as_array().unwrap().len(), 2, "the two kettle lines merge");
+    let at = |field: &str| chrono::DateTime::parse_from_rfc3339(confirmed[field].as_str().unwrap()).unwrap();
+    assert!(at("decidedAt") >= at("placedAt"), "{confirmed}");
     assert_eq!(system.stock_of(kettle).await, (5, 3, 2));
     assert_eq!(system.stock_of(mug).await, (10, 3, 7));
     let reservation = system.reservation_in(&order, "reserved").await;

@@ -186,9 +186,11 @@ impl Relay {
             return Ok(0);
         }
         let envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
+        let claimed = Instant::now();
         self.transport.publish(&envelopes).await?;
+        let confirmed = Instant::now();
         let ids: Vec<Uuid> = envelopes.iter().map(|e| e.message_id).collect();
-        sqlx::query("UPDATE outbox SET sent_at = now() WHERE message_id = ANY($1)")
+        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE message_id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
@@ -200,7 +202,13 @@ impl Relay {
             metrics::histogram!("outbox_publish_lag_seconds", "service" => self.name).record(lag.as_secs_f64());
         }
         metrics::counter!("outbox_published_total", "service" => self.name).increment(envelopes.len() as u64);
-        tracing::debug!(relay = self.name, count = envelopes.len(), "published");
+        tracing::debug!(
+            relay = self.name,
+            count = envelopes.len(),
+            publish = ?(confirmed - claimed),
+            mark = ?confirmed.elapsed(),
+            "published"
+        );
         Ok(envelopes.len())
     }
 

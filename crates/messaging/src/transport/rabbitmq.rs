@@ -116,7 +116,7 @@ impl RabbitMq {
         let channel = connection.create_channel().await.map_err(unavailable)?;
         declare_exchange(&channel, &self.inner.naming).await?;
         let _ = channel.close(200, "OK".into()).await;
-        tracing::info!(url = %redact(&self.inner.url), "connected to RabbitMQ");
+        tracing::info!(url = %crate::redact_url(&self.inner.url), "connected to RabbitMQ");
         link.connection = Some(connection.clone());
         Ok(connection)
     }
@@ -569,14 +569,6 @@ fn dead_letter_view(error_queue: &str, delivery: &lapin::message::Delivery) -> D
     }
 }
 
-/// The URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,9 +600,4 @@ mod tests {
         assert!(reason.starts_with("body is not JSON"), "{reason}");
     }
 
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(redact("amqp://guest:secret@host:5672/%2f"), "amqp://***@host:5672/%2f");
-        assert_eq!(redact("amqp://host"), "amqp://host");
-    }
 }
