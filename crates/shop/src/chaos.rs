@@ -317,6 +317,7 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         concurrency: args.concurrency,
         products: args.products,
         stock: args.stock,
+        min_lines: 1,
         max_lines: 3,
         max_quantity: 3,
         cancel_ratio: 0.1,

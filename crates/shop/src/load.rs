@@ -44,7 +44,10 @@ pub struct LoadArgs {
     /// Initial stock of each product.
     #[arg(long, default_value_t = 1000)]
     pub stock: u32,
-    /// Most lines per order (each order gets 1 to this many).
+    /// Fewest lines per order.
+    #[arg(long, default_value_t = 1)]
+    pub min_lines: usize,
+    /// Most lines per order.
     #[arg(long, default_value_t = 3)]
     pub max_lines: usize,
     /// Most units per line.
@@ -156,9 +159,11 @@ impl Api {
     pub fn new(args: &LoadArgs) -> anyhow::Result<Arc<Self>> {
         ensure!(args.orders > 0 && args.concurrency > 0, "--orders and --concurrency must be at least 1");
         ensure!(
-            args.products > 0 && args.max_lines > 0 && args.max_quantity > 0,
-            "--products, --max-lines and --max-quantity must be at least 1"
+            args.products > 0 && args.min_lines > 0 && args.max_quantity > 0,
+            "--products, --min-lines and --max-quantity must be at least 1"
         );
+        ensure!(args.min_lines <= args.max_lines, "--min-lines cannot exceed --max-lines");
+        ensure!(args.max_lines <= args.products, "--max-lines cannot exceed --products (lines are distinct products)");
         let trim = |urls: &[String]| urls.iter().map(|url| url.trim().trim_end_matches('/').to_owned()).collect::<Vec<_>>();
         let (orders, inventory) = (trim(&args.orders_url), trim(&args.inventory_url));
         ensure!(!orders.is_empty() && !inventory.is_empty(), "give at least one URL per service");
@@ -299,7 +304,7 @@ impl Api {
 
         let mut chosen = products.to_vec();
         rng.shuffle(&mut chosen);
-        for product in chosen.into_iter().take(rng.usize(1..=args.max_lines.min(products.len()))) {
+        for product in chosen.into_iter().take(rng.usize(args.min_lines..=args.max_lines)) {
             self.add_line(&id, product, rng.u32(1..=args.max_quantity)).await?;
         }
         self.transition(&id, "place", None).await?;
