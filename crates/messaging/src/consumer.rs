@@ -43,7 +43,22 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError>;
+
+    /// Applies several messages with one ordering key in one unit of work (one load, one
+    /// commit with every inbox record), if the handler knows how; `None` if it does not. On
+    /// `None` or an error the runtime handles the messages one by one, so that a message that
+    /// fails is retried or dead-lettered on its own.
+    async fn handle_many(&self, _messages: &[Envelope]) -> Option<Result<(), HandlerError>> {
+        None
+    }
 }
+
+fn message_id(delivery: &Delivery) -> Option<uuid::Uuid> {
+    delivery.message.as_ref().ok().map(|message| message.message_id)
+}
+
+/// Most deliveries a lane takes at once for [`Handler::handle_many`].
+const MAX_BATCH: usize = 32;
 
 /// A stable hash for ordering keys.
 pub fn hash(key: impl std::hash::Hash) -> u64 {
@@ -147,11 +162,18 @@ impl Consumer {
             let (lane, mut queued) = mpsc::unbounded_channel::<Delivery>();
             let worker = worker.clone();
             workers.spawn(async move {
-                while let Some(delivery) = queued.recv().await {
+                while let Some(first) = queued.recv().await {
+                    // Deliveries that queued up behind a busy lane are taken together.
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH
+                        && let Ok(next) = queued.try_recv()
+                    {
+                        batch.push(next);
+                    }
                     if worker.shutdown.is_cancelled() {
                         continue; // not started: dropped unacknowledged, so delivered again later
                     }
-                    worker.process(delivery).await;
+                    worker.process_all(batch).await;
                 }
             });
             lanes.push(lane);
@@ -190,6 +212,61 @@ struct Worker {
 }
 
 impl Worker {
+    /// Handles a lane's batch: runs of readable first deliveries with the same ordering key go
+    /// to [`Handler::handle_many`] together; everything else, and any run it does not take,
+    /// one by one.
+    async fn process_all(&self, batch: Vec<Delivery>) {
+        let mut deliveries = batch.into_iter().peekable();
+        while let Some(first) = deliveries.next() {
+            let mut run = vec![first];
+            if let Some(key) = self.batch_key(&run[0]) {
+                // A copy of a message already in the run ends it: one unit of work must not
+                // consume the same message twice.
+                let mut ids = std::collections::HashSet::from([message_id(&run[0])]);
+                while let Some(next) =
+                    deliveries.next_if(|next| self.batch_key(next) == Some(key) && !ids.contains(&message_id(next)))
+                {
+                    ids.insert(message_id(&next));
+                    run.push(next);
+                }
+            }
+            if run.len() > 1 && self.process_together(&mut run).await {
+                continue;
+            }
+            for delivery in run {
+                self.process(delivery).await;
+            }
+        }
+    }
+
+    /// The key under which a delivery may join a batch: readable and delivered for the first time.
+    fn batch_key(&self, delivery: &Delivery) -> Option<u64> {
+        match &delivery.message {
+            Ok(message) if !delivery.redelivered => Some(self.handler.ordering_key(message)),
+            _ => None,
+        }
+    }
+
+    /// One unit of work for the whole run; on success every delivery is acknowledged.
+    async fn process_together(&self, run: &mut Vec<Delivery>) -> bool {
+        let messages: Vec<Envelope> = run.iter().filter_map(|d| d.message.as_ref().ok().cloned()).collect();
+        let started = std::time::Instant::now();
+        match self.handler.handle_many(&messages).await {
+            Some(Ok(())) => {
+                tracing::debug!(count = messages.len(), took = ?started.elapsed(), "handled together");
+                for (delivery, message) in run.drain(..).zip(&messages) {
+                    self.ack(delivery, message, "handled").await;
+                }
+                true
+            }
+            Some(Err(error)) => {
+                tracing::debug!(count = messages.len(), %error, "batch failed; handling its messages one by one");
+                false
+            }
+            None => false,
+        }
+    }
+
     async fn process(&self, delivery: Delivery) {
         let consumer = self.handler.name();
         let message = match &delivery.message {

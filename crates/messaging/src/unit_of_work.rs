@@ -31,7 +31,9 @@ pub struct Effects<'a> {
     pub outgoing: Vec<Outgoing>,
     /// Ids of scheduled messages to withdraw (if not sent yet).
     pub cancelled: Vec<Uuid>,
-    pub consumed: Option<Consumed<'a>>,
+    /// The messages this unit of work applies (usually one; several when a handler takes a
+    /// batch of messages about the same aggregate).
+    pub consumed: Vec<Consumed<'a>>,
 }
 
 impl<'a> Effects<'a> {
@@ -41,7 +43,20 @@ impl<'a> Effects<'a> {
 
     /// Effects of handling `message_id` as `consumer`.
     pub fn consuming(consumer: &'a str, message_id: Uuid) -> Self {
-        Self { consumed: Some(Consumed { consumer, message_id }), ..Self::default() }
+        let mut effects = Self::default();
+        effects.consume(consumer, message_id);
+        effects
+    }
+
+    /// Records one more message as applied by this unit of work.
+    pub fn consume(&mut self, consumer: &'a str, message_id: Uuid) -> &mut Self {
+        self.consumed.push(Consumed { consumer, message_id });
+        self
+    }
+
+    /// Whether committing these effects would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.outgoing.is_empty() && self.cancelled.is_empty() && self.consumed.is_empty()
     }
 
     pub fn send(&mut self, envelope: Envelope) -> &mut Self {
@@ -66,7 +81,8 @@ pub enum SaveError {
     /// Someone else saved the aggregate since it was loaded: load again and retry.
     #[error("the aggregate was changed concurrently")]
     Conflict,
-    /// The consumed message was already applied: acknowledge it and move on.
+    /// The consumed message (one of them, for a batch) was already applied: acknowledge it
+    /// and move on.
     #[error("message already consumed")]
     AlreadyConsumed,
     /// The database could not be reached or gave up (connection, timeout, deadlock).
@@ -75,6 +91,17 @@ pub enum SaveError {
     /// The database refused the write (a constraint); retrying will not help.
     #[error("database refused the write: {0}")]
     Refused(#[source] BoxError),
+}
+
+/// A message handler's view of a save: a message that was already applied is a success (its
+/// copy is acknowledged and skipped). Not so for a batch: `AlreadyConsumed` then says that some
+/// message of it was applied before and that nothing of the batch was committed, so the
+/// messages must be applied one by one.
+pub fn applied(effects: &Effects<'_>, outcome: Result<(), SaveError>) -> Result<(), SaveError> {
+    match outcome {
+        Err(SaveError::AlreadyConsumed) if effects.consumed.len() <= 1 => Ok(()),
+        other => other,
+    }
 }
 
 /// Whether an error means "load again and retry": an optimistic-concurrency conflict.

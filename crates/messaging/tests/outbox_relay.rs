@@ -228,3 +228,24 @@ async fn instances_starting_together_all_get_the_database() {
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)"))).execute(&mut admin).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_batch_with_one_message_already_applied_applies_nothing() {
+    let db = database().await;
+    let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+    set_counter(&db, &Effects::consuming("counter", old), 1).await.unwrap();
+
+    let mut batch = Effects::new();
+    batch.consume("counter", new).consume("counter", old).send(message());
+    assert!(matches!(set_counter(&db, &batch, 2).await, Err(SaveError::AlreadyConsumed)));
+    let value: i32 = sqlx::query_scalar("SELECT value FROM counters").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(value, 1);
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(recorded, 1, "the new message of the failed batch was recorded");
+
+    let mut fresh = Effects::new();
+    fresh.consume("counter", new).consume("counter", Uuid::now_v7());
+    set_counter(&db, &fresh, 3).await.unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(recorded, 3);
+}

@@ -36,9 +36,10 @@ pub struct ChaosArgs {
     /// Products (few, so that orders compete for stock).
     #[arg(long, default_value_t = 8)]
     pub products: usize,
-    /// Initial stock of each product.
-    #[arg(long, default_value_t = 200)]
-    pub stock: u32,
+    /// Initial stock of each product (default: about three quarters of what the orders ask
+    /// for, so that most are confirmed and the last ones compete for what is left).
+    #[arg(long)]
+    pub stock: Option<u32>,
     /// Mean pause between two faults.
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     pub fault_interval: Duration,
@@ -241,12 +242,15 @@ impl Cluster {
         Ok(PgConnection::connect(&format!("{}/{name}", self.postgres_url)).await?)
     }
 
-    async fn shutdown(&mut self, keep: bool) {
+    async fn shutdown(&mut self, keep: bool, amqp_url: &str) {
         for index in 0..self.instances.len() {
             self.kill(index).await;
         }
         if keep {
             return;
+        }
+        if let Ok(broker) = RabbitMq::connect(amqp_url, self.naming.clone(), "shop-chaos-cleanup").await {
+            let _ = broker.delete_topology(&crate::topology::consumer_queues(&self.naming)).await;
         }
         if let Ok(mut admin) = self.admin().await {
             for db in [&self.orders_db, &self.inventory_db] {
@@ -285,7 +289,7 @@ pub async fn execute(args: &ChaosArgs) -> anyhow::Result<ChaosReport> {
     let mut cluster = cluster.lock().await;
     let keep = args.keep || !outcome.as_ref().is_ok_and(ChaosReport::passed);
     let logs = cluster.logs.display().to_string();
-    cluster.shutdown(keep).await;
+    cluster.shutdown(keep, &args.amqp_url).await;
     let mut report = outcome?;
     if keep {
         report.logs = Some(logs);
@@ -316,7 +320,7 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         orders: args.orders,
         concurrency: args.concurrency,
         products: args.products,
-        stock: args.stock,
+        stock: args.stock.unwrap_or_else(|| (args.orders * 3).div_ceil(args.products.max(1)) as u32),
         min_lines: 1,
         max_lines: 3,
         max_quantity: 3,
@@ -575,7 +579,7 @@ async fn wait_for_quiescence(
                 last.push(format!("{name}: {unsent} outbox rows not published"));
             }
         }
-        for (service, consumer) in crate::dead_letters::CONSUMERS {
+        for (service, consumer) in crate::topology::CONSUMERS {
             let queue = naming.queue(service, consumer);
             let depth = broker.depth(&queue).await?;
             if depth > 0 {
@@ -645,7 +649,7 @@ async fn database_violations(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::R
 async fn check_dead_letters(broker: &RabbitMq, poison: usize) -> anyhow::Result<Vec<String>> {
     let mut violations = Vec::new();
     let mut found = 0;
-    for (service, consumer) in crate::dead_letters::CONSUMERS {
+    for (service, consumer) in crate::topology::CONSUMERS {
         let error_queue = messaging::transport::error_queue_of(&broker.naming().queue(service, consumer));
         for letter in broker.list(&error_queue).await? {
             if letter.message_id.is_none() && letter.body.contains("poison") {

@@ -5,10 +5,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use messaging::transport::DeadLetters;
 use messaging::transport::rabbitmq::RabbitMq;
+use crate::topology::CONSUMERS;
 
-/// Every consumer queue of the system, as `service.consumer`.
-pub const CONSUMERS: &[(&str, &str)] =
-    &[("order", "catalog"), ("order", "reservations"), ("inventory", "saga"), ("inventory", "stock")];
 
 #[derive(Subcommand)]
 pub enum Action {

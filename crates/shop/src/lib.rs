@@ -8,6 +8,7 @@ pub mod load;
 mod server;
 mod services;
 pub mod telemetry;
+pub mod topology;
 
 pub use config::{BrokerSettings, InventorySettings, OrderSettings, Tuning};
 pub use services::{RunningService, start_inventory, start_order};

@@ -79,5 +79,5 @@ async fn every_integration_message_has_a_consumer_and_every_consumer_is_known() 
         assert!(consumed.contains(&message_type), "{message_type} has no consumer: it would never leave the outbox");
     }
     let named: Vec<(&str, &str)> = handlers.iter().map(|(service, handler)| (*service, handler.name())).collect();
-    assert_eq!(named, shop::dead_letters::CONSUMERS, "the dead-letter tools must know every consumer");
+    assert_eq!(named, shop::topology::CONSUMERS, "the dead-letter tools must know every consumer");
 }

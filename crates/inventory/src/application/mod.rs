@@ -17,13 +17,3 @@ pub use stock_handler::StockHandler;
 
 /// Names this service's queues and log lines.
 pub const SERVICE: &str = "inventory";
-
-use messaging::SaveError;
-
-/// A save's outcome for a message handler: a copy that was already applied is a success.
-fn applied(outcome: Result<(), SaveError>) -> Result<(), AppError> {
-    match outcome {
-        Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
-        Err(error) => Err(error.into()),
-    }
-}

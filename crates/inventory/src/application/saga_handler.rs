@@ -1,7 +1,6 @@
 //! Runs the ReserveStocks saga: loads the instance of the order a message is about, feeds it
 //! the message, and saves it with the messages its actions produce.
 
-use super::applied;
 use super::error::AppError;
 use super::ports::SagaStore;
 use super::saga::{Action, ReservationSaga};
@@ -100,47 +99,71 @@ impl Handler for ReservationSagaHandler {
 
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
         let Some((order_id, event)) = read(message)? else { return Ok(()) };
-        let handled = retry_on_conflict(|| self.apply(message, order_id, &event)).await;
+        let single = [(message, &event)];
+        let handled = retry_on_conflict(|| self.apply(order_id, &single)).await;
         Ok(handled?)
+    }
+
+    /// Several messages about one order (the answers for its lines, typically) in one load
+    /// and one commit.
+    async fn handle_many(&self, messages: &[Envelope]) -> Option<Result<(), HandlerError>> {
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in messages {
+            batch.push((message, read(message).ok()??));
+        }
+        let order_id = batch[0].1.0;
+        if batch.iter().any(|(_, (id, _))| *id != order_id) {
+            return None; // different orders that share a lane
+        }
+        let events: Vec<(&Envelope, &Event)> = batch.iter().map(|(message, (_, event))| (*message, event)).collect();
+        Some(retry_on_conflict(|| self.apply(order_id, &events)).await.map_err(Into::into))
     }
 }
 
 impl ReservationSagaHandler {
-    /// One attempt: load (or start) the instance, feed it the event, save what changed.
-    async fn apply(&self, message: &Envelope, order_id: OrderId, event: &Event) -> Result<(), AppError> {
+    /// One attempt: load (or start) the order's saga, feed it each event in turn, and save it
+    /// with the messages its actions produce and every message's inbox record.
+    async fn apply(&self, order_id: OrderId, events: &[(&Envelope, &Event)]) -> Result<(), AppError> {
         let loaded = self.sagas.load(order_id).await?;
-        let previous = loaded.clone();
-        let (mut saga, actions) = match (loaded, event) {
-            (None, Event::Placed(lines)) => ReservationSaga::start(order_id, lines.clone(), Utc::now(), self.timeout),
-            (None, Event::Cancelled) => (ReservationSaga::cancelled_before_start(order_id, Utc::now()), Vec::new()),
-            // A timeout whose saga is gone has nothing to end.
-            (None, Event::TimedOut) => return Ok(()),
-            (None, _) => return Err(AppError::ReservationNotFound(order_id)),
-            // Already started (or cancelled first): a second start changes nothing.
-            (Some(_), Event::Placed(_)) => return Ok(()),
-            (Some(mut saga), event) => {
-                let actions = match event {
-                    Event::Cancelled => saga.on_order_cancelled(),
-                    Event::Shipped => saga.on_order_shipped()?,
-                    Event::Reserved(product_id) => saga.on_stock_reserved(*product_id)?,
-                    Event::Rejected(product_id, reason) => saga.on_stock_rejected(*product_id, reason.clone())?,
-                    Event::TimedOut => saga.on_timeout(self.timeout),
-                    Event::Placed(_) => unreachable!("handled above"),
-                };
-                (saga, actions)
+        let previous = loaded.as_ref().map(|saga| saga.state);
+        let mut saga = loaded.clone();
+        let mut effects = Effects::new();
+        for (message, event) in events {
+            let actions = match (&mut saga, event) {
+                (None, Event::Placed(lines)) => {
+                    let (started, actions) = ReservationSaga::start(order_id, lines.clone(), Utc::now(), self.timeout);
+                    saga = Some(started);
+                    actions
+                }
+                (None, Event::Cancelled) => {
+                    saga = Some(ReservationSaga::cancelled_before_start(order_id, Utc::now()));
+                    Vec::new()
+                }
+                // A timeout whose saga is gone has nothing to end.
+                (None, Event::TimedOut) => Vec::new(),
+                (None, _) => return Err(AppError::ReservationNotFound(order_id)),
+                // Already started (or cancelled first): a second start changes nothing.
+                (Some(_), Event::Placed(_)) => Vec::new(),
+                (Some(saga), Event::Cancelled) => saga.on_order_cancelled(),
+                (Some(saga), Event::Shipped) => saga.on_order_shipped()?,
+                (Some(saga), Event::Reserved(product_id)) => saga.on_stock_reserved(*product_id)?,
+                (Some(saga), Event::Rejected(product_id, reason)) => saga.on_stock_rejected(*product_id, reason.clone())?,
+                (Some(saga), Event::TimedOut) => saga.on_timeout(self.timeout),
+            };
+            effects.consume(self.name(), message.message_id);
+            let causation = Causation::from_message(message);
+            for action in actions {
+                let saga = saga.as_mut().expect("actions come from a saga");
+                self.enact(action, saga, &causation, &mut effects);
             }
-        };
-        if previous.as_ref() == Some(&saga) && actions.is_empty() {
-            return Ok(()); // a late or repeated answer: nothing to record
         }
-        let causation = Causation::from_message(message);
-        let mut effects = Effects::consuming(self.name(), message.message_id);
-        for action in actions {
-            self.enact(action, &mut saga, &causation, &mut effects);
+        let Some(mut saga) = saga else { return Ok(()) };
+        if loaded.as_ref() == Some(&saga) && effects.outgoing.is_empty() && effects.cancelled.is_empty() {
+            return Ok(()); // late or repeated answers: nothing to record
         }
-        applied(self.sagas.save(&saga, &effects).await)?;
+        messaging::applied(&effects, self.sagas.save(&saga, &effects).await)?;
         saga.version += 1;
-        if previous.map(|p| p.state) != Some(saga.state) {
+        if previous != Some(saga.state) {
             let state = saga.state.as_str();
             tracing::info!(%order_id, state, reason = saga.failure_reason.as_deref(), "stock reservation {state}");
             metrics::counter!("stock_reservations_total", "state" => state).increment(1);

@@ -1,6 +1,5 @@
 //! The stock handler: executes the saga's commands on `Product` aggregates and answers.
 
-use super::applied;
 use super::error::AppError;
 use super::ports::ProductStore;
 use crate::domain::{OrderId, ProductError, ProductId, Quantity};
@@ -24,6 +23,36 @@ fn permanent(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::Permanent(error.to_string())
 }
 
+/// A command on one product.
+enum Command {
+    Reserve { order_id: OrderId, quantity: Quantity },
+    Release { order_id: OrderId },
+    Deduct { order_id: OrderId },
+}
+
+/// The product a command is about and the command. A reservation of an id that names no
+/// product is answered with a refusal; releasing or deducting one is a defect.
+fn read(message: &Envelope) -> Result<(i64, Command), HandlerError> {
+    Ok(match message.message_type.as_str() {
+        ReserveStock::TYPE => {
+            let command: ReserveStock = message.decode().map_err(permanent)?;
+            let quantity = Quantity::new(command.quantity.into()).map_err(permanent)?;
+            (command.product_id, Command::Reserve { order_id: OrderId::from_uuid(command.order_id), quantity })
+        }
+        ReleaseStock::TYPE => {
+            let command: ReleaseStock = message.decode().map_err(permanent)?;
+            ProductId::new(command.product_id).map_err(permanent)?;
+            (command.product_id, Command::Release { order_id: OrderId::from_uuid(command.order_id) })
+        }
+        DeductStock::TYPE => {
+            let command: DeductStock = message.decode().map_err(permanent)?;
+            ProductId::new(command.product_id).map_err(permanent)?;
+            (command.product_id, Command::Deduct { order_id: OrderId::from_uuid(command.order_id) })
+        }
+        other => return Err(permanent(format!("no handler for {other}"))),
+    })
+}
+
 #[async_trait]
 impl Handler for StockHandler {
     fn name(&self) -> &'static str {
@@ -40,91 +69,83 @@ impl Handler for StockHandler {
     }
 
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
-        let outcome = match message.message_type.as_str() {
-            ReserveStock::TYPE => {
-                let command: ReserveStock = message.decode().map_err(permanent)?;
-                let quantity = Quantity::new(command.quantity.into()).map_err(permanent)?;
-                self.reserve(message, command.order_id, command.product_id, quantity).await
-            }
-            ReleaseStock::TYPE => {
-                let command: ReleaseStock = message.decode().map_err(permanent)?;
-                let product_id = ProductId::new(command.product_id).map_err(permanent)?;
-                self.release(message, OrderId::from_uuid(command.order_id), product_id).await
-            }
-            DeductStock::TYPE => {
-                let command: DeductStock = message.decode().map_err(permanent)?;
-                let product_id = ProductId::new(command.product_id).map_err(permanent)?;
-                self.deduct(message, OrderId::from_uuid(command.order_id), product_id).await
-            }
-            other => return Err(permanent(format!("no handler for {other}"))),
-        };
-        Ok(outcome?)
+        let (product, command) = read(message)?;
+        let single = [(message, &command)];
+        Ok(retry_on_conflict(|| self.apply(product, &single)).await?)
+    }
+
+    /// Several commands on one product (a popular one, under load) in one load and one commit.
+    async fn handle_many(&self, messages: &[Envelope]) -> Option<Result<(), HandlerError>> {
+        let mut batch = Vec::with_capacity(messages.len());
+        for message in messages {
+            batch.push((message, read(message).ok()?));
+        }
+        let product = batch[0].1.0;
+        if batch.iter().any(|(_, (id, _))| *id != product) {
+            return None; // different products that share a lane
+        }
+        let commands: Vec<(&Envelope, &Command)> = batch.iter().map(|(message, (_, command))| (*message, command)).collect();
+        Some(retry_on_conflict(|| self.apply(product, &commands)).await.map_err(Into::into))
     }
 }
 
 impl StockHandler {
-    /// Holds stock for an order and answers with the result, refusal included (an unknown
-    /// product is a refusal too: the saga must hear back).
-    async fn reserve(&self, message: &Envelope, order: uuid::Uuid, product: i64, quantity: Quantity) -> Result<(), AppError> {
-        let causation = Causation::from_message(message);
-        let order_id = OrderId::from_uuid(order);
-        let rejected = |reason: String| {
-            causation.envelope(&StockReservationRejected { order_id: order, product_id: product, reason })
+    /// One attempt: load the product, apply each command in turn, answer reservations (a refusal
+    /// included: the saga must hear back), and commit the product's changes with the answers
+    /// and the inbox records. Releasing what an order does not hold is nothing to do.
+    async fn apply(&self, product: i64, commands: &[(&Envelope, &Command)]) -> Result<(), AppError> {
+        let product_id = ProductId::new(product).ok();
+        let mut found = match product_id {
+            Some(id) => self.products.load(id).await?,
+            None => None,
         };
-        retry_on_conflict(|| async {
-            let mut effects = Effects::consuming(self.name(), message.message_id);
-            let found = match ProductId::new(product) {
-                Ok(product_id) => self.products.load(product_id).await?,
-                Err(_) => None,
+        let mut effects = Effects::new();
+        for (message, command) in commands {
+            effects.consume(self.name(), message.message_id);
+            let causation = Causation::from_message(message);
+            let rejected = |order_id: OrderId, reason: String| {
+                causation.envelope(&StockReservationRejected { order_id: order_id.as_uuid(), product_id: product, reason })
             };
-            let Some(mut product_found) = found else {
-                effects.send(rejected(format!("unknown product {product}")));
-                return applied(self.products.commit(&effects).await);
-            };
-            let held = match product_found.reserve(order_id, quantity) {
-                Ok(()) => quantity,
-                // Asked twice: answer the same again.
-                Err(ProductError::AlreadyReserved { .. }) => product_found.reservation_of(order_id).unwrap_or(quantity),
-                Err(refusal @ ProductError::InsufficientStock { .. }) => {
-                    effects.send(rejected(refusal.to_string()));
-                    return applied(self.products.commit(&effects).await);
+            match (command, found.as_mut()) {
+                (Command::Reserve { order_id, .. }, None) => {
+                    effects.send(rejected(*order_id, format!("unknown product {product}")));
                 }
-                Err(other) => return Err(other.into()),
-            };
-            effects.send(causation.envelope(&StockReserved { order_id: order, product_id: product, quantity: held.get() }));
-            let changes = product_found.take_events();
-            applied(self.products.save(&product_found, &changes, &effects).await)
-        })
-        .await
-    }
-
-    /// Gives back what an order holds; nothing held is nothing to do.
-    async fn release(&self, message: &Envelope, order_id: OrderId, product_id: ProductId) -> Result<(), AppError> {
-        retry_on_conflict(|| async {
-            let Some(mut found) = self.products.load(product_id).await? else {
-                return Err(AppError::ProductNotFound(product_id));
-            };
-            if found.release(order_id).is_none() {
-                return Ok(());
+                (Command::Reserve { order_id, quantity }, Some(found)) => {
+                    let answer = match found.reserve(*order_id, *quantity) {
+                        Ok(()) => reserved(&causation, *order_id, product, *quantity),
+                        // Asked twice: answer the same again.
+                        Err(ProductError::AlreadyReserved { .. }) => {
+                            reserved(&causation, *order_id, product, found.reservation_of(*order_id).unwrap_or(*quantity))
+                        }
+                        Err(refusal @ ProductError::InsufficientStock { .. }) => rejected(*order_id, refusal.to_string()),
+                        Err(other) => return Err(other.into()),
+                    };
+                    effects.send(answer);
+                }
+                (Command::Release { order_id }, Some(found)) => {
+                    found.release(*order_id);
+                }
+                (Command::Release { .. }, None) => {}
+                (Command::Deduct { order_id }, Some(found)) => {
+                    found.deduct(*order_id)?;
+                }
+                (Command::Deduct { .. }, None) => {
+                    let id = product_id.expect("read() accepts deductions of valid product ids only");
+                    return Err(AppError::ProductNotFound(id));
+                }
             }
-            let changes = found.take_events();
-            let effects = Effects::consuming(self.name(), message.message_id);
-            applied(self.products.save(&found, &changes, &effects).await)
-        })
-        .await
+        }
+        let changes = found.as_mut().map(|product| product.take_events()).unwrap_or_default();
+        let saved = match &found {
+            // A refusal leaves the product as it was: no version to bump, no conflict to risk.
+            Some(product) if !changes.is_empty() => self.products.save(product, &changes, &effects).await,
+            _ if effects.outgoing.is_empty() => Ok(()),
+            _ => self.products.commit(&effects).await,
+        };
+        Ok(messaging::applied(&effects, saved)?)
     }
+}
 
-    /// Takes an order's reserved units out of stock: it shipped.
-    async fn deduct(&self, message: &Envelope, order_id: OrderId, product_id: ProductId) -> Result<(), AppError> {
-        retry_on_conflict(|| async {
-            let Some(mut found) = self.products.load(product_id).await? else {
-                return Err(AppError::ProductNotFound(product_id));
-            };
-            found.deduct(order_id)?;
-            let changes = found.take_events();
-            let effects = Effects::consuming(self.name(), message.message_id);
-            applied(self.products.save(&found, &changes, &effects).await)
-        })
-        .await
-    }
+fn reserved(causation: &Causation, order_id: OrderId, product_id: i64, quantity: Quantity) -> messaging::Envelope {
+    causation.envelope(&StockReserved { order_id: order_id.as_uuid(), product_id, quantity: quantity.get() })
 }

@@ -56,16 +56,19 @@ pub async fn commit(
     write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
 ) -> Result<(), SaveError> {
     let mut tx = pool.begin().await.map_err(save_error)?;
-    if let Some(consumed) = effects.consumed {
+    if !effects.consumed.is_empty() {
+        let consumers: Vec<&str> = effects.consumed.iter().map(|c| c.consumer).collect();
+        let ids: Vec<Uuid> = effects.consumed.iter().map(|c| c.message_id).collect();
         let recorded = sqlx::query(
-            "INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO inbox (consumer, message_id) SELECT * FROM unnest($1::text[], $2::uuid[]) \
+             ON CONFLICT DO NOTHING",
         )
-        .bind(consumed.consumer)
-        .bind(consumed.message_id)
+        .bind(consumers)
+        .bind(&ids)
         .execute(&mut *tx)
         .await
         .map_err(save_error)?;
-        if recorded.rows_affected() == 0 {
+        if recorded.rows_affected() < ids.len() as u64 {
             return Err(SaveError::AlreadyConsumed);
         }
     }

@@ -70,7 +70,7 @@ impl OrderService {
             let mut order = Order::create(OrderId::generate(), new.customer_id, new.description.clone(), Utc::now())?;
             let idempotency = key.as_ref().map(|IdempotencyKey(key)| (key.as_str(), fingerprint.as_str()));
             let causation = Causation::root(order.id().to_string(), trace);
-            save(&*self.orders, &mut order, None, idempotency, &causation, Effects::new()).await?;
+            save(&*self.orders, &mut order, None, idempotency, &causation, &mut Effects::new()).await?;
             Ok((order, true))
         })
         .await
@@ -128,7 +128,7 @@ impl OrderService {
             let before = order.status();
             command(&mut order)?;
             let causation = Causation::root(id.to_string(), trace);
-            save(&*self.orders, &mut order, Some(before), None, &causation, Effects::new()).await?;
+            save(&*self.orders, &mut order, Some(before), None, &causation, &mut Effects::new()).await?;
             Ok(order)
         })
         .await
@@ -143,14 +143,14 @@ pub(super) async fn save(
     before: Option<OrderStatus>,
     idempotency: Option<(&str, &str)>,
     causation: &Causation,
-    mut effects: Effects<'_>,
+    effects: &mut Effects<'_>,
 ) -> Result<(), SaveError> {
     for event in order.take_events() {
         if let Some(message) = integration_message(&event, causation) {
             effects.send(message);
         }
     }
-    orders.save(order, idempotency, &effects).await?;
+    orders.save(order, idempotency, effects).await?;
     order.record_saved();
     let after = order.status();
     if before != Some(after) {

@@ -15,6 +15,10 @@ pub enum AppError {
     /// Still conflicting after the retries: the caller may try again.
     #[error("the order was changed concurrently; try again")]
     Conflict,
+    /// Some message of a batch was applied before: the batch was not, and its messages must be
+    /// applied one by one.
+    #[error("a message of the batch was already applied")]
+    PartlyApplied,
     #[error("storage unavailable: {0}")]
     Unavailable(#[source] BoxError),
     /// The database refused a write: a defect, not bad input.
@@ -25,7 +29,8 @@ pub enum AppError {
 impl From<SaveError> for AppError {
     fn from(error: SaveError) -> Self {
         match error {
-            SaveError::Conflict | SaveError::AlreadyConsumed => AppError::Conflict,
+            SaveError::Conflict => AppError::Conflict,
+            SaveError::AlreadyConsumed => AppError::PartlyApplied,
             SaveError::Unavailable(source) => AppError::Unavailable(source),
             SaveError::Refused(source) => AppError::StorageRefused(source),
         }
@@ -48,7 +53,9 @@ impl From<AppError> for HandlerError {
     /// Whether a message handler should try again: only when storage was in the way.
     fn from(error: AppError) -> Self {
         match error {
-            AppError::Conflict | AppError::Unavailable(_) => HandlerError::Transient(error.to_string()),
+            AppError::Conflict | AppError::PartlyApplied | AppError::Unavailable(_) => {
+                HandlerError::Transient(error.to_string())
+            }
             other => HandlerError::Permanent(other.to_string()),
         }
     }

@@ -10,19 +10,11 @@ use contracts::Message;
 use contracts::inventory::{StockReservationCompleted, StockReservationFailed};
 use contracts::product::{ProductCreated, ProductPriceChanged};
 use kernel::Money;
-use messaging::{Causation, Effects, Envelope, Handler, HandlerError, SaveError, retry_on_conflict};
+use messaging::{Causation, Effects, Envelope, Handler, HandlerError, retry_on_conflict};
 use std::sync::Arc;
 
 fn permanent(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::Permanent(error.to_string())
-}
-
-/// A save's outcome for a message handler: a copy that was already applied is a success.
-fn applied(outcome: Result<(), SaveError>) -> Result<(), AppError> {
-    match outcome {
-        Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
-        Err(error) => Err(error.into()),
-    }
 }
 
 /// Keeps the catalog copy in step with inventory's product events.
@@ -64,7 +56,9 @@ impl Handler for CatalogHandler {
             price: Money::new(price).map_err(permanent)?,
         };
         let effects = Effects::consuming(self.name(), message.message_id);
-        Ok(applied(self.catalog.upsert(&item, version, &effects).await)?)
+        let saved = self.catalog.upsert(&item, version, &effects).await;
+        messaging::applied(&effects, saved).map_err(AppError::from)?;
+        Ok(())
     }
 }
 
@@ -121,8 +115,9 @@ impl Handler for ReservationOutcomeHandler {
                 Outcome::Reserved => order.confirm(Utc::now())?,
                 Outcome::Failed(reason) => order.reject(reason.clone(), Utc::now())?,
             }
-            let effects = Effects::consuming(self.name(), message.message_id);
-            applied(save(&*self.orders, &mut order, Some(before), None, &causation, effects).await)
+            let mut effects = Effects::consuming(self.name(), message.message_id);
+            let saved = save(&*self.orders, &mut order, Some(before), None, &causation, &mut effects).await;
+            Ok::<_, AppError>(messaging::applied(&effects, saved)?)
         })
         .await;
         Ok(handled?)

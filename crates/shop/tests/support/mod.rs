@@ -4,12 +4,10 @@
 #![allow(dead_code)]
 
 use messaging::testing::{TestDatabase, amqp_url, unique_naming};
-use messaging::transport::QueueSpec;
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::{Naming, Transport};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
-use shop::dead_letters::CONSUMERS;
 use shop::{InventorySettings, OrderSettings, RunningService, Tuning};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,15 +74,7 @@ impl System {
         for service in self.services.drain(..) {
             service.stop().await;
         }
-        let specs: Vec<QueueSpec> = CONSUMERS
-            .iter()
-            .map(|(service, consumer)| QueueSpec {
-                name: self.naming.queue(service, consumer),
-                message_types: vec![],
-                prefetch: 1,
-            })
-            .collect();
-        let _ = self.transport.delete_topology(&specs).await;
+        let _ = self.transport.delete_topology(&shop::topology::consumer_queues(&self.naming)).await;
     }
 
     /// Sends a request with an optional JSON body; returns the status and the JSON answer.

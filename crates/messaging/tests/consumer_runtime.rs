@@ -1,0 +1,157 @@
+//! The consumer runtime over the in-memory transport: ordering lanes, batches, retries and
+//! dead letters, with handlers that record what they were given.
+
+use async_trait::async_trait;
+use contracts::order::OrderShipped;
+use messaging::transport::memory::MemoryTransport;
+use messaging::transport::{DeadLetters, Transport};
+use messaging::{Causation, Consumer, ConsumerConfig, Envelope, Handler, HandlerError, Naming, RetryPolicy, TraceParent};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+fn shipped(correlation: &str) -> Envelope {
+    Causation::root(correlation, TraceParent::new_root()).envelope(&OrderShipped { order_id: Uuid::now_v7() })
+}
+
+/// Records single and batched handling; the first message it sees blocks until released, so
+/// that the next ones queue up behind it. Fails messages whose correlation id is "poison".
+struct Recorder {
+    gate: Semaphore,
+    singles: Mutex<Vec<Uuid>>,
+    batches: Mutex<Vec<Vec<Uuid>>>,
+    batching: bool,
+}
+
+impl Recorder {
+    fn new(batching: bool) -> Arc<Self> {
+        Arc::new(Self { gate: Semaphore::new(0), singles: Mutex::default(), batches: Mutex::default(), batching })
+    }
+
+    fn handled(&self) -> usize {
+        self.singles.lock().unwrap().len() + self.batches.lock().unwrap().iter().map(Vec::len).sum::<usize>()
+    }
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn message_types(&self) -> Vec<&'static str> {
+        vec!["order.shipped.v1"]
+    }
+
+    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
+        if self.singles.lock().unwrap().is_empty() && self.batches.lock().unwrap().is_empty() {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        if message.correlation_id == "poison" {
+            return Err(HandlerError::Permanent("poison".into()));
+        }
+        self.singles.lock().unwrap().push(message.message_id);
+        Ok(())
+    }
+
+    async fn handle_many(&self, messages: &[Envelope]) -> Option<Result<(), HandlerError>> {
+        if !self.batching {
+            return None;
+        }
+        if messages.iter().any(|m| m.correlation_id == "poison") {
+            return Some(Err(HandlerError::Permanent("a poison message in the batch".into())));
+        }
+        self.batches.lock().unwrap().push(messages.iter().map(|m| m.message_id).collect());
+        Some(Ok(()))
+    }
+}
+
+async fn run(handler: Arc<Recorder>, messages: Vec<Envelope>) -> MemoryTransport {
+    let transport = MemoryTransport::new();
+    let config = ConsumerConfig {
+        concurrency: 4,
+        prefetch: 64,
+        retry: RetryPolicy { max_attempts: 2, initial_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(5) },
+    };
+    let consumer = Consumer::new("test", &Naming::new("t"), handler.clone(), config);
+    let queue = consumer.queue().clone();
+    transport.declare(&queue).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
+    let expected = messages.iter().filter(|m| m.correlation_id != "poison").count();
+    transport.publish(&messages).await.unwrap();
+    // Let the queue fill up behind the first message, then release it.
+    tokio::task::yield_now().await;
+    while transport.ready_count(&queue.name) > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    handler.gate.add_permits(1);
+    while handler.handled() < expected {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    transport
+}
+
+#[tokio::test]
+async fn messages_of_one_key_that_queued_up_are_handled_as_one_batch_in_order() {
+    let handler = Recorder::new(true);
+    let messages: Vec<Envelope> = (0..6).map(|_| shipped("order-1")).collect();
+    run(handler.clone(), messages.clone()).await;
+    let batches = handler.batches.lock().unwrap();
+    assert!(batches.iter().any(|batch| batch.len() > 1), "no batch: {batches:?}");
+    let mut handled = handler.singles.lock().unwrap().clone();
+    handled.extend(batches.iter().flatten());
+    assert_eq!(handled, messages.iter().map(|m| m.message_id).collect::<Vec<_>>(), "each once, in order");
+}
+
+#[tokio::test]
+async fn a_failing_batch_is_retried_message_by_message_and_only_the_culprit_is_dead_lettered() {
+    let handler = Recorder::new(true);
+    let mut messages: Vec<Envelope> = (0..4).map(|_| shipped("order-1")).collect();
+    let mut poison = shipped("order-1");
+    poison.correlation_id = "poison".into();
+    // Same lane as the others: the key is the correlation id, so give it its own and check.
+    messages.insert(2, poison.clone());
+    let transport = run(handler.clone(), messages.clone()).await;
+    let singles = handler.singles.lock().unwrap().clone();
+    let good: Vec<Uuid> = messages.iter().filter(|m| m.correlation_id != "poison").map(|m| m.message_id).collect();
+    let mut handled = singles.clone();
+    handled.extend(handler.batches.lock().unwrap().iter().flatten());
+    handled.sort();
+    let mut expected = good.clone();
+    expected.sort();
+    assert_eq!(handled, expected);
+    let letters = transport.list("t.test.recorder.error").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].message_id, Some(poison.message_id.to_string()));
+}
+
+#[tokio::test]
+async fn a_handler_without_batches_gets_every_message_alone_in_order() {
+    let handler = Recorder::new(false);
+    let messages: Vec<Envelope> = (0..5).map(|_| shipped("order-1")).collect();
+    run(handler.clone(), messages.clone()).await;
+    assert!(handler.batches.lock().unwrap().is_empty());
+    assert_eq!(*handler.singles.lock().unwrap(), messages.iter().map(|m| m.message_id).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_batch_never_holds_two_copies_of_one_message() {
+    // Regression: a copy next to its original in one batch made the batch's inbox insert trip
+    // over itself; the batch was taken as "already applied", acknowledged, and lost.
+    let handler = Recorder::new(true);
+    let original = shipped("order-1");
+    let messages = vec![shipped("order-1"), original.clone(), original.clone(), shipped("order-1")];
+    run(handler.clone(), messages).await;
+    for batch in handler.batches.lock().unwrap().iter() {
+        let mut ids = batch.clone();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), batch.len(), "a batch with a message twice: {batch:?}");
+    }
+    assert_eq!(handler.handled(), 4, "every delivery, copies included, reached the handler once");
+}

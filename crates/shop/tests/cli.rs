@@ -1,0 +1,97 @@
+//! The `shop` binary as an operator uses it: migrations, dead-letter tools, clear errors.
+
+use messaging::testing::{TestDatabase, amqp_url, server_url, unique_naming};
+use std::process::{Command, Output};
+
+fn shop(args: &[&str], env: &[(&str, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shop"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("shop runs")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[tokio::test]
+async fn migrate_creates_both_databases_with_their_schemas() {
+    let name = || format!("test_{}", uuid::Uuid::now_v7().simple());
+    let (orders_name, inventory_name) = (name(), name());
+    let url = |name: &str| format!("{}/{name}", server_url());
+    let env = [("SHOP_ORDERS_DATABASE_URL", url(&orders_name)), ("SHOP_INVENTORY_DATABASE_URL", url(&inventory_name))];
+    let output = shop(&["migrate"], &env);
+    assert!(output.status.success(), "{}", text(&output));
+    // The databases exist now; from here on TestDatabase drops them when the test ends.
+    let adopt = |name: String| async move {
+        let url = url(&name);
+        let pool = sqlx::PgPool::connect(&url).await.expect("migrate created the database");
+        TestDatabase { name, url, pool }
+    };
+    let (orders, inventory) = (adopt(orders_name).await, adopt(inventory_name).await);
+    let tables = |db: &TestDatabase| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let order_tables = tables(&orders).await;
+    for table in ["catalog_products", "idempotency_keys", "inbox", "orders", "outbox"] {
+        assert!(order_tables.iter().any(|t| t == table), "{table} missing: {order_tables:?}");
+    }
+    let inventory_tables = tables(&inventory).await;
+    for table in ["inbox", "outbox", "products", "reservation_sagas", "reservations"] {
+        assert!(inventory_tables.iter().any(|t| t == table), "{table} missing: {inventory_tables:?}");
+    }
+    // Running it again changes nothing and succeeds.
+    assert!(shop(&["migrate"], &env).status.success());
+}
+
+#[test]
+fn an_unreachable_database_is_reported_with_what_to_fix() {
+    let env = [("SHOP_ORDERS_DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/nowhere".to_owned())];
+    let output = shop(&["migrate"], &env);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(message.contains("cannot open the order database at postgres://postgres:***@127.0.0.1:1/nowhere"), "{message}");
+    assert!(!message.contains("secret"), "the password leaked: {message}");
+}
+
+#[test]
+fn dead_letter_tools_list_replay_and_purge_and_name_the_queues_they_know() {
+    let naming = unique_naming();
+    let env = [("SHOP_QUEUE_PREFIX", naming.prefix().to_owned()), ("SHOP_AMQP_URL", amqp_url())];
+    let listed = shop(&["dead-letters", "list"], &env);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(text(&listed).contains("0 dead letter(s)"), "{}", text(&listed));
+    let replayed = shop(&["dead-letters", "replay", "--queue", "inventory.saga"], &env);
+    assert!(text(&replayed).contains(".inventory.saga.error: replayed 0"), "{}", text(&replayed));
+    let purged = shop(&["dead-letters", "purge", "--queue", "order.catalog"], &env);
+    assert!(text(&purged).contains(".order.catalog.error: purged 0"), "{}", text(&purged));
+
+    let unknown = shop(&["dead-letters", "list", "--queue", "inventory.nope"], &env);
+    assert!(!unknown.status.success());
+    assert!(text(&unknown).contains("unknown queue \"inventory.nope\"; one of: order.catalog, order.reservations, inventory.saga, inventory.stock"), "{}", text(&unknown));
+
+    // Clean up the error queues the tools declared.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let broker = messaging::transport::rabbitmq::RabbitMq::connect(&amqp_url(), naming.clone(), "cli-test").await.unwrap();
+        broker.delete_topology(&shop::topology::consumer_queues(&naming)).await.unwrap();
+    });
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_hint() {
+    let output = shop(&["up", "--reservation-timeout", "soon"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("--reservation-timeout"), "{}", text(&output));
+    let output = shop(&["load", "--orders", "0"], &[("SHOP_LOAD_ORDERS_URL", "http://127.0.0.1:1".to_owned())]);
+    assert!(!output.status.success());
+    assert!(text(&output).contains("--orders and --concurrency must be at least 1"), "{}", text(&output));
+}
