@@ -326,6 +326,7 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         max_quantity: 3,
         cancel_ratio: 0.1,
         ship_ratio: 0.3,
+        await_outcome: false,
         seed: Some(seed),
         settle_timeout: args.quiescence_timeout,
         json: None,

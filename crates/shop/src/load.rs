@@ -59,6 +59,10 @@ pub struct LoadArgs {
     /// Share of confirmed orders that are shipped.
     #[arg(long, default_value_t = 0.3)]
     pub ship_ratio: f64,
+    /// Each customer waits for the outcome of an order before starting the next, so that at
+    /// most `--concurrency` orders are in flight (`--concurrency 1`: one order at a time).
+    #[arg(long)]
+    pub await_outcome: bool,
     /// Seed of the random choices (printed, so a run can be repeated).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -309,15 +313,18 @@ impl Api {
         }
         self.transition(&id, "place", None).await?;
 
+        // What this customer does after placing: cancel at once, cancel once confirmed, ship
+        // once confirmed, or nothing.
         let roll = rng.f64();
+        let ship = rng.f64() < args.ship_ratio;
         if roll < args.cancel_ratio / 2.0 {
             self.transition(&id, "cancel", Some(json!({ "reason": "changed my mind right away" }))).await?;
-        } else if roll < args.cancel_ratio || rng.f64() < args.ship_ratio {
+        } else if roll < args.cancel_ratio || ship || args.await_outcome {
             let outcome = self.wait_until_decided(&id, Duration::from_secs(60)).await?;
             if outcome["status"] == "confirmed" {
                 if roll < args.cancel_ratio {
                     self.transition(&id, "cancel", Some(json!({ "reason": "found it cheaper" }))).await?;
-                } else {
+                } else if ship {
                     self.transition(&id, "ship", None).await?;
                 }
             }
