@@ -9,6 +9,7 @@
 #   LOAD_CONCURRENCY   customers per load step               default "1 4 16 32"  (QUICK: "1 4")
 #   LOAD_ORDERS_FIRST  orders of the first step               default 300          (QUICK: 20)
 #   LOAD_ORDERS        orders of every later step             default 2000         (QUICK: 40)
+#   LATENCY_ORDERS     3-line orders placed one at a time     default 200          (QUICK: 20)
 #   PGBENCH_CLIENTS    pgbench client counts                  default "1 8 16"
 #   PGBENCH_SECONDS    seconds per pgbench client count       default 10           (QUICK: 2)
 #   PGBENCH_ARGS       extra pgbench flags, e.g. "-M prepared" default none
@@ -33,10 +34,12 @@ esac
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     : "${LOAD_CONCURRENCY:=1 4}" "${LOAD_ORDERS_FIRST:=20}" "${LOAD_ORDERS:=40}" "${PGBENCH_SECONDS:=2}"
+    : "${LATENCY_ORDERS:=20}"
 fi
 LOAD_CONCURRENCY=${LOAD_CONCURRENCY:-1 4 16 32}
 LOAD_ORDERS_FIRST=${LOAD_ORDERS_FIRST:-300}
 LOAD_ORDERS=${LOAD_ORDERS:-2000}
+LATENCY_ORDERS=${LATENCY_ORDERS:-200}
 PGBENCH_CLIENTS=${PGBENCH_CLIENTS:-1 8 16}
 PGBENCH_SECONDS=${PGBENCH_SECONDS:-10}
 PGBENCH_ARGS=${PGBENCH_ARGS:-}
@@ -364,6 +367,22 @@ run_load_step() {
     kill -0 "$SHOP_PID" 2>/dev/null || { tail -n 30 "$WORK/shop.log" >&2; die "shop up died during step $index"; }
 }
 
+# Place-to-decision latency of 3-line orders with exactly one order in flight (no queueing):
+# the figure to hold against the design's latency target.
+run_latency() {
+    local rc=0
+    log "latency: $LATENCY_ORDERS orders of 3 lines, one in flight at a time"
+    "$SHOP_BIN" load --orders "$LATENCY_ORDERS" --concurrency 1 --min-lines 3 --max-lines 3 --products 10 \
+        --cancel-ratio 0 --ship-ratio 0 --await-outcome --quiet --json "$WORK/latency.json" \
+        --orders-url "http://$ORDERS_ADDR" --inventory-url "http://$INVENTORY_ADDR" \
+        >"$WORK/latency.log" 2>&1 || rc=$?
+    sed 's/^/  /' "$WORK/latency.log" >&2
+    if [[ $rc != 0 ]]; then
+        FAILED=1
+        printf '\n  !!!!!! LATENCY STEP FAILED: shop load exited %s !!!!!!\n' "$rc" >&2
+    fi
+}
+
 run_load() {
     local index=0 concurrency orders
     for concurrency in $LOAD_CONCURRENCY; do
@@ -401,6 +420,7 @@ main() {
     run_pgbench
     run_relay_bench
     start_shop
+    run_latency
     run_load
     stop_shop
     write_results

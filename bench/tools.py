@@ -235,8 +235,15 @@ def build_result(work):
                 "load": load,
             })
 
+    latency = None
+    latency_path = os.path.join(work, "latency.json")
+    if os.path.exists(latency_path):
+        with open(latency_path) as f:
+            latency = json.load(f)
+
     shop_exit = as_int(shop.get("exit_code"))
-    passed = bool(steps) and all(step["passed"] for step in steps) and shop_exit in (0, None)
+    latency_passed = latency is None or (not latency.get("violations") and not latency.get("unfinished"))
+    passed = bool(steps) and all(step["passed"] for step in steps) and shop_exit in (0, None) and latency_passed
     return {
         "format": 1,
         "name": machine.get("run_name"),
@@ -247,6 +254,7 @@ def build_result(work):
         "pgbench": {str(count): figures for count, figures in pgbench.items()},
         "relay": relay,
         "cost_per_order": costs,
+        "single_order_latency": latency,
         "steps": steps,
         "shop": {"exit_code": shop_exit, "vmhwm_mib": mib(as_int(shop.get("vmhwm_kb")))},
         "passed": passed,
@@ -290,6 +298,11 @@ def markdown(result):
         out.append(f"- messages per order by type (the catalog seeding of `shop load` included): {kinds}")
     else:
         out.append("- cost per order: not measured")
+    single = result.get("single_order_latency")
+    if single:
+        l = single["latency_ms"]
+        out.append(f"- place-to-decision latency of 3-line orders, one in flight at a time ({l['samples']} orders): "
+                   f"p50 {fmt(l['p50'])} ms, p90 {fmt(l['p90'])} ms, p99 {fmt(l['p99'])} ms, max {fmt(l['max'])} ms")
     out.append(f"- `shop up` peak RSS over the whole run (VmHWM): {fmt(result['shop']['vmhwm_mib'], 1, ' MiB')}, "
                f"exit code on SIGINT: {result['shop']['exit_code']}")
     out.append("")
