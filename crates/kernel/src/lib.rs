@@ -1,10 +1,17 @@
 //! The shared kernel: value objects whose meaning both bounded contexts agree on.
 //! Each constructor enforces the type's rule, so a value that exists is valid.
 
+use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
+
+/// The current time, to the microsecond: the precision the databases keep, so that a moment
+/// reads back exactly as it was recorded.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
 
 /// An amount of money in the shop's single currency: exact, never negative, whole cents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -6,7 +6,6 @@ use super::ports::SagaStore;
 use super::saga::{Action, ReservationSaga};
 use crate::domain::{OrderId, ProductId, Quantity};
 use async_trait::async_trait;
-use chrono::Utc;
 use contracts::Message;
 use contracts::inventory::{
     DeductStock, ReleaseStock, ReservationTimedOut, ReserveStock, StockReservationCompleted, StockReservationFailed,
@@ -131,12 +130,12 @@ impl ReservationSagaHandler {
         for (message, event) in events {
             let actions = match (&mut saga, event) {
                 (None, Event::Placed(lines)) => {
-                    let (started, actions) = ReservationSaga::start(order_id, lines.clone(), Utc::now(), self.timeout);
+                    let (started, actions) = ReservationSaga::start(order_id, lines.clone(), kernel::now(), self.timeout);
                     saga = Some(started);
                     actions
                 }
                 (None, Event::Cancelled) => {
-                    saga = Some(ReservationSaga::cancelled_before_start(order_id, Utc::now()));
+                    saga = Some(ReservationSaga::cancelled_before_start(order_id, kernel::now()));
                     Vec::new()
                 }
                 // A timeout whose saga is gone has nothing to end.

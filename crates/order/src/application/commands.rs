@@ -6,7 +6,6 @@ use super::error::AppError;
 use super::messages::integration_message;
 use super::ports::{Catalog, OrderFilter, OrderPage, OrderStore};
 use crate::domain::{CatalogItem, CustomerId, Order, OrderError, OrderId, OrderStatus, ProductId, Quantity, Reason};
-use chrono::Utc;
 use messaging::{Causation, Effects, SaveError, TraceParent, retry_on_conflict};
 use std::sync::Arc;
 
@@ -67,7 +66,7 @@ impl OrderService {
                 }
                 return Ok((self.get(id).await?, false));
             }
-            let mut order = Order::create(OrderId::generate(), new.customer_id, new.description.clone(), Utc::now())?;
+            let mut order = Order::create(OrderId::generate(), new.customer_id, new.description.clone(), kernel::now())?;
             let idempotency = key.as_ref().map(|IdempotencyKey(key)| (key.as_str(), fingerprint.as_str()));
             let causation = Causation::root(order.id().to_string(), trace);
             save(&*self.orders, &mut order, None, idempotency, &causation, &mut Effects::new()).await?;
@@ -93,7 +92,7 @@ impl OrderService {
     }
 
     pub async fn place(&self, id: OrderId, trace: TraceParent) -> Result<Order, AppError> {
-        self.update(id, trace, |order| order.place(Utc::now())).await
+        self.update(id, trace, |order| order.place(kernel::now())).await
     }
 
     pub async fn cancel(&self, id: OrderId, reason: Reason, trace: TraceParent) -> Result<Order, AppError> {

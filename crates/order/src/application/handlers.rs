@@ -5,7 +5,6 @@ use super::error::AppError;
 use super::ports::{Catalog, OrderStore};
 use crate::domain::{CatalogItem, OrderId, OrderStatus, ProductId, Reason};
 use async_trait::async_trait;
-use chrono::Utc;
 use contracts::Message;
 use contracts::inventory::{StockReservationCompleted, StockReservationFailed};
 use contracts::product::{ProductCreated, ProductPriceChanged};
@@ -112,8 +111,8 @@ impl Handler for ReservationOutcomeHandler {
                 return Ok(());
             }
             match &outcome {
-                Outcome::Reserved => order.confirm(Utc::now())?,
-                Outcome::Failed(reason) => order.reject(reason.clone(), Utc::now())?,
+                Outcome::Reserved => order.confirm(kernel::now())?,
+                Outcome::Failed(reason) => order.reject(reason.clone(), kernel::now())?,
             }
             let mut effects = Effects::consuming(self.name(), message.message_id);
             let saved = save(&*self.orders, &mut order, Some(before), None, &causation, &mut effects).await;

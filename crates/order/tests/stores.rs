@@ -1,0 +1,140 @@
+//! The order service's PostgreSQL stores against the real database, one database per test.
+
+use order::application::{Catalog, OrderFilter, OrderStore};
+use order::domain::{CatalogItem, CustomerId, Order, OrderId, OrderStatus, ProductId, Quantity};
+use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
+use messaging::testing::TestDatabase;
+use messaging::{Causation, Effects, SaveError, TraceParent};
+use uuid::Uuid;
+
+async fn database() -> TestDatabase {
+    let db = TestDatabase::empty().await;
+    migrator().run(&db.pool).await.unwrap();
+    db
+}
+
+fn item(id: i64, price: &str) -> CatalogItem {
+    CatalogItem { product_id: ProductId::new(id).unwrap(), name: format!("product {id}"), price: price.parse().unwrap() }
+}
+
+fn draft() -> Order {
+    let mut order = Order::create(OrderId::generate(), CustomerId::from_uuid(Uuid::now_v7()), Some("gifts".into()), kernel::now())
+        .unwrap();
+    order.take_events();
+    order
+}
+
+async fn outbox_rows(db: &TestDatabase) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db.pool).await.unwrap()
+}
+
+fn a_message() -> Effects<'static> {
+    let mut effects = Effects::new();
+    let causation = Causation::root("order", TraceParent::new_root());
+    effects.send(causation.envelope(&contracts::order::OrderShipped { order_id: Uuid::now_v7() }));
+    effects
+}
+
+#[tokio::test]
+async fn an_order_round_trips_with_its_lines_state_and_timeline() {
+    let db = database().await;
+    let store = PgOrderStore::new(db.pool.clone());
+    let mut order = draft();
+    order.add_line(&item(1, "19.99"), Quantity::new(2).unwrap()).unwrap();
+    order.add_line(&item(2, "0.10"), Quantity::new(3).unwrap()).unwrap();
+    order.place(kernel::now()).unwrap();
+    order.take_events();
+    store.save(&order, None, &Effects::new()).await.unwrap();
+    order.record_saved();
+
+    let loaded = store.load(order.id()).await.unwrap().unwrap();
+    assert_eq!(loaded, order);
+    assert_eq!(loaded.total().to_string(), "40.28");
+    assert_eq!(loaded.version(), 1);
+    assert!(store.load(OrderId::generate()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_save_at_a_stale_version_is_refused_and_writes_nothing() {
+    let db = database().await;
+    let store = PgOrderStore::new(db.pool.clone());
+    let order = draft();
+    store.save(&order, None, &Effects::new()).await.unwrap();
+
+    let mut first = store.load(order.id()).await.unwrap().unwrap();
+    let mut second = store.load(order.id()).await.unwrap().unwrap();
+    first.add_line(&item(1, "1.00"), Quantity::new(1).unwrap()).unwrap();
+    store.save(&first, None, &a_message()).await.unwrap();
+    second.add_line(&item(2, "2.00"), Quantity::new(1).unwrap()).unwrap();
+    let stale = store.save(&second, None, &a_message()).await;
+    assert!(matches!(stale, Err(SaveError::Conflict)), "{stale:?}");
+
+    let stored = store.load(order.id()).await.unwrap().unwrap();
+    assert_eq!(stored.lines().len(), 1);
+    assert_eq!(stored.lines()[0].product_id, ProductId::new(1).unwrap());
+    assert_eq!(outbox_rows(&db).await, 1, "the refused save's message was written");
+}
+
+#[tokio::test]
+async fn a_new_order_saved_twice_conflicts() {
+    let db = database().await;
+    let store = PgOrderStore::new(db.pool.clone());
+    let order = draft();
+    store.save(&order, None, &Effects::new()).await.unwrap();
+    assert!(matches!(store.save(&order, None, &a_message()).await, Err(SaveError::Conflict)));
+    assert_eq!(outbox_rows(&db).await, 0);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_belongs_to_one_order() {
+    let db = database().await;
+    let store = PgOrderStore::new(db.pool.clone());
+    let (first, second) = (draft(), draft());
+    store.save(&first, Some(("key-1", "fingerprint")), &Effects::new()).await.unwrap();
+    let reused = store.save(&second, Some(("key-1", "fingerprint")), &Effects::new()).await;
+    assert!(matches!(reused, Err(SaveError::Conflict)));
+    assert!(store.load(second.id()).await.unwrap().is_none(), "the second order was created anyway");
+    assert_eq!(store.find_by_idempotency_key("key-1").await.unwrap(), Some((first.id(), "fingerprint".into())));
+}
+
+#[tokio::test]
+async fn orders_are_listed_newest_first_by_customer_and_status() {
+    let db = database().await;
+    let store = PgOrderStore::new(db.pool.clone());
+    let customer = CustomerId::from_uuid(Uuid::now_v7());
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let mut order = Order::create(OrderId::generate(), customer, None, kernel::now()).unwrap();
+        if n % 2 == 0 {
+            order.add_line(&item(1, "1.00"), Quantity::new(1).unwrap()).unwrap();
+            order.place(kernel::now()).unwrap();
+        }
+        store.save(&order, None, &Effects::new()).await.unwrap();
+        ids.push(order.id());
+    }
+    store.save(&draft(), None, &Effects::new()).await.unwrap(); // someone else's
+
+    let filter = |status, after, limit| OrderFilter { customer_id: Some(customer), status, after, limit };
+    let page = store.list(&filter(None, None, 3)).await.unwrap();
+    assert_eq!(page.orders.iter().map(|o| o.id).collect::<Vec<_>>(), vec![ids[4], ids[3], ids[2]]);
+    assert_eq!(page.next_after, Some(ids[2]));
+    let rest = store.list(&filter(None, page.next_after, 3)).await.unwrap();
+    assert_eq!(rest.orders.iter().map(|o| o.id).collect::<Vec<_>>(), vec![ids[1], ids[0]]);
+    assert_eq!(rest.next_after, None);
+    let placed = store.list(&filter(Some(OrderStatus::Placed), None, 10)).await.unwrap();
+    assert_eq!(placed.orders.len(), 3);
+    assert!(placed.orders.iter().all(|o| o.status == OrderStatus::Placed && o.line_count == 1));
+}
+
+#[tokio::test]
+async fn the_catalog_keeps_the_newest_version_of_a_product() {
+    let db = database().await;
+    let catalog = PgCatalog::new(db.pool.clone());
+    catalog.upsert(&item(7, "5.00"), 2, &Effects::new()).await.unwrap();
+    // Late news of an older version changes nothing.
+    catalog.upsert(&item(7, "4.00"), 1, &Effects::new()).await.unwrap();
+    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "5.00");
+    catalog.upsert(&item(7, "6.00"), 3, &Effects::new()).await.unwrap();
+    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "6.00");
+    assert_eq!(catalog.list().await.unwrap().len(), 1);
+}
