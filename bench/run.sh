@@ -223,9 +223,10 @@ run_pgbench() {
     log "pgbench: handler-shaped transaction, clients $PGBENCH_CLIENTS, ${PGBENCH_SECONDS}s each"
     drop_db "$PGBENCH_DB"
     psql_admin -c "CREATE DATABASE $PGBENCH_DB"
-    # The real outbox and inbox (indexes, NOTIFY trigger), plus a products-like aggregate table.
+    # The real outbox and inbox (indexes, NOTIFY trigger) and the real inventory tables.
     psql -X -q -v ON_ERROR_STOP=1 -d "$PGBENCH_DB" \
-        -f crates/messaging/migrations/0001_outbox_inbox.sql -f bench/handler_schema.sql >/dev/null
+        -f crates/messaging/migrations/0001_outbox_inbox.sql -f crates/inventory/migrations/0100_inventory.sql \
+        -f bench/handler_schema.sql >/dev/null
     local clients
     for clients in $PGBENCH_CLIENTS; do
         # Same starting point for every client count: no dirty buffers left from the last one.

@@ -79,7 +79,7 @@ impl<'a> Effects<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
     /// Someone else saved the aggregate since it was loaded: load again and retry.
-    #[error("the aggregate was changed concurrently")]
+    #[error("changed concurrently by someone else; try again")]
     Conflict,
     /// The consumed message (one of them, for a batch) was already applied: acknowledge it
     /// and move on.
@@ -91,6 +91,20 @@ pub enum SaveError {
     /// The database refused the write (a constraint); retrying will not help.
     #[error("database refused the write: {0}")]
     Refused(#[source] BoxError),
+}
+
+impl SaveError {
+    /// Whether trying again later may succeed (the store was in the way), rather than never.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, SaveError::Refused(_))
+    }
+}
+
+impl From<BoxError> for SaveError {
+    /// A store that could not even be read is unavailable.
+    fn from(error: BoxError) -> Self {
+        SaveError::Unavailable(error)
+    }
 }
 
 /// A message handler's view of a save: a message that was already applied is a success (its

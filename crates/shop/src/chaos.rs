@@ -16,7 +16,7 @@ use messaging::transport::rabbitmq::RabbitMq;
 use messaging::transport::{DeadLetters, Naming, Transport};
 use messaging::Envelope;
 use serde::Serialize;
-use sqlx::{Connection as _, PgConnection, Row};
+use sqlx::{Connection as _, PgConnection};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -507,26 +507,13 @@ async fn republish_delivered(
     };
     let name = if rng.bool() { orders_db } else { inventory_db };
     let mut db = cluster.lock().await.database(&name).await?;
-    let rows = sqlx::query(
-        "SELECT message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload \
-         FROM outbox WHERE sent_at IS NOT NULL ORDER BY random() LIMIT 20",
-    )
-    .fetch_all(&mut db)
-    .await?;
-    let copies: Vec<Envelope> = rows
-        .iter()
-        .map(|row| {
-            Ok(Envelope {
-                message_id: row.try_get("message_id")?,
-                message_type: row.try_get("message_type")?,
-                correlation_id: row.try_get("correlation_id")?,
-                causation_id: row.try_get("causation_id")?,
-                occurred_at: row.try_get("occurred_at")?,
-                traceparent: row.try_get("traceparent")?,
-                payload: row.try_get("payload")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+    let query = format!(
+        "SELECT {} FROM outbox WHERE sent_at IS NOT NULL ORDER BY random() LIMIT 20",
+        messaging::postgres::ENVELOPE_COLUMNS
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(&mut db).await?;
+    let copies: Vec<Envelope> =
+        rows.iter().map(messaging::postgres::envelope_from_row).collect::<Result<_, sqlx::Error>>()?;
     // The broker may be restarting: try for a few seconds, then give up on these copies.
     for _ in 0..10 {
         if broker.publish(&copies).await.is_ok() {

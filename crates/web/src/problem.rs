@@ -71,3 +71,16 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+impl From<messaging::SaveError> for Problem {
+    /// A store in the way: a conflict the client may retry, a dependency down, or a defect.
+    fn from(error: messaging::SaveError) -> Self {
+        use messaging::SaveError;
+        let detail = error.to_string();
+        match error {
+            SaveError::Conflict | SaveError::AlreadyConsumed => Problem::conflict(detail),
+            SaveError::Unavailable(_) => Problem::unavailable(detail),
+            SaveError::Refused(_) => Problem::internal(detail),
+        }
+    }
+}

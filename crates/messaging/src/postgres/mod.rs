@@ -141,6 +141,24 @@ pub fn save_error(error: sqlx::Error) -> SaveError {
     }
 }
 
+/// The outbox columns that make an envelope, in the order [`envelope_from_row`] reads them.
+pub const ENVELOPE_COLUMNS: &str =
+    "message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload";
+
+/// An outbox row (selected with [`ENVELOPE_COLUMNS`]) as the envelope it holds.
+pub fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<crate::Envelope, sqlx::Error> {
+    use sqlx::Row;
+    Ok(crate::Envelope {
+        message_id: row.try_get("message_id")?,
+        message_type: row.try_get("message_type")?,
+        correlation_id: row.try_get("correlation_id")?,
+        causation_id: row.try_get("causation_id")?,
+        occurred_at: row.try_get("occurred_at")?,
+        traceparent: row.try_get("traceparent")?,
+        payload: row.try_get("payload")?,
+    })
+}
+
 /// The inbox table, read by the consumer runtime to skip messages already applied.
 #[derive(Clone)]
 pub struct PgInbox {

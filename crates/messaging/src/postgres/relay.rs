@@ -266,18 +266,8 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) {
 }
 
 fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, RelayError> {
-    let read = || -> Result<Envelope, sqlx::Error> {
-        Ok(Envelope {
-            message_id: row.try_get("message_id")?,
-            message_type: row.try_get("message_type")?,
-            correlation_id: row.try_get("correlation_id")?,
-            causation_id: row.try_get("causation_id")?,
-            occurred_at: row.try_get("occurred_at")?,
-            traceparent: row.try_get("traceparent")?,
-            payload: row.try_get("payload")?,
-        })
-    };
-    read().map_err(|error| RelayError::Corrupt(row.try_get("message_id").unwrap_or_default(), error.to_string()))
+    super::envelope_from_row(row)
+        .map_err(|error| RelayError::Corrupt(row.try_get("message_id").unwrap_or_default(), error.to_string()))
 }
 
 fn backoff(failures: u32) -> Duration {

@@ -492,51 +492,42 @@ fn envelope_from(properties: &BasicProperties, body: &[u8]) -> Result<Envelope, 
     })
 }
 
+/// Every message an error queue holds now, taken on `channel` without acks: those not
+/// acknowledged go back to the queue when the channel closes.
+async fn take_all(channel: &Channel, error_queue: &str) -> Result<Vec<lapin::message::Delivery>, TransportError> {
+    let count = declare_queue(channel, error_queue).await?;
+    let mut taken = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        match channel.basic_get(error_queue.into(), BasicGetOptions::default()).await.map_err(unavailable)? {
+            Some(message) => taken.push(message.delivery),
+            None => break,
+        }
+    }
+    Ok(taken)
+}
+
 #[async_trait]
 impl DeadLetters for RabbitMq {
     async fn list(&self, error_queue: &str) -> Result<Vec<DeadLetter>, TransportError> {
         let channel = self.channel().await?;
-        let count = declare_queue(&channel, error_queue).await?;
-        let mut letters = Vec::new();
-        // Gets without acks: closing the channel puts every one of them back.
-        for _ in 0..count {
-            let Some(message) = channel
-                .basic_get(error_queue.into(), BasicGetOptions::default())
-                .await
-                .map_err(unavailable)?
-            else {
-                break;
-            };
-            letters.push(dead_letter_view(error_queue, &message.delivery));
-        }
+        let letters = take_all(&channel, error_queue).await?.iter().map(|d| dead_letter_view(error_queue, d)).collect();
         let _ = channel.close(200, "OK".into()).await;
         Ok(letters)
     }
 
     async fn replay(&self, error_queue: &str) -> Result<usize, TransportError> {
         let channel = self.channel().await?;
-        let count = declare_queue(&channel, error_queue).await?;
         let mut replayed = 0;
-        for _ in 0..count {
-            let Some(message) = channel
-                .basic_get(error_queue.into(), BasicGetOptions::default())
-                .await
-                .map_err(unavailable)?
-            else {
-                break;
-            };
-            let delivery = message.delivery;
+        for delivery in take_all(&channel, error_queue).await? {
             let original = header_text(&delivery.properties, headers::ORIGINAL_QUEUE)
                 .unwrap_or_else(|| error_queue.trim_end_matches(".error").to_owned());
-            let mut table = delivery.properties.headers().clone().unwrap_or_default();
             let mut cleaned = FieldTable::default();
-            for (key, value) in table.inner() {
+            for (key, value) in delivery.properties.headers().clone().unwrap_or_default().inner() {
                 if !key.as_str().starts_with("x-fail") && key.as_str() != headers::ORIGINAL_QUEUE {
                     cleaned.insert(key.clone(), value.clone());
                 }
             }
-            table = cleaned;
-            let properties = delivery.properties.clone().with_headers(table);
+            let properties = delivery.properties.clone().with_headers(cleaned);
             self.publish_raw(vec![(String::new(), original, delivery.data.clone(), properties)]).await?;
             settle(delivery.acker.ack(BasicAckOptions::default())).await?;
             replayed += 1;

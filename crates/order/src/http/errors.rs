@@ -20,9 +20,7 @@ impl From<AppError> for Problem {
                 | OrderError::Quantity(_)
                 | OrderError::Money(_) => Problem::rule_broken(detail),
             },
-            AppError::Conflict | AppError::PartlyApplied => Problem::conflict(detail),
-            AppError::Unavailable(_) => Problem::unavailable(detail),
-            AppError::StorageRefused(_) => Problem::internal(detail),
+            AppError::Storage(storage) => storage.into(),
         }
     }
 }
