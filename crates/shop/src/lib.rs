@@ -11,7 +11,7 @@ pub mod telemetry;
 pub mod topology;
 
 pub use config::{BrokerSettings, InventorySettings, OrderSettings, Tuning};
-pub use services::{RunningService, start_inventory, start_order};
+pub use services::{RunningService, Runtime, start_inventory, start_order};
 
 /// Creates both databases if needed and runs their migrations.
 pub async fn migrate(orders: &OrderSettings, inventory: &InventorySettings) -> anyhow::Result<()> {

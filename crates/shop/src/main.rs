@@ -7,7 +7,7 @@ use messaging::transport::memory::MemoryTransport;
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::{Naming, Transport};
 use shop::telemetry::{LogFormat, init_logs, init_metrics};
-use shop::{BrokerSettings, InventorySettings, OrderSettings, RunningService, Tuning};
+use shop::{BrokerSettings, InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -112,23 +112,28 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 TransportKind::Rabbitmq => Arc::new(rabbitmq(&broker, "shop").await?),
                 TransportKind::Memory => Arc::new(MemoryTransport::new()),
             };
-            let inventory =
-                shop::start_inventory(&inventory, transport.clone(), &naming, &tuning, metrics.clone()).await?;
-            let orders = shop::start_order(&orders, transport, &naming, &tuning, metrics).await?;
+            let runtime = Runtime { transport, naming, tuning, metrics };
+            let inventory = shop::start_inventory(&inventory, &runtime).await?;
+            let orders = shop::start_order(&orders, &runtime).await?;
             print_ready(&[&orders, &inventory]);
             run_until_signal(vec![orders, inventory]).await
         }
         Command::Serve { service } => {
             let metrics = Some(init_metrics()?);
+            let runtime = |broker: &BrokerSettings, transport: RabbitMq, tuning: Tuning| Runtime {
+                transport: Arc::new(transport),
+                naming: Naming::new(&broker.queue_prefix),
+                tuning,
+                metrics,
+            };
             let running = match service {
                 Service::Order { settings, broker, tuning } => {
-                    let transport = Arc::new(rabbitmq(&broker, "shop-order").await?);
-                    shop::start_order(&settings, transport, &Naming::new(&broker.queue_prefix), &tuning, metrics).await?
+                    let transport = rabbitmq(&broker, "shop-order").await?;
+                    shop::start_order(&settings, &runtime(&broker, transport, tuning)).await?
                 }
                 Service::Inventory { settings, broker, tuning } => {
-                    let transport = Arc::new(rabbitmq(&broker, "shop-inventory").await?);
-                    let naming = Naming::new(&broker.queue_prefix);
-                    shop::start_inventory(&settings, transport, &naming, &tuning, metrics).await?
+                    let transport = rabbitmq(&broker, "shop-inventory").await?;
+                    shop::start_inventory(&settings, &runtime(&broker, transport, tuning)).await?
                 }
             };
             print_ready(&[&running]);

@@ -38,59 +38,45 @@ impl RunningService {
     }
 }
 
-/// Everything a service is made of, as the generic runner needs it.
+/// What the services of one process share: the broker and its names, the tuning, the metrics.
+#[derive(Clone)]
+pub struct Runtime {
+    pub transport: Arc<dyn Transport>,
+    pub naming: Naming,
+    pub tuning: Tuning,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// What makes one service, as the generic runner needs it.
 struct ServiceParts {
     name: &'static str,
     pool: PgPool,
-    transport: Arc<dyn Transport>,
-    naming: Naming,
     handlers: Vec<Arc<dyn Handler>>,
-    http: HttpApp,
+    api: axum::Router,
+    openapi: utoipa::openapi::OpenApi,
     http_addr: SocketAddr,
-    tuning: Tuning,
 }
 
-pub async fn start_order(
-    settings: &OrderSettings,
-    transport: Arc<dyn Transport>,
-    naming: &Naming,
-    tuning: &Tuning,
-    metrics: Option<PrometheusHandle>,
-) -> anyhow::Result<RunningService> {
+pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow::Result<RunningService> {
     use order::application::{CatalogHandler, OrderService, ReservationOutcomeHandler, SERVICE};
     use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
 
-    let pool = database(SERVICE, &settings.database_url, tuning, migrator()).await?;
+    let pool = database(SERVICE, &settings.database_url, &runtime.tuning, migrator()).await?;
     let orders = Arc::new(PgOrderStore::new(pool.clone()));
     let catalog = Arc::new(PgCatalog::new(pool.clone()));
     let service = Arc::new(OrderService::new(orders.clone(), catalog.clone()));
     let handlers: Vec<Arc<dyn Handler>> =
         vec![Arc::new(CatalogHandler::new(catalog)), Arc::new(ReservationOutcomeHandler::new(orders))];
-    let http = http_app(SERVICE, order::http::router(service), order::http::ApiDoc::openapi(), &pool, &transport, metrics, tuning);
-    run(ServiceParts {
-        name: SERVICE,
-        pool,
-        transport,
-        naming: naming.clone(),
-        handlers,
-        http,
-        http_addr: settings.http_addr,
-        tuning: tuning.clone(),
-    })
-    .await
+    let api = order::http::router(service);
+    let parts = ServiceParts { name: SERVICE, pool, handlers, api, openapi: order::http::ApiDoc::openapi(), http_addr: settings.http_addr };
+    run(parts, runtime).await
 }
 
-pub async fn start_inventory(
-    settings: &InventorySettings,
-    transport: Arc<dyn Transport>,
-    naming: &Naming,
-    tuning: &Tuning,
-    metrics: Option<PrometheusHandle>,
-) -> anyhow::Result<RunningService> {
+pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) -> anyhow::Result<RunningService> {
     use inventory::application::{ProductService, ReservationSagaHandler, SERVICE, StockHandler};
     use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
 
-    let pool = database(SERVICE, &settings.database_url, tuning, migrator()).await?;
+    let pool = database(SERVICE, &settings.database_url, &runtime.tuning, migrator()).await?;
     let products = Arc::new(PgProductStore::new(pool.clone()));
     let sagas = Arc::new(PgSagaStore::new(pool.clone()));
     let service = Arc::new(ProductService::new(products.clone(), sagas.clone()));
@@ -98,18 +84,9 @@ pub async fn start_inventory(
         Arc::new(ReservationSagaHandler::new(sagas, settings.reservation_timeout)),
         Arc::new(StockHandler::new(products)),
     ];
-    let http = http_app(SERVICE, inventory::http::router(service), inventory::http::ApiDoc::openapi(), &pool, &transport, metrics, tuning);
-    run(ServiceParts {
-        name: SERVICE,
-        pool,
-        transport,
-        naming: naming.clone(),
-        handlers,
-        http,
-        http_addr: settings.http_addr,
-        tuning: tuning.clone(),
-    })
-    .await
+    let api = inventory::http::router(service);
+    let openapi = inventory::http::ApiDoc::openapi();
+    run(ServiceParts { name: SERVICE, pool, handlers, api, openapi, http_addr: settings.http_addr }, runtime).await
 }
 
 /// Opens the service's database (creating it if needed) and brings its schema up to date.
@@ -121,27 +98,17 @@ pub async fn database(service: &str, url: &str, tuning: &Tuning, migrator: sqlx:
     Ok(pool)
 }
 
-fn http_app(
-    service: &'static str,
-    api: axum::Router,
-    openapi: utoipa::openapi::OpenApi,
-    pool: &PgPool,
-    transport: &Arc<dyn Transport>,
-    metrics: Option<PrometheusHandle>,
-    tuning: &Tuning,
-) -> HttpApp {
-    HttpApp {
-        service,
+async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
+    let ServiceParts { name, pool, handlers, api, openapi, http_addr } = parts;
+    let Runtime { transport, naming, tuning, metrics } = runtime.clone();
+    let http = HttpApp {
+        service: name,
         api,
         openapi,
         checks: vec![Box::new(DatabaseCheck(pool.clone())), Box::new(BrokerCheck(transport.clone()))],
         metrics,
         request_timeout: tuning.request_timeout,
-    }
-}
-
-async fn run(parts: ServiceParts) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, pool, transport, naming, handlers, http, http_addr, tuning } = parts;
+    };
     let consumer_config = ConsumerConfig {
         concurrency: tuning.consumer_concurrency,
         prefetch: tuning.prefetch,

@@ -5,10 +5,10 @@
 
 use messaging::testing::{TestDatabase, amqp_url, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
-use messaging::{Naming, Transport};
+use messaging::Naming;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
-use shop::{InventorySettings, OrderSettings, RunningService, Tuning};
+use shop::{InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -34,30 +34,18 @@ impl System {
         let (orders_db, inventory_db) = (TestDatabase::empty().await, TestDatabase::empty().await);
         let naming = unique_naming();
         let transport = RabbitMq::connect(&amqp_url(), naming.clone(), "e2e").await.expect("RabbitMQ reachable");
-        let shared: Arc<dyn Transport> = Arc::new(transport.clone());
-        let tuning = Tuning { db_pool_size: 8, ..Tuning::default() };
-        let inventory = shop::start_inventory(
-            &InventorySettings {
-                database_url: inventory_db.url.clone(),
-                http_addr: "127.0.0.1:0".parse().unwrap(),
-                reservation_timeout,
-            },
-            shared.clone(),
-            &naming,
-            &tuning,
-            None,
-        )
-        .await
-        .expect("inventory starts");
-        let orders = shop::start_order(
-            &OrderSettings { database_url: orders_db.url.clone(), http_addr: "127.0.0.1:0".parse().unwrap() },
-            shared,
-            &naming,
-            &tuning,
-            None,
-        )
-        .await
-        .expect("orders start");
+        let runtime = Runtime {
+            transport: Arc::new(transport.clone()),
+            naming: naming.clone(),
+            tuning: Tuning { db_pool_size: 8, ..Tuning::default() },
+            metrics: None,
+        };
+        let ephemeral = || "127.0.0.1:0".parse().unwrap();
+        let inventory_settings =
+            InventorySettings { database_url: inventory_db.url.clone(), http_addr: ephemeral(), reservation_timeout };
+        let inventory = shop::start_inventory(&inventory_settings, &runtime).await.expect("inventory starts");
+        let order_settings = OrderSettings { database_url: orders_db.url.clone(), http_addr: ephemeral() };
+        let orders = shop::start_order(&order_settings, &runtime).await.expect("orders start");
         Self {
             orders_url: format!("http://{}", orders.http_addr),
             inventory_url: format!("http://{}", inventory.http_addr),
