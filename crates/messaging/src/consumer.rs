@@ -26,6 +26,13 @@ pub enum HandlerError {
     Permanent(String),
 }
 
+impl HandlerError {
+    /// A permanent failure described by `error` (an undecodable body, a broken rule, ...).
+    pub fn permanent(error: impl std::fmt::Display) -> Self {
+        HandlerError::Permanent(error.to_string())
+    }
+}
+
 /// Application code that reacts to messages. It must commit its effects together with the
 /// inbox record of the message (see [`crate::Effects::consuming`]) under its [`name`](Self::name).
 #[async_trait]

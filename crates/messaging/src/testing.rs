@@ -4,6 +4,7 @@
 use crate::transport::Naming;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use std::time::Duration;
 
 /// Server URL used by tests; `TEST_DATABASE_URL` overrides it.
 pub fn server_url() -> String {
@@ -65,4 +66,21 @@ impl Drop for TestDatabase {
 /// Broker names no other test uses.
 pub fn unique_naming() -> Naming {
     Naming::new(format!("test-{}", uuid::Uuid::now_v7().simple()))
+}
+
+/// Polls `condition` every 10 ms until it holds, or panics after `limit` naming what it awaited.
+pub async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Shows the code's logs in failing tests (`RUST_LOG` picks the level).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }

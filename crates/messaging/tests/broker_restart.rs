@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{Counter, counter, database, eventually, shipped};
+use common::{Counter, counter, database, shipped};
+use messaging::testing::eventually;
 use messaging::postgres::{PgInbox, Relay, RelayConfig, commit};
 use messaging::testing::{amqp_url, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
@@ -33,7 +34,7 @@ impl Drop for RestartGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_nothing_and_applies_nothing_twice() {
     const MESSAGES: i32 = 1_500;
-    common::init_logs();
+    messaging::testing::init_logs();
     let db = database().await;
     let transport = RabbitMq::connect(&amqp_url(), unique_naming(), "broker-restart-test").await.unwrap();
     let shutdown = CancellationToken::new();

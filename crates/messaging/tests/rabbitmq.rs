@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{Counter, POISON, counter, database, eventually, shipped};
+use common::{Counter, POISON, counter, database, shipped};
+use messaging::testing::eventually;
 use futures::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};

@@ -28,10 +28,6 @@ impl ReservationSagaHandler {
     }
 }
 
-fn permanent(error: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Permanent(error.to_string())
-}
-
 /// A message, as the saga sees it.
 enum Event {
     Placed(Vec<(ProductId, Quantity)>),
@@ -44,37 +40,37 @@ enum Event {
 
 /// The order a message is about and what it tells the saga; `None` if it tells it nothing.
 fn read(message: &Envelope) -> Result<Option<(OrderId, Event)>, HandlerError> {
-    let product = |id: i64| ProductId::new(id).map_err(permanent);
+    let product = |id: i64| ProductId::new(id).map_err(HandlerError::permanent);
     let (order_id, event) = match message.message_type.as_str() {
         OrderPlaced::TYPE => {
-            let placed: OrderPlaced = message.decode().map_err(permanent)?;
+            let placed: OrderPlaced = message.decode().map_err(HandlerError::permanent)?;
             let lines = placed
                 .items
                 .iter()
-                .map(|item| Ok((product(item.product_id)?, Quantity::new(item.quantity.into()).map_err(permanent)?)))
+                .map(|item| Ok((product(item.product_id)?, Quantity::new(item.quantity.into()).map_err(HandlerError::permanent)?)))
                 .collect::<Result<_, HandlerError>>()?;
             (placed.order_id, Event::Placed(lines))
         }
         OrderCancelled::TYPE => {
-            let cancelled: OrderCancelled = message.decode().map_err(permanent)?;
+            let cancelled: OrderCancelled = message.decode().map_err(HandlerError::permanent)?;
             if cancelled.cancelled_from == CancelledFrom::Draft {
                 return Ok(None); // a draft never reached inventory
             }
             (cancelled.order_id, Event::Cancelled)
         }
-        OrderShipped::TYPE => (message.decode::<OrderShipped>().map_err(permanent)?.order_id, Event::Shipped),
+        OrderShipped::TYPE => (message.decode::<OrderShipped>().map_err(HandlerError::permanent)?.order_id, Event::Shipped),
         StockReserved::TYPE => {
-            let reserved: StockReserved = message.decode().map_err(permanent)?;
+            let reserved: StockReserved = message.decode().map_err(HandlerError::permanent)?;
             (reserved.order_id, Event::Reserved(product(reserved.product_id)?))
         }
         StockReservationRejected::TYPE => {
-            let rejected: StockReservationRejected = message.decode().map_err(permanent)?;
+            let rejected: StockReservationRejected = message.decode().map_err(HandlerError::permanent)?;
             (rejected.order_id, Event::Rejected(product(rejected.product_id)?, rejected.reason))
         }
         ReservationTimedOut::TYPE => {
-            (message.decode::<ReservationTimedOut>().map_err(permanent)?.order_id, Event::TimedOut)
+            (message.decode::<ReservationTimedOut>().map_err(HandlerError::permanent)?.order_id, Event::TimedOut)
         }
-        other => return Err(permanent(format!("no handler for {other}"))),
+        other => return Err(HandlerError::permanent(format!("no handler for {other}"))),
     };
     Ok(Some((OrderId::from_uuid(order_id), event)))
 }

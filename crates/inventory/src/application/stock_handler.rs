@@ -19,10 +19,6 @@ impl StockHandler {
     }
 }
 
-fn permanent(error: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Permanent(error.to_string())
-}
-
 /// A command on one product.
 enum Command {
     Reserve { order_id: OrderId, quantity: Quantity },
@@ -35,21 +31,21 @@ enum Command {
 fn read(message: &Envelope) -> Result<(i64, Command), HandlerError> {
     Ok(match message.message_type.as_str() {
         ReserveStock::TYPE => {
-            let command: ReserveStock = message.decode().map_err(permanent)?;
-            let quantity = Quantity::new(command.quantity.into()).map_err(permanent)?;
+            let command: ReserveStock = message.decode().map_err(HandlerError::permanent)?;
+            let quantity = Quantity::new(command.quantity.into()).map_err(HandlerError::permanent)?;
             (command.product_id, Command::Reserve { order_id: OrderId::from_uuid(command.order_id), quantity })
         }
         ReleaseStock::TYPE => {
-            let command: ReleaseStock = message.decode().map_err(permanent)?;
-            ProductId::new(command.product_id).map_err(permanent)?;
+            let command: ReleaseStock = message.decode().map_err(HandlerError::permanent)?;
+            ProductId::new(command.product_id).map_err(HandlerError::permanent)?;
             (command.product_id, Command::Release { order_id: OrderId::from_uuid(command.order_id) })
         }
         DeductStock::TYPE => {
-            let command: DeductStock = message.decode().map_err(permanent)?;
-            ProductId::new(command.product_id).map_err(permanent)?;
+            let command: DeductStock = message.decode().map_err(HandlerError::permanent)?;
+            ProductId::new(command.product_id).map_err(HandlerError::permanent)?;
             (command.product_id, Command::Deduct { order_id: OrderId::from_uuid(command.order_id) })
         }
-        other => return Err(permanent(format!("no handler for {other}"))),
+        other => return Err(HandlerError::permanent(format!("no handler for {other}"))),
     })
 }
 

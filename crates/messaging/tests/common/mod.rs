@@ -9,7 +9,6 @@ use messaging::testing::TestDatabase;
 use messaging::{Causation, Effects, Envelope, Handler, HandlerError, SaveError, TraceParent};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use std::time::Duration;
 use uuid::Uuid;
 
 static NO_SERVICE_MIGRATIONS: Migrator = Migrator::DEFAULT;
@@ -64,21 +63,4 @@ impl Handler for Counter {
 
 pub async fn counter(pool: &PgPool) -> i32 {
     sqlx::query_scalar("SELECT value FROM counters WHERE id = 1").fetch_one(pool).await.unwrap()
-}
-
-/// Polls `condition` every 20 ms until it holds, or panics after `limit`.
-pub async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Shows the services' logs in failing tests (`RUST_LOG` picks the level).
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }

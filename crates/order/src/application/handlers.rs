@@ -12,10 +12,6 @@ use kernel::Money;
 use messaging::{Causation, Effects, Envelope, Handler, HandlerError, retry_on_conflict};
 use std::sync::Arc;
 
-fn permanent(error: impl std::fmt::Display) -> HandlerError {
-    HandlerError::Permanent(error.to_string())
-}
-
 /// Keeps the catalog copy in step with inventory's product events.
 pub struct CatalogHandler {
     catalog: Arc<dyn Catalog>,
@@ -40,19 +36,19 @@ impl Handler for CatalogHandler {
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
         let (product_id, name, price, version) = match message.message_type.as_str() {
             ProductCreated::TYPE => {
-                let created: ProductCreated = message.decode().map_err(permanent)?;
+                let created: ProductCreated = message.decode().map_err(HandlerError::permanent)?;
                 (created.product_id, created.name, created.price, created.version)
             }
             ProductPriceChanged::TYPE => {
-                let changed: ProductPriceChanged = message.decode().map_err(permanent)?;
+                let changed: ProductPriceChanged = message.decode().map_err(HandlerError::permanent)?;
                 (changed.product_id, changed.name, changed.price, changed.version)
             }
-            other => return Err(permanent(format!("no handler for {other}"))),
+            other => return Err(HandlerError::permanent(format!("no handler for {other}"))),
         };
         let item = CatalogItem {
-            product_id: ProductId::new(product_id).map_err(permanent)?,
+            product_id: ProductId::new(product_id).map_err(HandlerError::permanent)?,
             name,
-            price: Money::new(price).map_err(permanent)?,
+            price: Money::new(price).map_err(HandlerError::permanent)?,
         };
         let effects = Effects::consuming(self.name(), message.message_id);
         let saved = self.catalog.upsert(&item, version, &effects).await;
@@ -91,14 +87,14 @@ impl Handler for ReservationOutcomeHandler {
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
         let (order_id, outcome) = match message.message_type.as_str() {
             StockReservationCompleted::TYPE => {
-                let completed: StockReservationCompleted = message.decode().map_err(permanent)?;
+                let completed: StockReservationCompleted = message.decode().map_err(HandlerError::permanent)?;
                 (completed.order_id, Outcome::Reserved)
             }
             StockReservationFailed::TYPE => {
-                let failed: StockReservationFailed = message.decode().map_err(permanent)?;
-                (failed.order_id, Outcome::Failed(Reason::new(failed.reason).map_err(permanent)?))
+                let failed: StockReservationFailed = message.decode().map_err(HandlerError::permanent)?;
+                (failed.order_id, Outcome::Failed(Reason::new(failed.reason).map_err(HandlerError::permanent)?))
             }
-            other => return Err(permanent(format!("no handler for {other}"))),
+            other => return Err(HandlerError::permanent(format!("no handler for {other}"))),
         };
         let order_id = OrderId::from_uuid(order_id);
         let causation = Causation::from_message(message);

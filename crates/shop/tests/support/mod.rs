@@ -3,7 +3,8 @@
 //! Tests drive it through its HTTP APIs only.
 #![allow(dead_code)]
 
-use messaging::testing::{TestDatabase, amqp_url, unique_naming};
+pub use messaging::testing::eventually;
+use messaging::testing::{TestDatabase, amqp_url, init_logs, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::Naming;
 use reqwest::{Client, Method, Response, StatusCode};
@@ -167,20 +168,4 @@ impl System {
         .await;
         last
     }
-}
-
-/// Polls `condition` every 10 ms until it holds, or panics after `limit`.
-pub async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut condition: F) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }
