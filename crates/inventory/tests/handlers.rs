@@ -3,7 +3,9 @@
 
 use contracts::inventory::{ReserveStock, StockReserved};
 use contracts::order::{OrderPlaced, OrderPlacedItem};
-use inventory::application::{NewProduct, ProductService, ProductStore, ReservationSagaHandler, SagaState, SagaStore, StockHandler};
+use inventory::application::{
+    NewProduct, ProductService, ProductStore, ReservationSagaHandler, SagaState, SagaStore, StockHandler,
+};
 use inventory::domain::{Money, OrderId, ProductId, ProductName};
 use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
 use messaging::testing::TestDatabase;
@@ -22,7 +24,11 @@ struct Inventory {
 async fn inventory() -> Inventory {
     let db = TestDatabase::empty().await;
     migrator().run(&db.pool).await.unwrap();
-    Inventory { products: Arc::new(PgProductStore::new(db.pool.clone())), sagas: Arc::new(PgSagaStore::new(db.pool.clone())), db }
+    Inventory {
+        products: Arc::new(PgProductStore::new(db.pool.clone())),
+        sagas: Arc::new(PgSagaStore::new(db.pool.clone())),
+        db,
+    }
 }
 
 impl Inventory {
@@ -103,7 +109,10 @@ async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
         order_id: order,
         customer_id: Uuid::now_v7(),
         total_amount: Decimal::new(100, 0),
-        items: vec![OrderPlacedItem { product_id: p1.get(), quantity: 1 }, OrderPlacedItem { product_id: p2.get(), quantity: 2 }],
+        items: vec![
+            OrderPlacedItem { product_id: p1.get(), quantity: 1 },
+            OrderPlacedItem { product_id: p2.get(), quantity: 2 },
+        ],
     };
     handler.handle(&causation.envelope(&placed)).await.unwrap();
     let answers = [
@@ -121,9 +130,10 @@ async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
     .await
     .unwrap();
     assert_eq!(completed, 1);
-    let timeouts: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE message_type = 'inventory.reservation-timed-out.v1'")
-        .fetch_one(&inventory.db.pool)
-        .await
-        .unwrap();
+    let timeouts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE message_type = 'inventory.reservation-timed-out.v1'")
+            .fetch_one(&inventory.db.pool)
+            .await
+            .unwrap();
     assert_eq!(timeouts, 0, "the completed saga withdrew its timeout");
 }

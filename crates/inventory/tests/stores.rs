@@ -16,9 +16,14 @@ async fn database() -> TestDatabase {
 
 async fn saved_product(store: &PgProductStore, stock: u32) -> Product {
     let id = store.next_id().await.unwrap();
-    let mut product =
-        Product::create(id, ProductName::new("Lamp").unwrap(), "brass".into(), Money::new(Decimal::new(3000, 2)).unwrap(), stock)
-            .unwrap();
+    let mut product = Product::create(
+        id,
+        ProductName::new("Lamp").unwrap(),
+        "brass".into(),
+        Money::new(Decimal::new(3000, 2)).unwrap(),
+        stock,
+    )
+    .unwrap();
     let changes = product.take_events();
     store.save(&product, &changes, &Effects::new()).await.unwrap();
     store.load(id).await.unwrap().unwrap()
@@ -46,13 +51,12 @@ async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count() {
     let changes = loaded.take_events();
     store.save(&loaded, &changes, &Effects::new()).await.unwrap();
 
-    let (rows, reserved, stock): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM reservations), reserved, stock FROM products WHERE id = $1",
-    )
-    .bind(product.id().get())
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let (rows, reserved, stock): (i64, i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM reservations), reserved, stock FROM products WHERE id = $1")
+            .bind(product.id().get())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!((rows, reserved, stock), (0, 0, 7));
 }
 
@@ -80,7 +84,8 @@ async fn the_database_itself_refuses_an_oversold_product() {
     let db = database().await;
     let store = PgProductStore::new(db.pool.clone());
     let product = saved_product(&store, 2).await;
-    let oversell = sqlx::query("UPDATE products SET reserved = 3 WHERE id = $1").bind(product.id().get()).execute(&db.pool).await;
+    let oversell =
+        sqlx::query("UPDATE products SET reserved = 3 WHERE id = $1").bind(product.id().get()).execute(&db.pool).await;
     assert!(oversell.is_err(), "CHECK (reserved <= stock) let an oversold product through");
 }
 

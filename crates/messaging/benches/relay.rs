@@ -54,7 +54,8 @@ async fn commit_one(db: &TestDatabase) {
 /// Commit-to-arrival latency, one message at a time, with a relay running on `transport`.
 async fn latency(transport: Arc<dyn Transport>, deliveries: &mut Deliveries, db: &TestDatabase) -> Histogram<u64> {
     let shutdown = CancellationToken::new();
-    let relay = tokio::spawn(Relay::new("bench", db.pool.clone(), transport, RelayConfig::default()).run(shutdown.clone()));
+    let relay =
+        tokio::spawn(Relay::new("bench", db.pool.clone(), transport, RelayConfig::default()).run(shutdown.clone()));
     let mut histogram = Histogram::<u64>::new(3).unwrap();
     for sample in 0..LATENCY_SAMPLES + 100 {
         commit_one(db).await;
@@ -122,7 +123,9 @@ async fn main() {
     }
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let relay = tokio::spawn(Relay::new("bench", db.pool.clone(), Arc::new(rabbit.clone()), RelayConfig::default()).run(shutdown.clone()));
+    let relay = tokio::spawn(
+        Relay::new("bench", db.pool.clone(), Arc::new(rabbit.clone()), RelayConfig::default()).run(shutdown.clone()),
+    );
     loop {
         let unsent: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&db.pool).await.unwrap();
@@ -155,13 +158,17 @@ async fn main() {
     let channel = connection.create_channel().await.unwrap();
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let raw_queue = format!("{}.raw", naming.prefix());
-    channel.queue_declare(raw_queue.clone().into(), QueueDeclareOptions::durable(), FieldTable::default()).await.unwrap();
+    channel
+        .queue_declare(raw_queue.clone().into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await
+        .unwrap();
     let body = serde_json::to_vec(&message().payload).unwrap();
     let started = Instant::now();
     for _ in 0..THROUGHPUT_MESSAGES / 200 {
         let mut confirms = Vec::with_capacity(200);
         for _ in 0..200 {
-            let properties = BasicProperties::default().with_delivery_mode(2).with_message_id(Uuid::now_v7().to_string().into());
+            let properties =
+                BasicProperties::default().with_delivery_mode(2).with_message_id(Uuid::now_v7().to_string().into());
             let confirm = channel
                 .basic_publish("".into(), raw_queue.clone().into(), BasicPublishOptions::default(), &body, properties)
                 .await

@@ -298,7 +298,7 @@ impl Worker {
             correlation_id = %message.correlation_id,
             trace_id,
         );
-        self.process_message(delivery, &message).instrument(span).await
+        self.process_message(delivery, &message).instrument(span).await;
     }
 
     async fn process_message(&self, delivery: Delivery, message: &Envelope) {

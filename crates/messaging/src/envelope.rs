@@ -70,11 +70,7 @@ impl Causation {
             .and_then(|header| TraceParent::parse(header).ok())
             .map(|parent| parent.child())
             .unwrap_or_else(TraceParent::new_root);
-        Self {
-            correlation_id: message.correlation_id.clone(),
-            causation_id: Some(message.message_id),
-            trace,
-        }
+        Self { correlation_id: message.correlation_id.clone(), causation_id: Some(message.message_id), trace }
     }
 
     /// Wraps a contract message into a new envelope in this context.
@@ -185,9 +181,6 @@ mod tests {
         let trace = |e: &Envelope| TraceParent::parse(e.traceparent.as_deref().unwrap()).unwrap().trace_id;
         assert_eq!(trace(&next), trace(&first));
         assert_eq!(next.decode::<OrderShipped>().unwrap().order_id, Uuid::nil());
-        assert!(matches!(
-            next.decode::<contracts::order::OrderPlaced>(),
-            Err(DecodeError::WrongType { .. })
-        ));
+        assert!(matches!(next.decode::<contracts::order::OrderPlaced>(), Err(DecodeError::WrongType { .. })));
     }
 }

@@ -19,7 +19,9 @@ pub mod testing;
 pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, RetryPolicy};
 pub use envelope::{Causation, DecodeError, Envelope, TraceParent};
 pub use transport::{Naming, Transport, TransportError};
-pub use unit_of_work::{BoxError, Consumed, Effects, Inbox, IsConflict, Outgoing, SaveError, applied, retry_on_conflict};
+pub use unit_of_work::{
+    BoxError, Consumed, Effects, Inbox, IsConflict, Outgoing, SaveError, applied, retry_on_conflict,
+};
 
 /// A connection URL without its password, for logs and error messages.
 pub fn redact_url(url: &str) -> String {

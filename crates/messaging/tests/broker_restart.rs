@@ -7,8 +7,8 @@
 mod common;
 
 use common::{Counter, counter, database, shipped};
-use messaging::testing::eventually;
 use messaging::postgres::{PgInbox, Relay, RelayConfig, commit};
+use messaging::testing::eventually;
 use messaging::testing::{amqp_url, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::{Consumer, ConsumerConfig, Effects};
@@ -39,8 +39,13 @@ async fn a_broker_restart_loses_nothing_and_applies_nothing_twice() {
     let transport = RabbitMq::connect(&amqp_url(), unique_naming(), "broker-restart-test").await.unwrap();
     let shutdown = CancellationToken::new();
 
-    let consumer = Consumer::new("test", transport.naming(), Arc::new(Counter { pool: db.pool.clone() }), ConsumerConfig::default())
-        .with_inbox(Arc::new(PgInbox::new(db.pool.clone())));
+    let consumer = Consumer::new(
+        "test",
+        transport.naming(),
+        Arc::new(Counter { pool: db.pool.clone() }),
+        ConsumerConfig::default(),
+    )
+    .with_inbox(Arc::new(PgInbox::new(db.pool.clone())));
     let spec = consumer.queue().clone();
     let consuming = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
     let relay = Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), RelayConfig::default());
@@ -70,10 +75,8 @@ async fn a_broker_restart_loses_nothing_and_applies_nothing_twice() {
 
     // Let any redelivered copy arrive, then check none was applied twice.
     eventually(Duration::from_secs(30), "outbox drained", async || {
-        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let unsent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&db.pool).await.unwrap();
         unsent == 0
     })
     .await;

@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use contracts::order::OrderShipped;
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::{DeadLetters, Transport};
-use messaging::{Causation, Consumer, ConsumerConfig, Envelope, Handler, HandlerError, Naming, RetryPolicy, TraceParent};
+use messaging::{
+    Causation, Consumer, ConsumerConfig, Envelope, Handler, HandlerError, Naming, RetryPolicy, TraceParent,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -73,7 +75,11 @@ async fn run(handler: Arc<Recorder>, messages: Vec<Envelope>) -> MemoryTransport
     let config = ConsumerConfig {
         concurrency: 4,
         prefetch: 64,
-        retry: RetryPolicy { max_attempts: 2, initial_backoff: Duration::from_millis(1), max_backoff: Duration::from_millis(5) },
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        },
     };
     let consumer = Consumer::new("test", &Naming::new("t"), handler.clone(), config);
     let queue = consumer.queue().clone();

@@ -108,9 +108,7 @@ async fn two_relays_publish_every_committed_message_exactly_once() {
     let transport = MemoryTransport::new();
     let mut observed = subscribe(&transport).await;
     let shutdown = CancellationToken::new();
-    let relays: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(relay(&db, &transport, 7).run(shutdown.clone())))
-        .collect();
+    let relays: Vec<_> = (0..2).map(|_| tokio::spawn(relay(&db, &transport, 7).run(shutdown.clone()))).collect();
 
     // Writers commit while both relays run.
     let mut expected = HashSet::new();
@@ -135,7 +133,8 @@ async fn two_relays_publish_every_committed_message_exactly_once() {
 
     let mut seen = HashSet::new();
     while seen.len() < expected.len() {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), observed.next()).await.expect("relays stalled").unwrap();
+        let delivery =
+            tokio::time::timeout(Duration::from_secs(10), observed.next()).await.expect("relays stalled").unwrap();
         let id = delivery.message.as_ref().unwrap().message_id;
         assert!(seen.insert(id), "message {id} was published twice");
         delivery.ack().await.unwrap();
@@ -202,7 +201,8 @@ async fn the_relay_is_woken_at_commit_not_by_its_sweep() {
     let mut observed = subscribe(&transport).await;
     let config = RelayConfig { sweep_interval: Duration::from_secs(3600), ..RelayConfig::default() };
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), config).run(shutdown.clone()));
+    let running =
+        tokio::spawn(Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), config).run(shutdown.clone()));
     // Each commit after the first finds the relay listening with an hour left before its sweep.
     for _ in 0..3 {
         let mut effects = Effects::new();
@@ -226,7 +226,10 @@ async fn instances_starting_together_all_get_the_database() {
     }
     let admin_url = format!("{}/postgres", messaging::testing::server_url());
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)"))).execute(&mut admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{name}\" WITH (FORCE)")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

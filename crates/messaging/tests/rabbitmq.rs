@@ -4,11 +4,11 @@
 mod common;
 
 use common::{Counter, POISON, counter, database, shipped};
-use messaging::testing::eventually;
 use futures::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use messaging::postgres::{PgInbox, Relay, RelayConfig, commit};
+use messaging::testing::eventually;
 use messaging::testing::{amqp_url, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::transport::{DeadLetters, QueueSpec, Transport};
@@ -172,7 +172,8 @@ async fn transient_failures_are_retried_then_dead_lettered_with_the_attempt_coun
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
     };
-    let consumer = Consumer::new("test", transport.naming(), handler.clone(), ConsumerConfig { retry, ..Default::default() });
+    let consumer =
+        Consumer::new("test", transport.naming(), handler.clone(), ConsumerConfig { retry, ..Default::default() });
     let spec = consumer.queue().clone();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
@@ -207,7 +208,10 @@ async fn a_replayed_dead_letter_is_delivered_again_and_purge_empties_the_error_q
     transport.publish(&[shipped(Uuid::now_v7()), shipped(Uuid::now_v7())]).await.unwrap();
     for _ in 0..2 {
         let delivery = tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await.unwrap().unwrap();
-        delivery.dead_letter(messaging::transport::Failure { reason: "bug fixed later".into(), attempts: 1 }).await.unwrap();
+        delivery
+            .dead_letter(messaging::transport::Failure { reason: "bug fixed later".into(), attempts: 1 })
+            .await
+            .unwrap();
     }
     drop(deliveries);
     eventually(Duration::from_secs(5), "two dead letters", async || {
@@ -216,7 +220,8 @@ async fn a_replayed_dead_letter_is_delivered_again_and_purge_empties_the_error_q
     .await;
 
     // The "fixed" consumer now runs; one replay brings both back.
-    let consumer = Consumer::new("test", transport.naming(), Arc::new(Counter { pool: db.pool.clone() }), Default::default());
+    let consumer =
+        Consumer::new("test", transport.naming(), Arc::new(Counter { pool: db.pool.clone() }), Default::default());
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
     assert_eq!(transport.replay(&spec.error_queue()).await.unwrap(), 2);

@@ -1,10 +1,10 @@
 //! The order service's PostgreSQL stores against the real database, one database per test.
 
+use messaging::testing::TestDatabase;
+use messaging::{Causation, Effects, SaveError, TraceParent};
 use order::application::{Catalog, OrderFilter, OrderStore};
 use order::domain::{CatalogItem, CustomerId, Order, OrderId, OrderStatus, ProductId, Quantity};
 use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
-use messaging::testing::TestDatabase;
-use messaging::{Causation, Effects, SaveError, TraceParent};
 use uuid::Uuid;
 
 async fn database() -> TestDatabase {
@@ -14,12 +14,17 @@ async fn database() -> TestDatabase {
 }
 
 fn item(id: i64, price: &str) -> CatalogItem {
-    CatalogItem { product_id: ProductId::new(id).unwrap(), name: format!("product {id}"), price: price.parse().unwrap() }
+    CatalogItem {
+        product_id: ProductId::new(id).unwrap(),
+        name: format!("product {id}"),
+        price: price.parse().unwrap(),
+    }
 }
 
 fn draft() -> Order {
-    let mut order = Order::create(OrderId::generate(), CustomerId::from_uuid(Uuid::now_v7()), Some("gifts".into()), kernel::now())
-        .unwrap();
+    let mut order =
+        Order::create(OrderId::generate(), CustomerId::from_uuid(Uuid::now_v7()), Some("gifts".into()), kernel::now())
+            .unwrap();
     order.take_events();
     order
 }

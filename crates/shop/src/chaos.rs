@@ -12,9 +12,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use messaging::Envelope;
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::transport::{DeadLetters, Naming, Transport};
-use messaging::Envelope;
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection};
 use std::collections::BTreeMap;
@@ -191,7 +191,8 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.logs.join(format!("{}-{index}.log", instance.service)))?;
-        let addr_variable = if instance.service == "order" { "SHOP_ORDERS_HTTP_ADDR" } else { "SHOP_INVENTORY_HTTP_ADDR" };
+        let addr_variable =
+            if instance.service == "order" { "SHOP_ORDERS_HTTP_ADDR" } else { "SHOP_INVENTORY_HTTP_ADDR" };
         let child = Command::new(&self.binary)
             .args(["serve", instance.service])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -338,7 +339,14 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
     // Load and faults run together; the load goes on until enough faults happened.
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop_faults = CancellationToken::new();
-    let injector = tokio::spawn(inject_faults(args.clone(), seed, cluster.clone(), broker.clone(), tally.clone(), stop_faults.clone()));
+    let injector = tokio::spawn(inject_faults(
+        args.clone(),
+        seed,
+        cluster.clone(),
+        broker.clone(),
+        tally.clone(),
+        stop_faults.clone(),
+    ));
     let started = Instant::now();
     let mut orders = api.place_orders(&load, &catalog, seed).await?;
     let mut round = 1;
@@ -370,7 +378,11 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         orders: orders.len(),
         statuses: summary.statuses,
         load_duration_s: load_duration.as_secs_f64(),
-        faults: tally.faults.iter().map(|(fault, n)| (serde_json::to_value(fault).unwrap().as_str().unwrap().to_owned(), *n)).collect(),
+        faults: tally
+            .faults
+            .iter()
+            .map(|(fault, n)| (serde_json::to_value(fault).unwrap().as_str().unwrap().to_owned(), *n))
+            .collect(),
         duplicates_injected: tally.duplicates,
         poison_injected: tally.poison,
         quiescence_s: quiescence.as_secs_f64(),
@@ -426,7 +438,7 @@ async fn inject_faults(
             rng.shuffle(&mut round);
         }
         let fault = round.pop().expect("refilled above");
-        let at = format!("{:?}", fault);
+        let at = format!("{fault:?}");
         match fault {
             Fault::KillOrderService | Fault::KillInventoryService => {
                 let index = if fault == Fault::KillOrderService { rng.usize(0..2) } else { 2 + rng.usize(0..2) };
@@ -487,10 +499,8 @@ async fn restart_postgres() -> anyhow::Result<()> {
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .next()
         .context("no cluster under /etc/postgresql")?;
-    let status = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
-        .status()
-        .await?;
+    let status =
+        Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", "restart"]).status().await?;
     anyhow::ensure!(status.success(), "pg_ctlcluster restart failed");
     Ok(())
 }
@@ -562,7 +572,8 @@ async fn wait_for_quiescence(
         };
         for name in [&orders_db, &inventory_db] {
             let mut db = cluster.lock().await.database(name).await?;
-            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&mut db).await?;
+            let unsent: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&mut db).await?;
             if unsent > 0 {
                 last.push(format!("{name}: {unsent} outbox rows not published"));
             }
@@ -607,7 +618,10 @@ async fn database_violations(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::R
             "SELECT p.id::text FROM products p LEFT JOIN reservations r ON r.product_id = p.id \
              GROUP BY p.id HAVING p.reserved <> coalesce(sum(r.quantity), 0)",
         ),
-        ("a product is oversold or negative", "SELECT id::text FROM products WHERE reserved > stock OR stock < 0 OR reserved < 0"),
+        (
+            "a product is oversold or negative",
+            "SELECT id::text FROM products WHERE reserved > stock OR stock < 0 OR reserved < 0",
+        ),
         (
             "a reservation is not held by a reserved saga line of the same quantity",
             "SELECT r.order_id::text || '/' || r.product_id FROM reservations r \
@@ -643,7 +657,12 @@ async fn check_dead_letters(broker: &RabbitMq, poison: usize) -> anyhow::Result<
             if letter.message_id.is_none() && letter.body.contains("poison") {
                 found += 1;
             } else {
-                violations.push(format!("{error_queue}: {} {:?}: {}", letter.message_type.unwrap_or_default(), letter.message_id, letter.reason));
+                violations.push(format!(
+                    "{error_queue}: {} {:?}: {}",
+                    letter.message_type.unwrap_or_default(),
+                    letter.message_id,
+                    letter.reason
+                ));
             }
         }
     }
@@ -659,7 +678,10 @@ pub fn print_report(report: &ChaosReport) {
     println!("orders          {} ({}) in {:.1}s of load", report.orders, statuses.join(", "), report.load_duration_s);
     let faults: Vec<String> = report.faults.iter().map(|(f, n)| format!("{f} {n}")).collect();
     println!("faults          {} ({})", report.faults.values().sum::<usize>(), faults.join(", "));
-    println!("injected        {} duplicate messages, {} poison messages", report.duplicates_injected, report.poison_injected);
+    println!(
+        "injected        {} duplicate messages, {} poison messages",
+        report.duplicates_injected, report.poison_injected
+    );
     println!("quiescence      {:.1}s after the last fault", report.quiescence_s);
     if report.violations.is_empty() {
         println!("violations      none");

@@ -8,20 +8,44 @@ use std::time::Duration;
 #[derive(Debug, Clone, Args)]
 pub struct OrderSettings {
     /// PostgreSQL database of the order service (created if missing).
-    #[arg(id = "orders_database_url", value_name = "URL", long = "orders-database-url", env = "SHOP_ORDERS_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/shop_orders")]
+    #[arg(
+        id = "orders_database_url",
+        value_name = "URL",
+        long = "orders-database-url",
+        env = "SHOP_ORDERS_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shop_orders"
+    )]
     pub database_url: String,
     /// Address the order API listens on.
-    #[arg(id = "orders_http_addr", value_name = "ADDR", long = "orders-http-addr", env = "SHOP_ORDERS_HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    #[arg(
+        id = "orders_http_addr",
+        value_name = "ADDR",
+        long = "orders-http-addr",
+        env = "SHOP_ORDERS_HTTP_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
     pub http_addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct InventorySettings {
     /// PostgreSQL database of the inventory service (created if missing).
-    #[arg(id = "inventory_database_url", value_name = "URL", long = "inventory-database-url", env = "SHOP_INVENTORY_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/shop_inventory")]
+    #[arg(
+        id = "inventory_database_url",
+        value_name = "URL",
+        long = "inventory-database-url",
+        env = "SHOP_INVENTORY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shop_inventory"
+    )]
     pub database_url: String,
     /// Address the inventory API listens on.
-    #[arg(id = "inventory_http_addr", value_name = "ADDR", long = "inventory-http-addr", env = "SHOP_INVENTORY_HTTP_ADDR", default_value = "127.0.0.1:8082")]
+    #[arg(
+        id = "inventory_http_addr",
+        value_name = "ADDR",
+        long = "inventory-http-addr",
+        env = "SHOP_INVENTORY_HTTP_ADDR",
+        default_value = "127.0.0.1:8082"
+    )]
     pub http_addr: SocketAddr,
     /// How long a stock reservation may take before the order is rejected (e.g. 10m, 30s).
     #[arg(long, env = "SHOP_RESERVATION_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]

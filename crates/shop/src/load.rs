@@ -111,7 +111,8 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = drive(&args).await?;
     print_report(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(if report.passed() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
@@ -120,7 +121,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
 pub async fn drive(args: &LoadArgs) -> anyhow::Result<Report> {
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let api = Api::new(args)?;
-    eprintln!("seed {seed}: {} orders from {} customers over {} products", args.orders, args.concurrency, args.products);
+    eprintln!(
+        "seed {seed}: {} orders from {} customers over {} products",
+        args.orders, args.concurrency, args.products
+    );
     let catalog = api.seed_catalog(args).await?;
     let started = Instant::now();
     let orders = api.place_orders(args, &catalog, seed).await?;
@@ -168,11 +172,15 @@ impl Api {
         );
         ensure!(args.min_lines <= args.max_lines, "--min-lines cannot exceed --max-lines");
         ensure!(args.max_lines <= args.products, "--max-lines cannot exceed --products (lines are distinct products)");
-        let trim = |urls: &[String]| urls.iter().map(|url| url.trim().trim_end_matches('/').to_owned()).collect::<Vec<_>>();
+        let trim =
+            |urls: &[String]| urls.iter().map(|url| url.trim().trim_end_matches('/').to_owned()).collect::<Vec<_>>();
         let (orders, inventory) = (trim(&args.orders_url), trim(&args.inventory_url));
         ensure!(!orders.is_empty() && !inventory.is_empty(), "give at least one URL per service");
         Ok(Arc::new(Self {
-            http: Client::builder().pool_max_idle_per_host(args.concurrency * 2).timeout(Duration::from_secs(30)).build()?,
+            http: Client::builder()
+                .pool_max_idle_per_host(args.concurrency * 2)
+                .timeout(Duration::from_secs(30))
+                .build()?,
             orders,
             inventory,
             next: AtomicUsize::new(0),
@@ -214,7 +222,13 @@ impl Api {
     }
 
     /// A request that is safe to repeat, repeated until it gets an answer.
-    async fn call(&self, service: Service, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+    async fn call(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         self.send(service, &Request { method, path: path.to_owned(), body, idempotency_key: None }).await
     }
 
@@ -228,7 +242,14 @@ impl Api {
         bail!("{} {}: no answer after {ATTEMPTS} attempts", request.method, request.path)
     }
 
-    async fn expect(&self, service: Service, method: Method, path: &str, body: Option<Value>, expected: StatusCode) -> anyhow::Result<Value> {
+    async fn expect(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        expected: StatusCode,
+    ) -> anyhow::Result<Value> {
         let (status, answer) = self.call(service, method.clone(), path, body).await?;
         ensure!(status == expected, "{method} {path}: expected {expected}, got {status}: {answer}");
         Ok(answer)
@@ -252,13 +273,15 @@ impl Api {
                 "price": format!("{}.{:02}", 1 + n % 50, (n * 37) % 100),
                 "stock": args.stock,
             });
-            let product = self.expect(Service::Inventory, Method::POST, "/api/products", Some(body), StatusCode::CREATED).await?;
+            let product =
+                self.expect(Service::Inventory, Method::POST, "/api/products", Some(body), StatusCode::CREATED).await?;
             products.insert(product["id"].as_i64().context("product without id")?, args.stock);
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let catalog = self.expect(Service::Orders, Method::GET, "/api/catalog", None, StatusCode::OK).await?;
-            let known: Vec<i64> = catalog.as_array().into_iter().flatten().filter_map(|item| item["productId"].as_i64()).collect();
+            let known: Vec<i64> =
+                catalog.as_array().into_iter().flatten().filter_map(|item| item["productId"].as_i64()).collect();
             if products.keys().all(|id| known.contains(id)) {
                 return Ok(products);
             }
@@ -268,7 +291,12 @@ impl Api {
     }
 
     /// Every customer's orders; returns their ids.
-    pub async fn place_orders(self: &Arc<Self>, args: &LoadArgs, catalog: &Catalog, seed: u64) -> anyhow::Result<Vec<String>> {
+    pub async fn place_orders(
+        self: &Arc<Self>,
+        args: &LoadArgs,
+        catalog: &Catalog,
+        seed: u64,
+    ) -> anyhow::Result<Vec<String>> {
         let progress = progress_bar(args);
         let next = Arc::new(AtomicUsize::new(0));
         let products: Arc<Vec<i64>> = Arc::new(catalog.keys().copied().collect());
@@ -360,7 +388,8 @@ impl Api {
     /// Place, cancel or ship. A 409 after a retry is the first attempt's success showing; a
     /// 409 for a cancel or ship means the order ended otherwise meanwhile (rejected, say).
     async fn transition(&self, order: &str, action: &str, body: Option<Value>) -> anyhow::Result<()> {
-        let (status, answer) = self.call(Service::Orders, Method::POST, &format!("/api/orders/{order}/{action}"), body).await?;
+        let (status, answer) =
+            self.call(Service::Orders, Method::POST, &format!("/api/orders/{order}/{action}"), body).await?;
         ensure!(status == StatusCode::OK || status == StatusCode::CONFLICT, "{action} {order}: {status}: {answer}");
         Ok(())
     }
@@ -425,7 +454,8 @@ impl Api {
                 }
             };
             for line in order["lines"].as_array().into_iter().flatten() {
-                let (product, quantity) = (line["productId"].as_i64().unwrap_or(0), line["quantity"].as_u64().unwrap_or(0));
+                let (product, quantity) =
+                    (line["productId"].as_i64().unwrap_or(0), line["quantity"].as_u64().unwrap_or(0));
                 *bucket.entry(product).or_default() += quantity;
             }
         }
@@ -469,7 +499,8 @@ impl Api {
             .await?;
             for (id, (status, record)) in chunk.iter().zip(records) {
                 let order_status = finals[*id]["status"].as_str().unwrap_or("?");
-                let saga_state = if status == StatusCode::OK { record["state"].as_str().unwrap_or("?") } else { "none" };
+                let saga_state =
+                    if status == StatusCode::OK { record["state"].as_str().unwrap_or("?") } else { "none" };
                 let agrees = match order_status {
                     "confirmed" => saga_state == "reserved",
                     "shipped" => saga_state == "shipped",
@@ -518,7 +549,10 @@ pub fn summarize(seed: u64, concurrency: usize, duration: Duration, finals: &Has
 }
 
 fn timestamp(value: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    value.as_str().and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok()).map(|at| at.with_timezone(&chrono::Utc))
+    value
+        .as_str()
+        .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+        .map(|at| at.with_timezone(&chrono::Utc))
 }
 
 fn progress_bar(args: &LoadArgs) -> ProgressBar {

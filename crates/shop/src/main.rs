@@ -11,7 +11,11 @@ use shop::{BrokerSettings, InventorySettings, OrderSettings, RunningService, Run
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "shop", version, about = "An event-driven shop: order and inventory services over PostgreSQL and RabbitMQ")]
+#[command(
+    name = "shop",
+    version,
+    about = "An event-driven shop: order and inventory services over PostgreSQL and RabbitMQ"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "SHOP_LOG_FORMAT", value_enum, default_value = "text")]
@@ -162,7 +166,12 @@ async fn rabbitmq(broker: &BrokerSettings, connection_name: &str) -> anyhow::Res
 
 fn print_ready(services: &[&RunningService]) {
     for service in services {
-        tracing::info!("{} API on http://{} (docs: http://{}/docs)", service.name, service.http_addr, service.http_addr);
+        tracing::info!(
+            "{} API on http://{} (docs: http://{}/docs)",
+            service.name,
+            service.http_addr,
+            service.http_addr
+        );
     }
 }
 

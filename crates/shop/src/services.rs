@@ -68,7 +68,14 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let handlers: Vec<Arc<dyn Handler>> =
         vec![Arc::new(CatalogHandler::new(catalog)), Arc::new(ReservationOutcomeHandler::new(orders))];
     let api = order::http::router(service);
-    let parts = ServiceParts { name: SERVICE, pool, handlers, api, openapi: order::http::ApiDoc::openapi(), http_addr: settings.http_addr };
+    let parts = ServiceParts {
+        name: SERVICE,
+        pool,
+        handlers,
+        api,
+        openapi: order::http::ApiDoc::openapi(),
+        http_addr: settings.http_addr,
+    };
     run(parts, runtime).await
 }
 
@@ -90,7 +97,12 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
 }
 
 /// Opens the service's database (creating it if needed) and brings its schema up to date.
-pub async fn database(service: &str, url: &str, tuning: &Tuning, migrator: sqlx::migrate::Migrator) -> anyhow::Result<PgPool> {
+pub async fn database(
+    service: &str,
+    url: &str,
+    tuning: &Tuning,
+    migrator: sqlx::migrate::Migrator,
+) -> anyhow::Result<PgPool> {
     let pool = messaging::postgres::connect(url, tuning.db_pool_size)
         .await
         .with_context(|| format!("cannot open the {service} database at {}", messaging::redact_url(url)))?;
@@ -121,7 +133,10 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         .collect();
     // Queues exist before the first request, so nothing this service is sent is unroutable.
     for consumer in &consumers {
-        transport.declare(consumer.queue()).await.with_context(|| format!("cannot declare queue {}", consumer.queue().name))?;
+        transport
+            .declare(consumer.queue())
+            .await
+            .with_context(|| format!("cannot declare queue {}", consumer.queue().name))?;
     }
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -135,9 +150,12 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         .map(|consumer| tokio::spawn(consumer.run(transport.clone(), consumers_stop.clone())))
         .collect();
     let relay_config = RelayConfig { sweep_interval: tuning.relay_sweep, ..RelayConfig::default() };
-    let relaying = tokio::spawn(Relay::new(name, pool.clone(), transport.clone(), relay_config).run(relay_stop.clone()));
+    let relaying =
+        tokio::spawn(Relay::new(name, pool.clone(), transport.clone(), relay_config).run(relay_stop.clone()));
     let router = http.into_router();
-    let serving = tokio::spawn(axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future());
+    let serving = tokio::spawn(
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
+    );
     tracing::info!(service = name, %http_addr, "service started");
 
     let stopping = shutdown.clone();
@@ -184,4 +202,3 @@ impl ReadinessCheck for BrokerCheck {
         self.0.is_ready().await
     }
 }
-

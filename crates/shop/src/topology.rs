@@ -12,6 +12,10 @@ pub const CONSUMERS: &[(&str, &str)] =
 pub fn consumer_queues(naming: &Naming) -> Vec<QueueSpec> {
     CONSUMERS
         .iter()
-        .map(|(service, consumer)| QueueSpec { name: naming.queue(service, consumer), message_types: Vec::new(), prefetch: 1 })
+        .map(|(service, consumer)| QueueSpec {
+            name: naming.queue(service, consumer),
+            message_types: Vec::new(),
+            prefetch: 1,
+        })
         .collect()
 }

@@ -43,8 +43,19 @@ fn violations(layer: &str, forbidden: &[&str]) -> Vec<String> {
 
 #[test]
 fn the_domain_does_no_io_and_knows_no_messages() {
-    let forbidden =
-        ["sqlx", "axum", "lapin", "tokio", "reqwest", "std::fs", "std::net", "messaging", "contracts", "web", "tracing"];
+    let forbidden = [
+        "sqlx",
+        "axum",
+        "lapin",
+        "tokio",
+        "reqwest",
+        "std::fs",
+        "std::net",
+        "messaging",
+        "contracts",
+        "web",
+        "tracing",
+    ];
     let found = violations("domain", &forbidden);
     assert!(found.is_empty(), "domain code must stay pure:\n{}", found.join("\n"));
 }

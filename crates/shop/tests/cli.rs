@@ -34,10 +34,12 @@ async fn migrate_creates_both_databases_with_their_schemas() {
     let tables = |db: &TestDatabase| {
         let pool = db.pool.clone();
         async move {
-            sqlx::query_scalar::<_, String>("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
-                .fetch_all(&pool)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, String>(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
         }
     };
     let order_tables = tables(&orders).await;
@@ -58,7 +60,10 @@ fn an_unreachable_database_is_reported_with_what_to_fix() {
     let output = shop(&["migrate"], &env);
     assert!(!output.status.success());
     let message = text(&output);
-    assert!(message.contains("cannot open the order database at postgres://postgres:***@127.0.0.1:1/nowhere"), "{message}");
+    assert!(
+        message.contains("cannot open the order database at postgres://postgres:***@127.0.0.1:1/nowhere"),
+        "{message}"
+    );
     assert!(!message.contains("secret"), "the password leaked: {message}");
 }
 
@@ -81,7 +86,8 @@ fn dead_letter_tools_list_replay_and_purge_and_name_the_queues_they_know() {
     // Clean up the error queues the tools declared.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let broker = messaging::transport::rabbitmq::RabbitMq::connect(&amqp_url(), naming.clone(), "cli-test").await.unwrap();
+        let broker =
+            messaging::transport::rabbitmq::RabbitMq::connect(&amqp_url(), naming.clone(), "cli-test").await.unwrap();
         broker.delete_topology(&shop::topology::consumer_queues(&naming)).await.unwrap();
     });
 }

@@ -131,7 +131,10 @@ async fn cancelling_a_confirmed_order_releases_its_stock() {
     system.reservation_in(&order, "released").await;
     eventually(Duration::from_secs(10), "stock released", async || system.stock_of(product).await == (3, 0, 3)).await;
     let order = system.order(&order).await;
-    assert_eq!((order["status"].clone(), order["statusReason"].clone()), (json!("cancelled"), json!("found it cheaper")));
+    assert_eq!(
+        (order["status"].clone(), order["statusReason"].clone()),
+        (json!("cancelled"), json!("found it cheaper"))
+    );
     system.stop().await;
 }
 
@@ -170,7 +173,11 @@ async fn prices_come_from_the_catalog_and_follow_its_changes() {
     let system = System::start().await;
     let product = system.product("Tea", "3.00", 50).await;
     let (status, _) = system
-        .call(Method::PUT, &system.inventory_url(&format!("/api/products/{product}/price")), Some(json!({ "price": "3.50" })))
+        .call(
+            Method::PUT,
+            &system.inventory_url(&format!("/api/products/{product}/price")),
+            Some(json!({ "price": "3.50" })),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     eventually(Duration::from_secs(10), "the catalog has the new price", async || {
@@ -180,7 +187,10 @@ async fn prices_come_from_the_catalog_and_follow_its_changes() {
     .await;
     let order = system.new_order().await;
     let (_, with_line) = system.add(&order, product, 2).await;
-    assert_eq!((with_line["lines"][0]["unitPrice"].clone(), with_line["total"].clone()), (json!("3.50"), json!("7.00")));
+    assert_eq!(
+        (with_line["lines"][0]["unitPrice"].clone(), with_line["total"].clone()),
+        (json!("3.50"), json!("7.00"))
+    );
     system.stop().await;
 }
 
@@ -204,7 +214,8 @@ async fn an_idempotency_key_makes_order_creation_safe_to_retry() {
     assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
     let misuse = create("checkout-1", "something else").await.unwrap();
     assert_eq!(misuse.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let (_, listed) = system.call(Method::GET, &system.order_url(&format!("/api/orders?customerId={customer}")), None).await;
+    let (_, listed) =
+        system.call(Method::GET, &system.order_url(&format!("/api/orders?customerId={customer}")), None).await;
     assert_eq!(listed["orders"].as_array().unwrap().len(), 1);
     system.stop().await;
 }
@@ -224,7 +235,8 @@ async fn orders_are_listed_by_customer_and_status_a_page_at_a_time() {
     system.command(&ids[0], "place", None).await;
     system.settled(&ids[0]).await;
 
-    let list = async |query: String| system.call(Method::GET, &system.order_url(&format!("/api/orders?{query}")), None).await;
+    let list =
+        async |query: String| system.call(Method::GET, &system.order_url(&format!("/api/orders?{query}")), None).await;
     let (_, page) = list(format!("customerId={customer}&limit=2")).await;
     assert_eq!(page["orders"].as_array().unwrap().len(), 2);
     assert_eq!(page["orders"][0]["id"], ids[4].as_str(), "newest first");
@@ -252,15 +264,35 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500() {
         // malformed JSON, wrong types, missing fields
         (Method::POST, format!("{o}/api/orders"), Some("{not json".into()), StatusCode::BAD_REQUEST),
         (Method::POST, format!("{o}/api/orders"), Some(r#"{"customerId": 12}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{o}/api/orders"), Some(r#"{"customerId": "not-a-uuid"}"#.into()), StatusCode::BAD_REQUEST),
+        (
+            Method::POST,
+            format!("{o}/api/orders"),
+            Some(r#"{"customerId": "not-a-uuid"}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
         (Method::POST, format!("{o}/api/orders"), Some("{}".into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{o}/api/orders/{draft}/items"), Some(r#"{"productId": "one", "quantity": 1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{o}/api/orders/{draft}/items"), Some(r#"{"productId": 1, "quantity": 1.5}"#.into()), StatusCode::BAD_REQUEST),
+        (
+            Method::POST,
+            format!("{o}/api/orders/{draft}/items"),
+            Some(r#"{"productId": "one", "quantity": 1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{o}/api/orders/{draft}/items"),
+            Some(r#"{"productId": 1, "quantity": 1.5}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
         // zero, negative and absurd quantities
         (Method::POST, format!("{o}/api/orders/{draft}/items"), Some(line("0")), StatusCode::BAD_REQUEST),
         (Method::POST, format!("{o}/api/orders/{draft}/items"), Some(line("-3")), StatusCode::BAD_REQUEST),
         (Method::POST, format!("{o}/api/orders/{draft}/items"), Some(line("99999999999")), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{o}/api/orders/{draft}/items"), Some(r#"{"productId": 0, "quantity": 1}"#.into()), StatusCode::BAD_REQUEST),
+        (
+            Method::POST,
+            format!("{o}/api/orders/{draft}/items"),
+            Some(r#"{"productId": 0, "quantity": 1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
         // non-UUID and unknown ids
         (Method::GET, format!("{o}/api/orders/12345"), None, StatusCode::BAD_REQUEST),
         (Method::POST, format!("{o}/api/orders/xyz/place"), None, StatusCode::BAD_REQUEST),
@@ -278,19 +310,69 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500() {
         // business rules
         (Method::POST, format!("{o}/api/orders/{empty}/place"), None, StatusCode::UNPROCESSABLE_ENTITY),
         // invalid values
-        (Method::POST, format!("{o}/api/orders/{draft}/cancel"), Some(r#"{"reason": "  "}"#.into()), StatusCode::BAD_REQUEST),
+        (
+            Method::POST,
+            format!("{o}/api/orders/{draft}/cancel"),
+            Some(r#"{"reason": "  "}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
         (Method::GET, format!("{o}/api/orders?status=lost"), None, StatusCode::BAD_REQUEST),
         (Method::GET, format!("{o}/api/orders?limit=0"), None, StatusCode::BAD_REQUEST),
         (Method::GET, format!("{o}/api/orders?customerId=bob"), None, StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products"), Some(r#"{"name": "Free", "price": "0", "stock": 1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products"), Some(r#"{"name": "Pricey", "price": "1.999", "stock": 1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products"), Some(r#"{"name": "Neg", "price": "-2", "stock": 1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products"), Some(r#"{"name": "Num", "price": 2.5, "stock": 1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products"), Some(r#"{"name": "", "price": "2", "stock": 1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products"), Some(r#"{"name": "Minus", "price": "2", "stock": -1}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products/{product}/restock"), Some(r#"{"quantity": 0}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::PUT, format!("{i}/api/products/{product}/price"), Some(r#"{"price": "abc"}"#.into()), StatusCode::BAD_REQUEST),
-        (Method::POST, format!("{i}/api/products/999999/restock"), Some(r#"{"quantity": 1}"#.into()), StatusCode::NOT_FOUND),
+        (
+            Method::POST,
+            format!("{i}/api/products"),
+            Some(r#"{"name": "Free", "price": "0", "stock": 1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{i}/api/products"),
+            Some(r#"{"name": "Pricey", "price": "1.999", "stock": 1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{i}/api/products"),
+            Some(r#"{"name": "Neg", "price": "-2", "stock": 1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{i}/api/products"),
+            Some(r#"{"name": "Num", "price": 2.5, "stock": 1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{i}/api/products"),
+            Some(r#"{"name": "", "price": "2", "stock": 1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{i}/api/products"),
+            Some(r#"{"name": "Minus", "price": "2", "stock": -1}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{i}/api/products/{product}/restock"),
+            Some(r#"{"quantity": 0}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            format!("{i}/api/products/{product}/price"),
+            Some(r#"{"price": "abc"}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            format!("{i}/api/products/999999/restock"),
+            Some(r#"{"quantity": 1}"#.into()),
+            StatusCode::NOT_FOUND,
+        ),
         // unknown routes and methods
         (Method::GET, format!("{o}/api/nothing"), None, StatusCode::NOT_FOUND),
         (Method::PATCH, format!("{o}/api/orders"), None, StatusCode::METHOD_NOT_ALLOWED),

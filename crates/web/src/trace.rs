@@ -6,8 +6,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Response};
 use messaging::TraceParent;
 use std::convert::Infallible;
-use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
 
 /// The trace this request belongs to; commands pass it on to the messages they cause.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +67,12 @@ impl<B> OnResponse<B> for RecordResponse {
     }
 }
 
-pub type HttpTraceLayer = TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, tower_http::trace::DefaultOnRequest, RecordResponse>;
+pub type HttpTraceLayer = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    RequestSpan,
+    tower_http::trace::DefaultOnRequest,
+    RecordResponse,
+>;
 
 /// A span per request (with its trace id) and a latency metric per response.
 pub fn trace_layer(service: &'static str) -> HttpTraceLayer {

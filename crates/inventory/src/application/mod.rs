@@ -2,8 +2,8 @@
 //! and the ReserveStocks saga behind the broker, and the ports they use.
 
 mod error;
-mod products;
 pub mod ports;
+mod products;
 pub mod saga;
 mod saga_handler;
 mod stock_handler;

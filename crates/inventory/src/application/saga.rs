@@ -57,7 +57,9 @@ pub enum LineStatus {
     /// Reserve command sent, no answer yet.
     Pending,
     Reserved,
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
     Released,
     Deducted,
 }
@@ -138,7 +140,8 @@ impl ReservationSaga {
         let mut actions: Vec<Action> =
             lines.into_iter().map(|(product_id, quantity)| Action::Reserve { product_id, quantity }).collect();
         let timeout = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-        actions.push(Action::ScheduleTimeout { at: now.checked_add_signed(timeout).unwrap_or(DateTime::<Utc>::MAX_UTC) });
+        actions
+            .push(Action::ScheduleTimeout { at: now.checked_add_signed(timeout).unwrap_or(DateTime::<Utc>::MAX_UTC) });
         (saga, actions)
     }
 

@@ -47,7 +47,12 @@ fn read(message: &Envelope) -> Result<Option<(OrderId, Event)>, HandlerError> {
             let lines = placed
                 .items
                 .iter()
-                .map(|item| Ok((product(item.product_id)?, Quantity::new(item.quantity.into()).map_err(HandlerError::permanent)?)))
+                .map(|item| {
+                    Ok((
+                        product(item.product_id)?,
+                        Quantity::new(item.quantity.into()).map_err(HandlerError::permanent)?,
+                    ))
+                })
                 .collect::<Result<_, HandlerError>>()?;
             (placed.order_id, Event::Placed(lines))
         }
@@ -58,7 +63,9 @@ fn read(message: &Envelope) -> Result<Option<(OrderId, Event)>, HandlerError> {
             }
             (cancelled.order_id, Event::Cancelled)
         }
-        OrderShipped::TYPE => (message.decode::<OrderShipped>().map_err(HandlerError::permanent)?.order_id, Event::Shipped),
+        OrderShipped::TYPE => {
+            (message.decode::<OrderShipped>().map_err(HandlerError::permanent)?.order_id, Event::Shipped)
+        }
         StockReserved::TYPE => {
             let reserved: StockReserved = message.decode().map_err(HandlerError::permanent)?;
             (reserved.order_id, Event::Reserved(product(reserved.product_id)?))
@@ -126,7 +133,8 @@ impl ReservationSagaHandler {
         for (message, event) in events {
             let actions = match (&mut saga, event) {
                 (None, Event::Placed(lines)) => {
-                    let (started, actions) = ReservationSaga::start(order_id, lines.clone(), kernel::now(), self.timeout);
+                    let (started, actions) =
+                        ReservationSaga::start(order_id, lines.clone(), kernel::now(), self.timeout);
                     saga = Some(started);
                     actions
                 }
@@ -142,7 +150,9 @@ impl ReservationSagaHandler {
                 (Some(saga), Event::Cancelled) => saga.on_order_cancelled(),
                 (Some(saga), Event::Shipped) => saga.on_order_shipped()?,
                 (Some(saga), Event::Reserved(product_id)) => saga.on_stock_reserved(*product_id)?,
-                (Some(saga), Event::Rejected(product_id, reason)) => saga.on_stock_rejected(*product_id, reason.clone())?,
+                (Some(saga), Event::Rejected(product_id, reason)) => {
+                    saga.on_stock_rejected(*product_id, reason.clone())?
+                }
                 (Some(saga), Event::TimedOut) => saga.on_timeout(self.timeout),
             };
             effects.consume(self.name(), message.message_id);

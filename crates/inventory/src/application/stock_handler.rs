@@ -61,7 +61,7 @@ impl Handler for StockHandler {
 
     /// Commands on one product run one after another: they would only conflict on its version.
     fn ordering_key(&self, message: &Envelope) -> u64 {
-        messaging::consumer::hash(message.payload.get("productId").and_then(|id| id.as_i64()))
+        messaging::consumer::hash(message.payload.get("productId").and_then(serde_json::Value::as_i64))
     }
 
     async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
@@ -80,7 +80,8 @@ impl Handler for StockHandler {
         if batch.iter().any(|(_, (id, _))| *id != product) {
             return None; // different products that share a lane
         }
-        let commands: Vec<(&Envelope, &Command)> = batch.iter().map(|(message, (_, command))| (*message, command)).collect();
+        let commands: Vec<(&Envelope, &Command)> =
+            batch.iter().map(|(message, (_, command))| (*message, command)).collect();
         Some(retry_on_conflict(|| self.apply(product, &commands)).await.map_err(Into::into))
     }
 }
@@ -100,7 +101,11 @@ impl StockHandler {
             effects.consume(self.name(), message.message_id);
             let causation = Causation::from_message(message);
             let rejected = |order_id: OrderId, reason: String| {
-                causation.envelope(&StockReservationRejected { order_id: order_id.as_uuid(), product_id: product, reason })
+                causation.envelope(&StockReservationRejected {
+                    order_id: order_id.as_uuid(),
+                    product_id: product,
+                    reason,
+                })
             };
             match (command, found.as_mut()) {
                 (Command::Reserve { order_id, .. }, None) => {
@@ -110,10 +115,15 @@ impl StockHandler {
                     let answer = match found.reserve(*order_id, *quantity) {
                         Ok(()) => reserved(&causation, *order_id, product, *quantity),
                         // Asked twice: answer the same again.
-                        Err(ProductError::AlreadyReserved { .. }) => {
-                            reserved(&causation, *order_id, product, found.reservation_of(*order_id).unwrap_or(*quantity))
+                        Err(ProductError::AlreadyReserved { .. }) => reserved(
+                            &causation,
+                            *order_id,
+                            product,
+                            found.reservation_of(*order_id).unwrap_or(*quantity),
+                        ),
+                        Err(refusal @ ProductError::InsufficientStock { .. }) => {
+                            rejected(*order_id, refusal.to_string())
                         }
-                        Err(refusal @ ProductError::InsufficientStock { .. }) => rejected(*order_id, refusal.to_string()),
                         Err(other) => return Err(other.into()),
                     };
                     effects.send(answer);
@@ -131,7 +141,7 @@ impl StockHandler {
                 }
             }
         }
-        let changes = found.as_mut().map(|product| product.take_events()).unwrap_or_default();
+        let changes = found.as_mut().map(crate::domain::Product::take_events).unwrap_or_default();
         let saved = match &found {
             // A refusal leaves the product as it was: no version to bump, no conflict to risk.
             Some(product) if !changes.is_empty() => self.products.save(product, &changes, &effects).await,
@@ -142,6 +152,6 @@ impl StockHandler {
     }
 }
 
-fn reserved(causation: &Causation, order_id: OrderId, product_id: i64, quantity: Quantity) -> messaging::Envelope {
+fn reserved(causation: &Causation, order_id: OrderId, product_id: i64, quantity: Quantity) -> Envelope {
     causation.envelope(&StockReserved { order_id: order_id.as_uuid(), product_id, quantity: quantity.get() })
 }

@@ -170,10 +170,8 @@ impl Product {
 
     /// Takes an order's reserved units out of stock (the order shipped).
     pub fn deduct(&mut self, order_id: OrderId) -> Result<Quantity, ProductError> {
-        let quantity = self
-            .reservations
-            .remove(&order_id)
-            .ok_or(ProductError::NoReservation { product_id: self.id, order_id })?;
+        let quantity =
+            self.reservations.remove(&order_id).ok_or(ProductError::NoReservation { product_id: self.id, order_id })?;
         // Reserved units never exceed stock, so this cannot underflow.
         self.stock -= quantity.get();
         self.events.push(ProductEvent::StockDeducted { product_id: self.id, order_id, quantity });
@@ -252,7 +250,13 @@ mod tests {
     fn a_product_needs_a_name_and_a_positive_price() {
         assert_eq!(ProductName::new("  "), Err(ProductError::EmptyName));
         assert_eq!(ProductName::new("x".repeat(201)), Err(ProductError::NameTooLong(201)));
-        let zero = Product::create(ProductId::new(1).unwrap(), ProductName::new("Free").unwrap(), String::new(), Money::ZERO, 1);
+        let zero = Product::create(
+            ProductId::new(1).unwrap(),
+            ProductName::new("Free").unwrap(),
+            String::new(),
+            Money::ZERO,
+            1,
+        );
         assert_eq!(zero, Err(ProductError::PriceNotPositive));
     }
 
@@ -317,7 +321,10 @@ mod tests {
         let mut product = product(5);
         let order = OrderId::generate();
         product.reserve(order, qty(1)).unwrap();
-        assert_eq!(product.reserve(order, qty(1)), Err(ProductError::AlreadyReserved { product_id: product.id(), order_id: order }));
+        assert_eq!(
+            product.reserve(order, qty(1)),
+            Err(ProductError::AlreadyReserved { product_id: product.id(), order_id: order })
+        );
         assert_eq!(product.reserved(), 1);
     }
 
@@ -348,7 +355,10 @@ mod tests {
     fn deducting_without_a_reservation_is_refused() {
         let mut product = product(5);
         let order = OrderId::generate();
-        assert_eq!(product.deduct(order), Err(ProductError::NoReservation { product_id: product.id(), order_id: order }));
+        assert_eq!(
+            product.deduct(order),
+            Err(ProductError::NoReservation { product_id: product.id(), order_id: order })
+        );
         assert_eq!(product.stock(), 5);
     }
 

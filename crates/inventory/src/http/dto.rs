@@ -1,7 +1,7 @@
 //! Request and response bodies: JSON, camelCase, money as decimal strings.
 
-use crate::application::saga::{LineStatus, ReservationSaga};
 use crate::application::ProductSummary;
+use crate::application::saga::{LineStatus, ReservationSaga};
 use crate::domain::Product;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -72,7 +72,10 @@ async fn list_products(
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn get_product(State(products): State<Arc<ProductService>>, Path(id): Path<i64>) -> ApiResult<Json<ProductResponse>> {
+async fn get_product(
+    State(products): State<Arc<ProductService>>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<ProductResponse>> {
     Ok(Json(ProductResponse::from(&products.get(product_id(id)?).await?)))
 }
 
@@ -93,7 +96,8 @@ async fn create_product(
     let name = ProductName::new(request.name).map_err(|e| Problem::invalid_input(format!("name: {e}")))?;
     let stock = u32::try_from(request.stock)
         .map_err(|_| Problem::invalid_input(format!("stock: must be 0 or more (got {})", request.stock)))?;
-    let new = NewProduct { name, description: request.description.unwrap_or_default(), price: price(&request.price)?, stock };
+    let new =
+        NewProduct { name, description: request.description.unwrap_or_default(), price: price(&request.price)?, stock };
     let product = products.create(new, trace).await?;
     let location = HeaderValue::from_str(&format!("/api/products/{}", product.id())).expect("ids are ASCII");
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(ProductResponse::from(&product))).into_response())

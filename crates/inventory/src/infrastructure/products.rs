@@ -143,7 +143,9 @@ async fn write_reservations(tx: &mut PgConnection, changes: &[ProductEvent]) -> 
                     .bind(product_id.get())
                     .bind(order_id.as_uuid())
             }
-            ProductEvent::Created { .. } | ProductEvent::Restocked { .. } | ProductEvent::PriceChanged { .. } => continue,
+            ProductEvent::Created { .. } | ProductEvent::Restocked { .. } | ProductEvent::PriceChanged { .. } => {
+                continue;
+            }
         };
         query.execute(&mut *tx).await.map_err(save_error)?;
     }

@@ -232,15 +232,20 @@ impl Relay {
         let sent_before = Utc::now() - self.config.sent_retention;
         let consumed_before = Utc::now() - self.config.inbox_retention;
         let outcome = async {
-            let sent = sqlx::query("DELETE FROM outbox WHERE sent_at < $1").bind(sent_before).execute(&self.pool).await?;
-            let consumed =
-                sqlx::query("DELETE FROM inbox WHERE processed_at < $1").bind(consumed_before).execute(&self.pool).await?;
+            let sent =
+                sqlx::query("DELETE FROM outbox WHERE sent_at < $1").bind(sent_before).execute(&self.pool).await?;
+            let consumed = sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
+                .bind(consumed_before)
+                .execute(&self.pool)
+                .await?;
             Ok::<_, sqlx::Error>((sent.rows_affected(), consumed.rows_affected()))
         }
         .await;
         match outcome {
             Ok((0, 0)) => {}
-            Ok((sent, consumed)) => tracing::debug!(relay = self.name, sent, consumed, "cleaned up old outbox and inbox rows"),
+            Ok((sent, consumed)) => {
+                tracing::debug!(relay = self.name, sent, consumed, "cleaned up old outbox and inbox rows");
+            }
             Err(error) => tracing::warn!(relay = self.name, %error, "outbox cleanup failed"),
         }
     }

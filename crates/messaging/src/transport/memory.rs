@@ -85,11 +85,8 @@ impl MemoryTransport {
 #[async_trait]
 impl Transport for MemoryTransport {
     async fn publish(&self, messages: &[Envelope]) -> Result<(), TransportError> {
-        let refuse = self
-            .inner
-            .failing_publishes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        let refuse =
+            self.inner.failing_publishes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if refuse {
             return Err(TransportError::Nacked("injected publish failure".into()));
         }
@@ -223,11 +220,9 @@ fn dead_letter_view(error_queue: &str, item: &Queued) -> DeadLetter {
         None => ("unknown".to_owned(), 0, None),
     };
     let (message_id, message_type, body) = match &item.message {
-        Ok(envelope) => (
-            Some(envelope.message_id.to_string()),
-            Some(envelope.message_type.clone()),
-            envelope.payload.to_string(),
-        ),
+        Ok(envelope) => {
+            (Some(envelope.message_id.to_string()), Some(envelope.message_type.clone()), envelope.payload.to_string())
+        }
         Err(raw) => (None, None, raw.clone()),
     };
     DeadLetter { queue: error_queue.to_owned(), message_id, message_type, reason, attempts, failed_at, body }

@@ -11,9 +11,7 @@
 //! broker, which the consumers' inboxes make harmless.
 
 use super::headers;
-use super::{
-    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError,
-};
+use super::{DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError};
 use crate::envelope::Envelope;
 use crate::transport::Naming;
 use async_trait::async_trait;
@@ -163,7 +161,10 @@ impl RabbitMq {
     }
 
     /// Publishes `(exchange, routing key, body, properties)` messages and waits for every confirm.
-    async fn publish_raw(&self, messages: Vec<(String, String, Vec<u8>, BasicProperties)>) -> Result<(), TransportError> {
+    async fn publish_raw(
+        &self,
+        messages: Vec<(String, String, Vec<u8>, BasicProperties)>,
+    ) -> Result<(), TransportError> {
         let channel = self.publisher().await?;
         let publishing = async {
             let mut confirms = Vec::with_capacity(messages.len());
@@ -215,10 +216,7 @@ impl RabbitMq {
                 channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.map_err(unavailable)?;
             }
         }
-        channel
-            .exchange_delete(self.inner.naming.exchange().into(), Default::default())
-            .await
-            .map_err(unavailable)?;
+        channel.exchange_delete(self.inner.naming.exchange().into(), Default::default()).await.map_err(unavailable)?;
         let _ = channel.close(200, "OK".into()).await;
         Ok(())
     }
@@ -468,7 +466,8 @@ fn properties_of(envelope: &Envelope) -> BasicProperties {
 /// Reads an envelope back; any missing or malformed part makes the message unreadable.
 fn envelope_from(properties: &BasicProperties, body: &[u8]) -> Result<Envelope, String> {
     let message_id = properties.message_id().as_ref().ok_or("no message id")?;
-    let message_id = Uuid::parse_str(message_id.as_str()).map_err(|_| format!("message id {message_id} is not a UUID"))?;
+    let message_id =
+        Uuid::parse_str(message_id.as_str()).map_err(|_| format!("message id {message_id} is not a UUID"))?;
     let message_type = properties.kind().as_ref().ok_or("no message type")?.as_str().to_owned();
     let correlation_id = properties.correlation_id().as_ref().ok_or("no correlation id")?.as_str().to_owned();
     let causation_id = match header_text(properties, headers::CAUSATION_ID) {
@@ -539,7 +538,8 @@ impl DeadLetters for RabbitMq {
     async fn purge(&self, error_queue: &str) -> Result<usize, TransportError> {
         let channel = self.channel().await?;
         declare_queue(&channel, error_queue).await?;
-        let purged = channel.queue_purge(error_queue.into(), QueuePurgeOptions::default()).await.map_err(unavailable)?;
+        let purged =
+            channel.queue_purge(error_queue.into(), QueuePurgeOptions::default()).await.map_err(unavailable)?;
         let _ = channel.close(200, "OK".into()).await;
         Ok(purged as usize)
     }
@@ -568,10 +568,8 @@ mod tests {
     #[test]
     fn every_contract_message_survives_the_amqp_mapping() {
         for (message_type, payload) in contracts::samples() {
-            let mut envelope =
-                Causation::root("order-7", TraceParent::new_root()).envelope(&contracts::order::OrderShipped {
-                    order_id: Uuid::nil(),
-                });
+            let mut envelope = Causation::root("order-7", TraceParent::new_root())
+                .envelope(&contracts::order::OrderShipped { order_id: Uuid::nil() });
             envelope.message_type = message_type.to_owned();
             envelope.payload = payload;
             envelope.causation_id = Some(Uuid::now_v7());
@@ -590,5 +588,4 @@ mod tests {
         let reason = envelope_from(&properties_of(&envelope), b"not json").unwrap_err();
         assert!(reason.starts_with("body is not JSON"), "{reason}");
     }
-
 }

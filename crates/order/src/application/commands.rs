@@ -66,7 +66,8 @@ impl OrderService {
                 }
                 return Ok((self.get(id).await?, false));
             }
-            let mut order = Order::create(OrderId::generate(), new.customer_id, new.description.clone(), kernel::now())?;
+            let mut order =
+                Order::create(OrderId::generate(), new.customer_id, new.description.clone(), kernel::now())?;
             let idempotency = key.as_ref().map(|IdempotencyKey(key)| (key.as_str(), fingerprint.as_str()));
             let causation = Causation::root(order.id().to_string(), trace);
             save(&*self.orders, &mut order, None, idempotency, &causation, &mut Effects::new()).await?;

@@ -3,4 +3,6 @@
 mod order;
 
 pub use kernel::{CustomerId, Money, MoneyError, OrderId, ProductId, Quantity, QuantityError};
-pub use order::{CatalogItem, Order, OrderError, OrderEvent, OrderLine, OrderState, OrderStatus, Reason, ReasonError, Timeline};
+pub use order::{
+    CatalogItem, Order, OrderError, OrderEvent, OrderLine, OrderState, OrderStatus, Reason, ReasonError, Timeline,
+};

@@ -394,7 +394,11 @@ mod tests {
     use super::*;
 
     fn item(id: i64, price: &str) -> CatalogItem {
-        CatalogItem { product_id: ProductId::new(id).unwrap(), name: format!("product {id}"), price: price.parse().unwrap() }
+        CatalogItem {
+            product_id: ProductId::new(id).unwrap(),
+            name: format!("product {id}"),
+            price: price.parse().unwrap(),
+        }
     }
 
     fn qty(units: i64) -> Quantity {
@@ -500,7 +504,10 @@ mod tests {
     #[test]
     fn removing_a_product_not_on_the_order_is_refused() {
         let mut order = draft();
-        assert_eq!(order.remove_line(ProductId::new(9).unwrap()), Err(OrderError::NoSuchLine(ProductId::new(9).unwrap())));
+        assert_eq!(
+            order.remove_line(ProductId::new(9).unwrap()),
+            Err(OrderError::NoSuchLine(ProductId::new(9).unwrap()))
+        );
     }
 
     #[test]
@@ -553,7 +560,7 @@ mod tests {
                 match (attempt(from, command), expected) {
                     (Ok(to), Some(expected)) => assert_eq!(to, expected, "{command} from {from}"),
                     (Err(OrderError::TransitionRefused { from: refused_from, .. }), None) => {
-                        assert_eq!(refused_from, from)
+                        assert_eq!(refused_from, from);
                     }
                     (outcome, expected) => panic!("{command} from {from}: got {outcome:?}, expected {expected:?}"),
                 }
@@ -574,7 +581,11 @@ mod tests {
         assert_eq!(order.state().reason().map(Reason::as_str), Some("found it cheaper"));
         assert_eq!(
             order.take_events(),
-            vec![OrderEvent::Cancelled { order_id: order.id(), from: OrderStatus::Confirmed, reason: reason("found it cheaper") }]
+            vec![OrderEvent::Cancelled {
+                order_id: order.id(),
+                from: OrderStatus::Confirmed,
+                reason: reason("found it cheaper")
+            }]
         );
     }
 

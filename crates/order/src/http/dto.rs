@@ -123,7 +123,7 @@ impl From<&Order> for OrderResponse {
             customer_id: order.customer_id().as_uuid(),
             description: order.description().map(str::to_owned),
             status: order.status().as_str().to_owned(),
-            status_reason: order.state().reason().map(|reason| reason.to_string()),
+            status_reason: order.state().reason().map(ToString::to_string),
             lines: order.lines().iter().map(LineResponse::from).collect(),
             total: order.total().to_string(),
             created_at: order.timeline().created_at,

@@ -4,11 +4,11 @@ use super::dto::{
 };
 use crate::application::{IdempotencyKey, NewOrder, OrderFilter, OrderService};
 use crate::domain::{CustomerId, OrderId, ProductId, Quantity, Reason};
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::Router;
 use std::sync::Arc;
 use utoipa::OpenApi;
 use uuid::Uuid;
@@ -111,7 +111,10 @@ async fn get_order(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiRe
         (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn list_orders(State(state): State<AppState>, Query(query): Query<ListOrdersQuery>) -> ApiResult<Json<OrderPageResponse>> {
+async fn list_orders(
+    State(state): State<AppState>,
+    Query(query): Query<ListOrdersQuery>,
+) -> ApiResult<Json<OrderPageResponse>> {
     let status = match query.status.as_deref() {
         Some(text) => Some(parse_status(text).ok_or_else(|| {
             Problem::invalid_input(format!(

@@ -3,10 +3,10 @@
 //! Tests drive it through its HTTP APIs only.
 #![allow(dead_code)]
 
+use messaging::Naming;
 pub use messaging::testing::eventually;
 use messaging::testing::{TestDatabase, amqp_url, init_logs, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
-use messaging::Naming;
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use shop::{InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
@@ -101,7 +101,8 @@ impl System {
     }
 
     pub async fn stock_of(&self, product: i64) -> (u64, u64, u64) {
-        let (status, body) = self.call(Method::GET, &self.inventory_url(&format!("/api/products/{product}")), None).await;
+        let (status, body) =
+            self.call(Method::GET, &self.inventory_url(&format!("/api/products/{product}")), None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let n = |field: &str| body[field].as_u64().unwrap();
         (n("stock"), n("reserved"), n("available"))
