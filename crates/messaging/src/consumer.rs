@@ -3,6 +3,7 @@
 //! be processed to the queue's error queue with the reason, and acknowledges only after the
 //! handler has committed.
 
+use crate::backoff::{Backoff, Jitter};
 use crate::envelope::Envelope;
 use crate::transport::{Delivery, Failure, Naming, QueueSpec, Transport};
 use crate::unit_of_work::Inbox;
@@ -77,22 +78,14 @@ pub fn hash(key: impl std::hash::Hash) -> u64 {
 pub struct RetryPolicy {
     /// Attempts before a transiently failing message is dead-lettered.
     pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    /// The pause after each failed attempt.
+    pub backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 8, initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(5) }
-    }
-}
-
-impl RetryPolicy {
-    /// The pause after the `attempt`-th failure: exponential, with full jitter on the upper half.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponential = self.initial_backoff.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-        let capped = exponential.min(self.max_backoff);
-        capped / 2 + capped.mul_f64(fastrand::f64() / 2.0)
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5)).with_jitter(Jitter::Equal);
+        Self { max_attempts: 8, backoff }
     }
 }
 
@@ -319,7 +312,7 @@ impl Worker {
                 }
                 Err(HandlerError::Permanent(reason)) => reason,
                 Err(HandlerError::Transient(reason)) if attempt < self.retry.max_attempts => {
-                    let pause = self.retry.backoff(attempt);
+                    let pause = self.retry.backoff.pause(attempt);
                     tracing::warn!(attempt, %reason, retry_in = ?pause, "handler failed; will retry");
                     tokio::select! {
                         // Not acknowledged: the broker delivers it again after the restart.
@@ -369,24 +362,5 @@ impl Worker {
         if let Err(error) = delivery.dead_letter(failure).await {
             tracing::warn!(%error, "could not dead-letter the message; it will be delivered again");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-        };
-        let first = policy.backoff(1);
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
-        let third = policy.backoff(3);
-        assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
-        assert!(policy.backoff(30) <= Duration::from_secs(1));
     }
 }

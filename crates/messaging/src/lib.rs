@@ -7,6 +7,7 @@
 //! - [`consumer`]: the runtime that feeds deliveries to handlers with retries and dead letters.
 //! - [`transport`]: the port and its RabbitMQ and in-memory adapters.
 
+pub mod backoff;
 pub mod consumer;
 pub mod envelope;
 pub mod postgres;
@@ -16,6 +17,7 @@ pub mod unit_of_work;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use backoff::{Backoff, Jitter};
 pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, RetryPolicy};
 pub use envelope::{Causation, DecodeError, Envelope, TraceParent};
 pub use transport::{Naming, Transport, TransportError};

@@ -2,6 +2,7 @@
 //! produced (the outbox side), the scheduled messages it cancels, and the message it consumed
 //! (the inbox side). No I/O here; the PostgreSQL adapter is [`crate::postgres`].
 
+use crate::backoff::{Backoff, Jitter};
 use crate::envelope::Envelope;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -138,13 +139,14 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     const MAX_ATTEMPTS: u32 = 50;
+    const BACKOFF: Backoff =
+        Backoff::new(Duration::from_millis(4), Duration::from_millis(128)).with_jitter(Jitter::Full);
     let mut tries = 1;
     loop {
         match attempt().await {
             Err(error) if error.is_conflict() && tries < MAX_ATTEMPTS => {
                 metrics::counter!("concurrency_conflicts_total").increment(1);
-                let ceiling_ms = 2u64 << tries.min(6);
-                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling_ms * 1000))).await;
+                tokio::time::sleep(BACKOFF.pause(tries)).await;
                 tries += 1;
             }
             outcome => return outcome,

@@ -6,7 +6,7 @@ use contracts::order::OrderShipped;
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::{DeadLetters, Transport};
 use messaging::{
-    Causation, Consumer, ConsumerConfig, Envelope, Handler, HandlerError, Naming, RetryPolicy, TraceParent,
+    Backoff, Causation, Consumer, ConsumerConfig, Envelope, Handler, HandlerError, Naming, RetryPolicy, TraceParent,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,8 +77,7 @@ async fn run(handler: Arc<Recorder>, messages: Vec<Envelope>) -> MemoryTransport
         prefetch: 64,
         retry: RetryPolicy {
             max_attempts: 2,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
         },
     };
     let consumer = Consumer::new("test", &Naming::new("t"), handler.clone(), config);

@@ -12,7 +12,7 @@ use messaging::testing::eventually;
 use messaging::testing::{amqp_url, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::transport::{DeadLetters, QueueSpec, Transport};
-use messaging::{Consumer, ConsumerConfig, Effects, Handler, RetryPolicy};
+use messaging::{Backoff, Consumer, ConsumerConfig, Effects, Handler, RetryPolicy};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,11 +167,8 @@ async fn transient_failures_are_retried_then_dead_lettered_with_the_attempt_coun
 
     let transport = transport().await;
     let handler = Arc::new(Flaky { calls: AtomicU32::new(0) });
-    let retry = RetryPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    };
+    let retry =
+        RetryPolicy { max_attempts: 3, backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)) };
     let consumer =
         Consumer::new("test", transport.naming(), handler.clone(), ConsumerConfig { retry, ..Default::default() });
     let spec = consumer.queue().clone();

@@ -9,6 +9,7 @@
 //! It sleeps until woken by the `outbox` notification (sent at commit by a trigger), by the due
 //! time of the next scheduled row, or by the periodic sweep that catches lost notifications.
 
+use crate::backoff::Backoff;
 use crate::envelope::Envelope;
 use crate::transport::Transport;
 use chrono::{DateTime, Utc};
@@ -20,6 +21,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// Pauses after failed publishes: a broker that is down must not be hammered by new commits.
+const PUBLISH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -122,9 +126,8 @@ impl Relay {
                             }
                         }
                         Err(error) => {
-                            // Back off: new commits must not hammer a broker that is down.
                             failures += 1;
-                            let pause = backoff(failures);
+                            let pause = PUBLISH_BACKOFF.pause(failures);
                             tracing::warn!(relay = relay.name, %error, retry_in = ?pause, "relay could not publish");
                             resume_at = Some(Instant::now() + pause);
                             wanted = 1;
@@ -273,8 +276,4 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) {
 fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, RelayError> {
     super::envelope_from_row(row)
         .map_err(|error| RelayError::Corrupt(row.try_get("message_id").unwrap_or_default(), error.to_string()))
-}
-
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis((50u64 << failures.min(7)).min(5_000))
 }

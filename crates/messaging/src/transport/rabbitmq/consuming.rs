@@ -4,6 +4,7 @@
 use super::RabbitMq;
 use super::codec::{envelope_from, long_string};
 use super::connection::{SETTLE_TIMEOUT, unavailable};
+use crate::backoff::Backoff;
 use crate::transport::{
     Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError, error_queue_of, headers,
 };
@@ -15,6 +16,9 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::{AMQPValue, FieldTable};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Pauses between attempts to subscribe again.
+const RESUBSCRIBE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Runs an ack or nack with a deadline.
 pub(super) async fn settle(operation: impl Future<Output = lapin::Result<bool>>) -> Result<(), TransportError> {
@@ -85,7 +89,8 @@ pub(super) async fn supervise_consumer(
                 transport.forget_dead_connection().await;
             }
         }
-        let pause = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+        // A lost subscription counts as a failure too: it waits before resubscribing.
+        let pause = RESUBSCRIBE_BACKOFF.pause(failures + 1);
         tokio::select! {
             _ = sender.closed() => return,
             _ = tokio::time::sleep(pause) => {}
