@@ -49,7 +49,7 @@ async fn every_contract_message_round_trips_through_the_broker() {
     let mut received = HashMap::new();
     while received.len() < sent.len() {
         let delivery = tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await.unwrap().unwrap();
-        let envelope = delivery.message.clone().unwrap();
+        let envelope = delivery.message.as_ref().unwrap().clone();
         delivery.ack().await.unwrap();
         received.insert(envelope.message_id, envelope);
     }
@@ -145,7 +145,8 @@ async fn poison_messages_go_to_the_error_queue_while_good_ones_flow() {
 #[tokio::test]
 async fn transient_failures_are_retried_then_dead_lettered_with_the_attempt_count() {
     use async_trait::async_trait;
-    use messaging::{Envelope, HandlerError};
+    use common::Shipping;
+    use messaging::{HandlerError, Received};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     struct Flaky {
@@ -153,15 +154,13 @@ async fn transient_failures_are_retried_then_dead_lettered_with_the_attempt_coun
     }
     #[async_trait]
     impl Handler for Flaky {
+        type Message = Shipping;
         fn name(&self) -> &'static str {
             "flaky"
         }
-        fn message_types(&self) -> Vec<&'static str> {
-            vec!["order.shipped.v1"]
-        }
-        async fn handle(&self, _: &Envelope) -> Result<(), HandlerError> {
+        async fn handle(&self, _: &Received<Shipping>) -> Result<(), HandlerError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            Err(HandlerError::Transient("database away".into()))
+            Err(HandlerError::transient("database away"))
         }
     }
 

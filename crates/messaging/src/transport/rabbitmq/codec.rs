@@ -1,6 +1,6 @@
 //! The envelope in AMQP terms: ids and type in the standard properties, the rest in headers.
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, UnreadableEnvelope};
 use crate::transport::headers;
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
@@ -55,22 +55,22 @@ pub(super) fn properties_of(envelope: &Envelope) -> BasicProperties {
 }
 
 /// Reads an envelope back; any missing or malformed part makes the message unreadable.
-pub(super) fn envelope_from(properties: &BasicProperties, body: &[u8]) -> Result<Envelope, String> {
-    let message_id = properties.message_id().as_ref().ok_or("no message id")?;
-    let message_id =
-        Uuid::parse_str(message_id.as_str()).map_err(|_| format!("message id {message_id} is not a UUID"))?;
-    let message_type = properties.kind().as_ref().ok_or("no message type")?.as_str().to_owned();
-    let correlation_id = properties.correlation_id().as_ref().ok_or("no correlation id")?.as_str().to_owned();
-    let causation_id = match header_text(properties, headers::CAUSATION_ID) {
-        Some(text) => Some(Uuid::parse_str(&text).map_err(|_| format!("causation id {text} is not a UUID"))?),
-        None => None,
+pub(super) fn envelope_from(properties: &BasicProperties, body: &[u8]) -> Result<Envelope, UnreadableEnvelope> {
+    use UnreadableEnvelope::Missing;
+    let uuid = |field: &'static str, text: &str| {
+        Uuid::parse_str(text).map_err(|source| UnreadableEnvelope::NotAUuid { field, value: text.to_owned(), source })
     };
+    let message_id = uuid("message id", properties.message_id().as_ref().ok_or(Missing("message id"))?.as_str())?;
+    let message_type = properties.kind().as_ref().ok_or(Missing("message type"))?.as_str().to_owned();
+    let correlation_id = properties.correlation_id().as_ref().ok_or(Missing("correlation id"))?.as_str().to_owned();
+    let causation_id =
+        header_text(properties, headers::CAUSATION_ID).map(|text| uuid("causation id", &text)).transpose()?;
     let occurred_at = header_text(properties, "occurred-at")
         .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
         .map(|at| at.with_timezone(&Utc))
         .or_else(|| properties.timestamp().and_then(|secs| DateTime::from_timestamp(secs as i64, 0)))
-        .ok_or("no occurrence time")?;
-    let payload = serde_json::from_slice(body).map_err(|error| format!("body is not JSON: {error}"))?;
+        .ok_or(Missing("occurrence time"))?;
+    let payload = serde_json::from_slice(body).map_err(UnreadableEnvelope::NotJson)?;
     Ok(Envelope {
         message_id,
         message_type,
@@ -104,10 +104,12 @@ mod tests {
     #[test]
     fn a_message_without_its_envelope_is_unreadable() {
         let reason = envelope_from(&BasicProperties::default(), b"{}").unwrap_err();
-        assert_eq!(reason, "no message id");
+        assert!(matches!(reason, UnreadableEnvelope::Missing("message id")), "{reason:?}");
+        assert_eq!(reason.to_string(), "no message id");
         let envelope = Causation::root("x", TraceParent::new_root())
             .envelope(&contracts::order::OrderShipped { order_id: Uuid::nil() });
         let reason = envelope_from(&properties_of(&envelope), b"not json").unwrap_err();
-        assert!(reason.starts_with("body is not JSON"), "{reason}");
+        assert!(matches!(reason, UnreadableEnvelope::NotJson(_)), "{reason:?}");
+        assert!(reason.to_string().starts_with("body is not JSON"), "{reason}");
     }
 }

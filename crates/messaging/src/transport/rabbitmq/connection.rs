@@ -38,7 +38,7 @@ struct Link {
 }
 
 pub(super) fn unavailable(error: lapin::Error) -> TransportError {
-    TransportError::Unavailable(error.to_string())
+    TransportError::Unavailable(Box::new(error))
 }
 
 impl RabbitMq {
@@ -61,6 +61,7 @@ impl RabbitMq {
         }
     }
 
+    /// The names of its exchange and queues.
     pub fn naming(&self) -> &Naming {
         &self.inner.naming
     }
@@ -78,7 +79,7 @@ impl RabbitMq {
         // A broker that is still booting may accept TCP and never answer the handshake.
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.inner.url, properties))
             .await
-            .map_err(|_| TransportError::Unavailable("timed out connecting to the broker".into()))?
+            .map_err(|_| TransportError::TimedOut("connecting"))?
             .map_err(unavailable)?;
         let connection = Arc::new(connection);
         let channel = connection.create_channel().await.map_err(unavailable)?;
@@ -152,10 +153,10 @@ impl RabbitMq {
                 match confirm.await.map_err(unavailable)? {
                     Confirmation::Ack(None) => {}
                     Confirmation::Ack(Some(returned)) => {
-                        let routing_key = returned.delivery.routing_key;
-                        return Err(TransportError::Unroutable(format!("no queue is bound for {routing_key}")));
+                        let message_type = returned.delivery.routing_key.to_string();
+                        return Err(TransportError::Unroutable { message_type });
                     }
-                    Confirmation::Nack(_) => return Err(TransportError::Nacked("broker nacked a publish".into())),
+                    Confirmation::Nack(_) => return Err(TransportError::Nacked),
                     Confirmation::NotRequested => unreachable!("the publisher channel is in confirm mode"),
                 }
             }
@@ -163,8 +164,8 @@ impl RabbitMq {
         };
         let outcome = tokio::time::timeout(CONFIRM_TIMEOUT, publishing)
             .await
-            .unwrap_or_else(|_| Err(TransportError::Unavailable("no confirm from the broker in time".into())));
-        if matches!(outcome, Err(TransportError::Unavailable(_))) {
+            .unwrap_or_else(|_| Err(TransportError::TimedOut("confirms")));
+        if matches!(outcome, Err(TransportError::Unavailable(_) | TransportError::TimedOut(_))) {
             self.forget_dead_connection().await;
         }
         outcome

@@ -4,6 +4,7 @@
 use super::RabbitMq;
 use super::codec::{envelope_from, long_string};
 use super::connection::{SETTLE_TIMEOUT, unavailable};
+use crate::ErrorChain;
 use crate::backoff::Backoff;
 use crate::transport::{
     Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError, error_queue_of, headers,
@@ -25,7 +26,7 @@ pub(super) async fn settle(operation: impl Future<Output = lapin::Result<bool>>)
     match tokio::time::timeout(SETTLE_TIMEOUT, operation).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(unavailable(error)),
-        Err(_) => Err(TransportError::Unavailable("no answer from the broker to an ack".into())),
+        Err(_) => Err(TransportError::TimedOut("settling a delivery")),
     }
 }
 
@@ -72,7 +73,7 @@ pub(super) async fn supervise_consumer(
                             }
                         }
                         Some(Err(error)) => {
-                            tracing::warn!(queue = %spec.name, %error, "consumer lost its channel");
+                            tracing::warn!(queue = %spec.name, error = %ErrorChain(&error), "consumer lost its channel");
                             break;
                         }
                         None => {
@@ -85,7 +86,7 @@ pub(super) async fn supervise_consumer(
             }
             Err(error) => {
                 failures += 1;
-                tracing::warn!(queue = %spec.name, %error, attempt = failures, "cannot subscribe; retrying");
+                tracing::warn!(queue = %spec.name, error = %ErrorChain(&error), attempt = failures, "cannot subscribe; retrying");
                 transport.forget_dead_connection().await;
             }
         }
