@@ -53,6 +53,19 @@ fn reserve(order: Uuid, product: ProductId, quantity: u32) -> Envelope {
     Causation::root(order.to_string(), TraceParent::new_root()).envelope(&command)
 }
 
+/// The order service's news that `order` was placed with `items` (product, quantity).
+fn placed(order: Uuid, items: &[(ProductId, u32)]) -> OrderPlaced {
+    OrderPlaced {
+        order_id: order,
+        customer_id: Uuid::now_v7(),
+        total_amount: Decimal::new(100, 0),
+        items: items
+            .iter()
+            .map(|&(product, quantity)| OrderPlacedItem { product_id: product.get(), quantity })
+            .collect(),
+    }
+}
+
 /// A message as the consumer runtime hands it to a handler.
 fn received<M: Inbound>(envelope: &Envelope) -> Received<M> {
     Received::decode(envelope.clone()).expect("a message the handler reads")
@@ -116,16 +129,7 @@ async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
     let handler = ReservationSagaHandler::new(inventory.sagas.clone(), Duration::from_secs(600));
     let order = Uuid::now_v7();
     let causation = Causation::root(order.to_string(), TraceParent::new_root());
-    let placed = OrderPlaced {
-        order_id: order,
-        customer_id: Uuid::now_v7(),
-        total_amount: Decimal::new(100, 0),
-        items: vec![
-            OrderPlacedItem { product_id: p1.get(), quantity: 1 },
-            OrderPlacedItem { product_id: p2.get(), quantity: 2 },
-        ],
-    };
-    handler.handle(&received(&causation.envelope(&placed))).await.unwrap();
+    handler.handle(&received(&causation.envelope(&placed(order, &[(p1, 1), (p2, 2)])))).await.unwrap();
     let answers = [
         causation.envelope(&StockReserved { order_id: order, product_id: p1.get(), quantity: 1 }),
         causation.envelope(&StockReserved { order_id: order, product_id: p2.get(), quantity: 2 }),
@@ -157,13 +161,7 @@ async fn a_saga_row_that_does_not_restore_fails_its_message_for_good() {
     let handler = ReservationSagaHandler::new(inventory.sagas.clone(), Duration::from_secs(600));
     let order = Uuid::now_v7();
     let causation = Causation::root(order.to_string(), TraceParent::new_root());
-    let placed = OrderPlaced {
-        order_id: order,
-        customer_id: Uuid::now_v7(),
-        total_amount: Decimal::new(100, 0),
-        items: vec![OrderPlacedItem { product_id: product.get(), quantity: 1 }],
-    };
-    handler.handle(&received(&causation.envelope(&placed))).await.unwrap();
+    handler.handle(&received(&causation.envelope(&placed(order, &[(product, 1)])))).await.unwrap();
     sqlx::query("UPDATE reservation_sagas SET lines = '{\"not\": \"a list\"}' WHERE order_id = $1")
         .bind(order)
         .execute(&inventory.db.pool)
