@@ -1,15 +1,15 @@
 //! The stock handler and the saga handler against the real PostgreSQL, one message at a time
 //! and in batches.
 
-use contracts::inventory::{ReserveStock, StockReserved};
-use contracts::order::{OrderPlaced, OrderPlacedItem};
+use contracts::inventory::{ReleaseStock, ReserveStock, StockReserved};
+use contracts::order::{OrderPlaced, OrderPlacedItem, OrderShipped};
 use inventory::application::{
-    NewProduct, ProductService, ProductStore, ReservationSagaHandler, SagaState, SagaStore, StockHandler,
+    NewProduct, ProductService, ProductStore, ReservationSagaHandler, SagaState, SagaStore, StockCommand, StockHandler,
 };
 use inventory::domain::{Money, OrderId, ProductId, ProductName};
 use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
 use messaging::testing::TestDatabase;
-use messaging::{Causation, Envelope, Handler, TraceParent};
+use messaging::{Causation, Envelope, ErrorChain, Handler, HandlerError, Inbound, Received, TraceParent};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,25 +53,48 @@ fn reserve(order: Uuid, product: ProductId, quantity: u32) -> Envelope {
     Causation::root(order.to_string(), TraceParent::new_root()).envelope(&command)
 }
 
+/// The order service's news that `order` was placed with `items` (product, quantity).
+fn placed(order: Uuid, items: &[(ProductId, u32)]) -> OrderPlaced {
+    OrderPlaced {
+        order_id: order,
+        customer_id: Uuid::now_v7(),
+        total_amount: Decimal::new(100, 0),
+        items: items
+            .iter()
+            .map(|&(product, quantity)| OrderPlacedItem { product_id: product.get(), quantity })
+            .collect(),
+    }
+}
+
+/// A message as the consumer runtime hands it to a handler.
+fn received<M: Inbound>(envelope: &Envelope) -> Received<M> {
+    Received::decode(envelope.clone()).expect("a message the handler reads")
+}
+
+fn received_all<M: Inbound>(envelopes: &[Envelope]) -> Vec<Received<M>> {
+    envelopes.iter().map(received).collect()
+}
+
 #[tokio::test]
 async fn a_batch_with_a_message_applied_before_is_refused_whole_and_then_applied_one_by_one() {
     let inventory = inventory().await;
     let product = inventory.product(10).await;
     let handler = StockHandler::new(inventory.products.clone());
     let (first, second) = (reserve(Uuid::now_v7(), product, 2), reserve(Uuid::now_v7(), product, 3));
-    handler.handle(&first).await.unwrap();
+    handler.handle(&received(&first)).await.unwrap();
     assert_eq!(inventory.reserved(product).await, 2);
 
     // Regression: "already consumed" once meant success for the whole batch, which lost the
     // messages that had not been applied yet.
-    let batch = [first.clone(), second.clone()];
-    let outcome = handler.handle_many(&batch).await.expect("the stock handler takes batches");
+    let batch = received_all(&[first.clone(), second.clone()]);
+    let outcome =
+        handler.handle_many(&batch.iter().collect::<Vec<_>>()).await.expect("the stock handler takes batches");
     assert!(outcome.is_err(), "a partly applied batch must not count as handled");
     assert_eq!(inventory.reserved(product).await, 2, "nothing of the refused batch was committed");
 
     // One by one, as the runtime then does: the copy is skipped, the new one applied.
-    handler.handle(&first).await.unwrap();
-    handler.handle(&second).await.unwrap();
+    handler.handle(&received(&first)).await.unwrap();
+    handler.handle(&received(&second)).await.unwrap();
     assert_eq!(inventory.reserved(product).await, 5);
 }
 
@@ -81,7 +104,8 @@ async fn a_batch_of_reservations_on_one_product_is_one_commit_with_every_answer(
     let product = inventory.product(4).await;
     let handler = StockHandler::new(inventory.products.clone());
     let batch: Vec<Envelope> = (0..3).map(|_| reserve(Uuid::now_v7(), product, 2)).collect();
-    handler.handle_many(&batch).await.unwrap().unwrap();
+    let batch = received_all(&batch);
+    handler.handle_many(&batch.iter().collect::<Vec<_>>()).await.unwrap().unwrap();
     assert_eq!(inventory.reserved(product).await, 4, "two fit, the third is refused");
     let answers: Vec<String> =
         sqlx::query_scalar("SELECT message_type FROM outbox WHERE message_type LIKE 'inventory.stock-%' ORDER BY seq")
@@ -105,24 +129,16 @@ async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
     let handler = ReservationSagaHandler::new(inventory.sagas.clone(), Duration::from_secs(600));
     let order = Uuid::now_v7();
     let causation = Causation::root(order.to_string(), TraceParent::new_root());
-    let placed = OrderPlaced {
-        order_id: order,
-        customer_id: Uuid::now_v7(),
-        total_amount: Decimal::new(100, 0),
-        items: vec![
-            OrderPlacedItem { product_id: p1.get(), quantity: 1 },
-            OrderPlacedItem { product_id: p2.get(), quantity: 2 },
-        ],
-    };
-    handler.handle(&causation.envelope(&placed)).await.unwrap();
+    handler.handle(&received(&causation.envelope(&placed(order, &[(p1, 1), (p2, 2)])))).await.unwrap();
     let answers = [
         causation.envelope(&StockReserved { order_id: order, product_id: p1.get(), quantity: 1 }),
         causation.envelope(&StockReserved { order_id: order, product_id: p2.get(), quantity: 2 }),
     ];
-    handler.handle_many(&answers).await.unwrap().unwrap();
+    let answers = received_all(&answers);
+    handler.handle_many(&answers.iter().collect::<Vec<_>>()).await.unwrap().unwrap();
     let saga = inventory.sagas.load(OrderId::from_uuid(order)).await.unwrap().unwrap();
-    assert_eq!(saga.state, SagaState::Reserved);
-    assert_eq!(saga.version, 2, "started, then one save for both answers");
+    assert_eq!(saga.state(), SagaState::Reserved);
+    assert_eq!(saga.version(), 2, "started, then one save for both answers");
     let completed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM outbox WHERE message_type = 'inventory.stock-reservation-completed.v1'",
     )
@@ -136,4 +152,47 @@ async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
             .await
             .unwrap();
     assert_eq!(timeouts, 0, "the completed saga withdrew its timeout");
+}
+
+#[tokio::test]
+async fn a_saga_row_that_does_not_restore_fails_its_message_for_good() {
+    let inventory = inventory().await;
+    let product = inventory.product(5).await;
+    let handler = ReservationSagaHandler::new(inventory.sagas.clone(), Duration::from_secs(600));
+    let order = Uuid::now_v7();
+    let causation = Causation::root(order.to_string(), TraceParent::new_root());
+    handler.handle(&received(&causation.envelope(&placed(order, &[(product, 1)])))).await.unwrap();
+    sqlx::query("UPDATE reservation_sagas SET lines = '{\"not\": \"a list\"}' WHERE order_id = $1")
+        .bind(order)
+        .execute(&inventory.db.pool)
+        .await
+        .unwrap();
+
+    let failed = handler.handle(&received(&causation.envelope(&OrderShipped { order_id: order }))).await.unwrap_err();
+    let HandlerError::Permanent(cause) = &failed else { panic!("corrupt data retried as if transient: {failed:?}") };
+    let reason = ErrorChain(cause.as_ref()).to_string();
+    assert!(reason.starts_with(&format!("stored saga of order {order} cannot be read back: ")), "{reason}");
+}
+
+#[tokio::test]
+async fn the_ordering_key_of_a_stock_command_is_the_product_of_the_decoded_message() {
+    // The key needs no database: a pool that never connects will do.
+    let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+    let handler = StockHandler::new(Arc::new(PgProductStore::new(pool)));
+    let key = |message: &Received<StockCommand>| handler.ordering_key(message);
+    let (seven, eight) = (ProductId::new(7).unwrap(), ProductId::new(8).unwrap());
+
+    let reserve_seven = received(&reserve(Uuid::now_v7(), seven, 1));
+    let other_order = Uuid::now_v7();
+    let release_seven = received(
+        &Causation::root(other_order.to_string(), TraceParent::new_root())
+            .envelope(&ReleaseStock { order_id: other_order, product_id: 7 }),
+    );
+    assert_eq!(key(&reserve_seven), key(&release_seven), "one product's commands share a lane, whatever the order");
+    assert_ne!(key(&reserve_seven), key(&received(&reserve(Uuid::now_v7(), eight, 1))));
+
+    // Read from the typed message, not from the raw JSON beside it.
+    let mut raw_says_eight = reserve_seven.clone();
+    raw_says_eight.envelope.payload["productId"] = 8.into();
+    assert_eq!(key(&raw_says_eight), key(&reserve_seven));
 }

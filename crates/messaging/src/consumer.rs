@@ -1,13 +1,17 @@
-//! The consumer runtime: takes deliveries from a queue, runs a handler on each with bounded
-//! concurrency, retries transient failures with exponential backoff, moves messages that cannot
-//! be processed to the queue's error queue with the reason, and acknowledges only after the
-//! handler has committed.
+//! The consumer runtime: takes deliveries from a queue, decodes them into what the handler
+//! reads, runs the handler on each with bounded concurrency, retries transient failures with
+//! backoff, moves messages that cannot be processed to the queue's error queue with the reason,
+//! and acknowledges only after the handler has committed.
 
-use crate::envelope::Envelope;
-use crate::transport::{Delivery, Failure, Naming, QueueSpec, Transport};
+use crate::ErrorChain;
+use crate::backoff::{Backoff, Jitter};
+use crate::envelope::{DecodeError, Envelope, TraceParent, UnreadableEnvelope};
+use crate::handler::{Handler, HandlerError, Inbound, Received};
+use crate::transport::{Deliveries, Delivery, Failure, Naming, QueueSpec, Settlement, Transport};
 use crate::unit_of_work::Inbox;
-use async_trait::async_trait;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -15,93 +19,33 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Why a handler did not process a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandlerError {
-    /// Might succeed later (database unreachable, ...): retried with backoff.
-    #[error("transient failure: {0}")]
-    Transient(String),
-    /// Will never succeed (unreadable body, unknown type, broken rule): dead-lettered at once.
-    #[error("permanent failure: {0}")]
-    Permanent(String),
-}
-
-impl HandlerError {
-    /// A permanent failure described by `error` (an undecodable body, a broken rule, ...).
-    pub fn permanent(error: impl std::fmt::Display) -> Self {
-        HandlerError::Permanent(error.to_string())
-    }
-}
-
-/// Application code that reacts to messages. It must commit its effects together with the
-/// inbox record of the message (see [`crate::Effects::consuming`]) under its [`name`](Self::name).
-#[async_trait]
-pub trait Handler: Send + Sync + 'static {
-    /// The consumer name: names its queue and its inbox records.
-    fn name(&self) -> &'static str;
-    /// The message types routed to this consumer.
-    fn message_types(&self) -> Vec<&'static str>;
-
-    /// Messages with the same key are handled one after another (within a process); others
-    /// run concurrently. By default, the correlation id: one order's messages never race each
-    /// other for the same saga or aggregate version.
-    fn ordering_key(&self, message: &Envelope) -> u64 {
-        hash(&message.correlation_id)
-    }
-
-    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError>;
-
-    /// Applies several messages with one ordering key in one unit of work (one load, one
-    /// commit with every inbox record), if the handler knows how; `None` if it does not. On
-    /// `None` or an error the runtime handles the messages one by one, so that a message that
-    /// fails is retried or dead-lettered on its own.
-    async fn handle_many(&self, _messages: &[Envelope]) -> Option<Result<(), HandlerError>> {
-        None
-    }
-}
-
-fn message_id(delivery: &Delivery) -> Option<uuid::Uuid> {
-    delivery.message.as_ref().ok().map(|message| message.message_id)
-}
-
 /// Most deliveries a lane takes at once for [`Handler::handle_many`].
 const MAX_BATCH: usize = 32;
 
-/// A stable hash for ordering keys.
-pub fn hash(key: impl std::hash::Hash) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
-}
-
+/// How often a transiently failing message is tried, and how long to wait in between.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts before a transiently failing message is dead-lettered.
     pub max_attempts: u32,
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
+    /// The pause after each failed attempt.
+    pub backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 8, initial_backoff: Duration::from_millis(50), max_backoff: Duration::from_secs(5) }
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5)).with_jitter(Jitter::Equal);
+        Self { max_attempts: 8, backoff }
     }
 }
 
-impl RetryPolicy {
-    /// The pause after the `attempt`-th failure: exponential, with full jitter on the upper half.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponential = self.initial_backoff.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-        let capped = exponential.min(self.max_backoff);
-        capped / 2 + capped.mul_f64(fastrand::f64() / 2.0)
-    }
-}
-
+/// How a consumer runs.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     /// Messages handled at once by this consumer (per process): the number of ordering lanes.
     pub concurrency: usize,
     /// Unacknowledged deliveries the broker may push ahead.
     pub prefetch: u16,
+    /// Retries of transient failures.
     pub retry: RetryPolicy,
 }
 
@@ -111,48 +55,60 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// One handler consuming its queue.
 pub struct Consumer {
-    service: &'static str,
+    name: &'static str,
     queue: QueueSpec,
-    handler: Arc<dyn Handler>,
+    settings: Settings,
+    handler: Arc<dyn Dispatch>,
+}
+
+/// What the lanes of a consumer share besides the handler.
+#[derive(Clone)]
+struct Settings {
+    service: &'static str,
     inbox: Option<Arc<dyn Inbox>>,
-    config: ConsumerConfig,
+    concurrency: usize,
+    retry: RetryPolicy,
 }
 
 impl Consumer {
-    pub fn new(service: &'static str, naming: &Naming, handler: Arc<dyn Handler>, config: ConsumerConfig) -> Self {
+    /// The consumer of `handler` in `service`: its queue is named after both and bound to the
+    /// types the handler reads.
+    pub fn new<H: Handler>(service: &'static str, naming: &Naming, handler: Arc<H>, config: ConsumerConfig) -> Self {
+        let name = handler.name();
         let queue = QueueSpec {
-            name: naming.queue(service, handler.name()),
-            message_types: handler.message_types().into_iter().map(str::to_owned).collect(),
+            name: naming.queue(service, name),
+            message_types: H::Message::TYPES.iter().map(|&message_type| message_type.to_owned()).collect(),
             prefetch: config.prefetch,
         };
-        Self { service, queue, handler, inbox: None, config }
+        let settings = Settings { service, inbox: None, concurrency: config.concurrency.max(1), retry: config.retry };
+        Self { name, queue, settings, handler }
     }
 
     /// Skips copies of messages the inbox says were applied, without running the handler.
     pub fn with_inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
-        self.inbox = Some(inbox);
+        self.settings.inbox = Some(inbox);
         self
     }
 
+    /// The handler's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The queue it consumes.
     pub fn queue(&self) -> &QueueSpec {
         &self.queue
     }
 
     /// Consumes until `shutdown`; then stops taking deliveries and finishes those in flight.
     pub async fn run(self, transport: Arc<dyn Transport>, shutdown: CancellationToken) {
-        let worker = Arc::new(Worker {
-            service: self.service,
-            handler: self.handler,
-            inbox: self.inbox,
-            retry: self.config.retry,
-            shutdown: shutdown.clone(),
-        });
-        let mut deliveries = loop {
+        let deliveries = loop {
             match transport.consume(&self.queue).await {
                 Ok(deliveries) => break deliveries,
                 Err(error) => {
-                    tracing::warn!(queue = %self.queue.name, %error, "cannot consume yet; retrying");
+                    tracing::warn!(queue = %self.queue.name, error = %ErrorChain(&error), "cannot consume yet; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -161,12 +117,70 @@ impl Consumer {
             }
         };
         tracing::info!(queue = %self.queue.name, "consuming");
+        self.handler.dispatch(self.settings, deliveries, shutdown).await;
+        tracing::info!(queue = %self.queue.name, "consumer stopped");
+    }
+}
+
+/// A handler of any message type, as a [`Consumer`] holds it.
+trait Dispatch: Send + Sync {
+    fn dispatch(
+        self: Arc<Self>,
+        settings: Settings,
+        deliveries: Deliveries,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+}
+
+impl<H: Handler> Dispatch for H {
+    fn dispatch(
+        self: Arc<Self>,
+        settings: Settings,
+        deliveries: Deliveries,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        let worker = Worker { handler: self, settings, shutdown };
+        Box::pin(worker.dispatch(deliveries))
+    }
+}
+
+/// A delivery as a lane holds it: decoded, or why it cannot be.
+enum Taken<M> {
+    Ready(Ready<M>),
+    Unreadable(UnreadableEnvelope, Settlement),
+    Undecodable(Envelope, DecodeError, Settlement),
+}
+
+/// A decoded delivery.
+struct Ready<M> {
+    key: u64,
+    received: Received<M>,
+    redelivered: bool,
+    settlement: Settlement,
+}
+
+impl<M> Ready<M> {
+    fn id(&self) -> uuid::Uuid {
+        self.received.envelope.message_id
+    }
+}
+
+struct Worker<H> {
+    handler: Arc<H>,
+    settings: Settings,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Worker<H> {
+    /// Feeds deliveries to the lanes until `shutdown`, then lets the lanes finish.
+    async fn dispatch(self, mut deliveries: Deliveries) {
+        let worker = Arc::new(self);
         // One lane per unit of concurrency; a delivery goes to the lane of its ordering key.
         // Lanes need no bound of their own: the prefetch window bounds what is in hand.
-        let mut lanes = Vec::with_capacity(self.config.concurrency.max(1));
+        let mut lanes = Vec::with_capacity(worker.settings.concurrency);
         let mut workers = JoinSet::new();
-        for _ in 0..self.config.concurrency.max(1) {
-            let (lane, mut queued) = mpsc::unbounded_channel::<Delivery>();
+        for _ in 0..worker.settings.concurrency {
+            let (lane, mut queued) = mpsc::unbounded_channel::<Taken<H::Message>>();
             let worker = worker.clone();
             workers.spawn(async move {
                 while let Some(first) = queued.recv().await {
@@ -187,18 +201,19 @@ impl Consumer {
         }
         loop {
             let delivery = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = worker.shutdown.cancelled() => break,
                 delivery = deliveries.next() => match delivery {
                     Some(delivery) => delivery,
                     None => break,
                 },
             };
-            let key = match &delivery.message {
-                Ok(message) => worker.handler.ordering_key(message),
-                Err(_) => 0,
+            let taken = worker.take(delivery);
+            let key = match &taken {
+                Taken::Ready(ready) => ready.key,
+                Taken::Unreadable(..) | Taken::Undecodable(..) => 0,
             };
             let lane = &lanes[(key % lanes.len() as u64) as usize];
-            if lane.send(delivery).is_err() {
+            if lane.send(taken).is_err() {
                 break;
             }
         }
@@ -206,121 +221,138 @@ impl Consumer {
         drop(lanes);
         while workers.join_next().await.is_some() {}
         drop(deliveries);
-        tracing::info!(queue = %self.queue.name, "consumer stopped");
     }
-}
 
-struct Worker {
-    service: &'static str,
-    handler: Arc<dyn Handler>,
-    inbox: Option<Arc<dyn Inbox>>,
-    retry: RetryPolicy,
-    shutdown: CancellationToken,
-}
+    /// Decodes a delivery and finds its ordering key.
+    fn take(&self, delivery: Delivery) -> Taken<H::Message> {
+        let Delivery { message, redelivered, settlement } = delivery;
+        let envelope = match message {
+            Ok(envelope) => envelope,
+            Err(unreadable) => return Taken::Unreadable(unreadable, settlement),
+        };
+        match H::Message::decode(&envelope) {
+            Ok(message) => {
+                let received = Received { envelope, message };
+                let key = self.handler.ordering_key(&received);
+                Taken::Ready(Ready { key, received, redelivered, settlement })
+            }
+            Err(error) => Taken::Undecodable(envelope, error, settlement),
+        }
+    }
 
-impl Worker {
-    /// Handles a lane's batch: runs of readable first deliveries with the same ordering key go
+    /// Handles a lane's batch: runs of decoded first deliveries with the same ordering key go
     /// to [`Handler::handle_many`] together; everything else, and any run it does not take,
     /// one by one.
-    async fn process_all(&self, batch: Vec<Delivery>) {
-        let mut deliveries = batch.into_iter().peekable();
-        while let Some(first) = deliveries.next() {
+    async fn process_all(&self, batch: Vec<Taken<H::Message>>) {
+        let mut taken = batch.into_iter().peekable();
+        while let Some(first) = taken.next() {
+            let first = match first {
+                Taken::Ready(ready) => ready,
+                Taken::Unreadable(error, settlement) => {
+                    let reason = format!("unreadable message: {}", ErrorChain(&error));
+                    self.dead_letter(settlement, "unreadable", Failure { reason, attempts: 0 }).await;
+                    continue;
+                }
+                Taken::Undecodable(envelope, error, settlement) => {
+                    let span = self.span(&envelope);
+                    // The handler cannot read it: as if it had refused it on its first attempt.
+                    let failure = Failure { reason: ErrorChain(&error).to_string(), attempts: 1 };
+                    self.dead_letter(settlement, &envelope.message_type, failure).instrument(span).await;
+                    continue;
+                }
+            };
             let mut run = vec![first];
-            if let Some(key) = self.batch_key(&run[0]) {
+            if !run[0].redelivered {
+                let key = run[0].key;
                 // A copy of a message already in the run ends it: one unit of work must not
                 // consume the same message twice.
-                let mut ids = std::collections::HashSet::from([message_id(&run[0])]);
-                while let Some(next) =
-                    deliveries.next_if(|next| self.batch_key(next) == Some(key) && !ids.contains(&message_id(next)))
-                {
-                    ids.insert(message_id(&next));
+                let mut ids = HashSet::from([run[0].id()]);
+                while let Some(Taken::Ready(next)) = taken.next_if(|next| {
+                    matches!(next, Taken::Ready(next) if !next.redelivered && next.key == key && !ids.contains(&next.id()))
+                }) {
+                    ids.insert(next.id());
                     run.push(next);
                 }
             }
-            if run.len() > 1 && self.process_together(&mut run).await {
-                continue;
+            if run.len() > 1 {
+                match self.process_together(run).await {
+                    Ok(()) => continue,
+                    Err(unsettled) => run = unsettled,
+                }
             }
-            for delivery in run {
-                self.process(delivery).await;
+            for ready in run {
+                self.process(ready).await;
             }
         }
     }
 
-    /// The key under which a delivery may join a batch: readable and delivered for the first time.
-    fn batch_key(&self, delivery: &Delivery) -> Option<u64> {
-        match &delivery.message {
-            Ok(message) if !delivery.redelivered => Some(self.handler.ordering_key(message)),
-            _ => None,
-        }
-    }
-
-    /// One unit of work for the whole run; on success every delivery is acknowledged.
-    async fn process_together(&self, run: &mut Vec<Delivery>) -> bool {
-        let messages: Vec<Envelope> = run.iter().filter_map(|d| d.message.as_ref().ok().cloned()).collect();
+    /// One unit of work for the whole run; on success every delivery is acknowledged, otherwise
+    /// the run is handed back to be handled one by one.
+    async fn process_together(&self, run: Vec<Ready<H::Message>>) -> Result<(), Vec<Ready<H::Message>>> {
         let started = std::time::Instant::now();
+        let messages: Vec<&Received<H::Message>> = run.iter().map(|ready| &ready.received).collect();
         match self.handler.handle_many(&messages).await {
             Some(Ok(())) => {
-                tracing::debug!(count = messages.len(), took = ?started.elapsed(), "handled together");
-                for (delivery, message) in run.drain(..).zip(&messages) {
-                    self.ack(delivery, message, "handled").await;
+                tracing::debug!(count = run.len(), took = ?started.elapsed(), "handled together");
+                for ready in run {
+                    self.ack(ready.settlement, &ready.received.envelope, "handled").await;
                 }
-                true
+                Ok(())
             }
             Some(Err(error)) => {
-                tracing::debug!(count = messages.len(), %error, "batch failed; handling its messages one by one");
-                false
+                tracing::debug!(count = run.len(), error = %ErrorChain(&error), "batch failed; handling its messages one by one");
+                Err(run)
             }
-            None => false,
+            None => Err(run),
         }
     }
 
-    async fn process(&self, delivery: Delivery) {
-        let consumer = self.handler.name();
-        let message = match &delivery.message {
-            Ok(message) => message.clone(),
-            Err(reason) => {
-                let reason = format!("unreadable message: {reason}");
-                return self.dead_letter(delivery, "unreadable", Failure { reason, attempts: 0 }).await;
-            }
-        };
+    fn span(&self, message: &Envelope) -> tracing::Span {
         let trace_id = message
             .traceparent
             .as_deref()
-            .and_then(|header| crate::TraceParent::parse(header).ok())
+            .and_then(|header| TraceParent::parse(header).ok())
             .map(|trace| trace.trace_id_hex())
             .unwrap_or_default();
-        let span = tracing::info_span!(
+        tracing::info_span!(
             "consume",
-            service = self.service,
-            consumer,
+            service = self.settings.service,
+            consumer = self.handler.name(),
             message_type = %message.message_type,
             message_id = %message.message_id,
             correlation_id = %message.correlation_id,
             trace_id,
-        );
-        self.process_message(delivery, &message).instrument(span).await;
+        )
     }
 
-    async fn process_message(&self, delivery: Delivery, message: &Envelope) {
+    async fn process(&self, ready: Ready<H::Message>) {
+        let span = self.span(&ready.received.envelope);
+        self.process_message(ready).instrument(span).await;
+    }
+
+    async fn process_message(&self, ready: Ready<H::Message>) {
+        let Ready { received, redelivered, settlement, .. } = ready;
+        let message = &received.envelope;
         let consumer = self.handler.name();
-        if delivery.redelivered && self.already_consumed(message).await {
-            return self.ack(delivery, message, "duplicate").await;
+        if redelivered && self.already_consumed(message).await {
+            return self.ack(settlement, message, "duplicate").await;
         }
+        let retry = &self.settings.retry;
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let outcome = self.handler.handle(message).await;
+            let outcome = self.handler.handle(&received).await;
             metrics::histogram!("message_handling_seconds", "consumer" => consumer, "type" => message.message_type.clone())
                 .record(started.elapsed().as_secs_f64());
-            let failure = match outcome {
+            let reason = match outcome {
                 Ok(()) => {
                     tracing::debug!(took = ?started.elapsed(), "handled");
-                    return self.ack(delivery, message, "handled").await;
+                    return self.ack(settlement, message, "handled").await;
                 }
-                Err(HandlerError::Permanent(reason)) => reason,
-                Err(HandlerError::Transient(reason)) if attempt < self.retry.max_attempts => {
-                    let pause = self.retry.backoff(attempt);
-                    tracing::warn!(attempt, %reason, retry_in = ?pause, "handler failed; will retry");
+                Err(HandlerError::Permanent(cause)) => ErrorChain(cause.as_ref()).to_string(),
+                Err(HandlerError::Transient(cause)) if attempt < retry.max_attempts => {
+                    let pause = retry.backoff.pause(attempt);
+                    tracing::warn!(attempt, error = %ErrorChain(cause.as_ref()), retry_in = ?pause, "handler failed; will retry");
                     tokio::select! {
                         // Not acknowledged: the broker delivers it again after the restart.
                         _ = self.shutdown.cancelled() => return,
@@ -329,64 +361,47 @@ impl Worker {
                     attempt += 1;
                     continue;
                 }
-                Err(HandlerError::Transient(reason)) => format!("gave up after {attempt} attempts: {reason}"),
+                Err(HandlerError::Transient(cause)) => {
+                    format!("gave up after {attempt} attempts: {}", ErrorChain(cause.as_ref()))
+                }
             };
             // A copy that lost a race with its twin fails on the state its twin left; it is no failure.
             if self.already_consumed(message).await {
-                return self.ack(delivery, message, "duplicate").await;
+                return self.ack(settlement, message, "duplicate").await;
             }
-            let failure = Failure { reason: failure, attempts: attempt };
-            return self.dead_letter(delivery, &message.message_type, failure).await;
+            let failure = Failure { reason, attempts: attempt };
+            return self.dead_letter(settlement, &message.message_type, failure).await;
         }
     }
 
     async fn already_consumed(&self, message: &Envelope) -> bool {
-        let Some(inbox) = &self.inbox else { return false };
+        let Some(inbox) = &self.settings.inbox else { return false };
         match inbox.contains(self.handler.name(), message.message_id).await {
             Ok(found) => found,
             Err(error) => {
-                tracing::warn!(%error, "inbox lookup failed; handling the message anyway");
+                tracing::warn!(error = %ErrorChain(error.as_ref()), "inbox lookup failed; handling the message anyway");
                 false
             }
         }
     }
 
-    async fn ack(&self, delivery: Delivery, message: &Envelope, outcome: &'static str) {
+    async fn ack(&self, settlement: Settlement, message: &Envelope, outcome: &'static str) {
         let consumer = self.handler.name();
         metrics::counter!("messages_consumed_total", "consumer" => consumer, "type" => message.message_type.clone(), "outcome" => outcome)
             .increment(1);
-        if let Err(error) = delivery.ack().await {
+        if let Err(error) = settlement.ack().await {
             // The broker will deliver it again; the inbox makes that harmless.
-            tracing::warn!(%error, "ack failed after the message was handled");
+            tracing::warn!(error = %ErrorChain(&error), "ack failed after the message was handled");
         }
     }
 
-    async fn dead_letter(&self, delivery: Delivery, message_type: &str, failure: Failure) {
+    async fn dead_letter(&self, settlement: Settlement, message_type: &str, failure: Failure) {
         let consumer = self.handler.name();
         tracing::error!(reason = %failure.reason, attempts = failure.attempts, "message moved to the error queue");
         metrics::counter!("messages_dead_lettered_total", "consumer" => consumer, "type" => message_type.to_owned())
             .increment(1);
-        if let Err(error) = delivery.dead_letter(failure).await {
-            tracing::warn!(%error, "could not dead-letter the message; it will be delivered again");
+        if let Err(error) = settlement.dead_letter(failure).await {
+            tracing::warn!(error = %ErrorChain(&error), "could not dead-letter the message; it will be delivered again");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-        };
-        let first = policy.backoff(1);
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
-        let third = policy.backoff(3);
-        assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
-        assert!(policy.backoff(30) <= Duration::from_secs(1));
     }
 }

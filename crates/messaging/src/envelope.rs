@@ -17,6 +17,7 @@ pub struct Envelope {
     pub correlation_id: String,
     /// The message (or request) whose handling produced this one.
     pub causation_id: Option<Uuid>,
+    /// When the fact it reports happened (or the command was issued).
     pub occurred_at: DateTime<Utc>,
     /// W3C trace context, so one order can be followed across both services.
     pub traceparent: Option<String>,
@@ -24,16 +25,52 @@ pub struct Envelope {
     pub payload: Value,
 }
 
+/// Why an envelope does not hold the message a reader expects.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The envelope holds another type than the one asked for.
     #[error("expected a {expected} message, got {actual}")]
-    WrongType { expected: &'static str, actual: String },
-    #[error("body of {message_type} does not match its contract: {source}")]
+    WrongType {
+        /// The type asked for.
+        expected: &'static str,
+        /// The type the envelope holds.
+        actual: String,
+    },
+    /// The envelope's type is none of those a consumer reads (see [`crate::Inbound`]).
+    #[error("no handler for {0}")]
+    UnknownType(String),
+    /// The type is right, the body is not.
+    #[error("body of {message_type} does not match its contract")]
     Body {
+        /// The envelope's type.
         message_type: String,
+        /// What the JSON reader found wrong.
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Why a delivery's envelope could not be read at all (a missing id, a body that is not JSON):
+/// such a message can only be dead-lettered.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableEnvelope {
+    /// A required part of the envelope is absent.
+    #[error("no {0}")]
+    Missing(&'static str),
+    /// An id that must be a UUID is not one.
+    #[error("{field} {value} is not a UUID")]
+    NotAUuid {
+        /// Which id.
+        field: &'static str,
+        /// What it held instead.
+        value: String,
+        /// What the UUID parser found wrong.
+        #[source]
+        source: uuid::Error,
+    },
+    /// The body does not parse as JSON.
+    #[error("body is not JSON")]
+    NotJson(#[source] serde_json::Error),
 }
 
 impl Envelope {
@@ -53,16 +90,21 @@ impl Envelope {
 /// context of that message ([`Causation::from_message`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Causation {
+    /// The business flow new messages belong to.
     pub correlation_id: String,
+    /// The message being handled, if any.
     pub causation_id: Option<Uuid>,
+    /// The trace new messages continue.
     pub trace: TraceParent,
 }
 
 impl Causation {
+    /// A new flow, e.g. started by an HTTP request that carries `trace`.
     pub fn root(correlation_id: impl Into<String>, trace: TraceParent) -> Self {
         Self { correlation_id: correlation_id.into(), causation_id: None, trace }
     }
 
+    /// The context of handling `message`: same flow, caused by it, in its trace.
     pub fn from_message(message: &Envelope) -> Self {
         let trace = message
             .traceparent
@@ -90,15 +132,19 @@ impl Causation {
 /// A W3C `traceparent` (version 00): trace id, parent span id, sampled flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {
+    /// The trace, shared by every span of one journey.
     pub trace_id: u128,
+    /// The parent span.
     pub span_id: u64,
 }
 
+/// A `traceparent` header that does not follow the W3C format (it holds the header).
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("not a W3C traceparent (expected 00-<32 hex>-<16 hex>-<2 hex>): {0:?}")]
 pub struct InvalidTraceParent(pub String);
 
 impl TraceParent {
+    /// A new trace with a random id.
     pub fn new_root() -> Self {
         Self { trace_id: fastrand::u128(1..), span_id: fastrand::u64(1..) }
     }
@@ -108,6 +154,7 @@ impl TraceParent {
         Self { trace_id: self.trace_id, span_id: fastrand::u64(1..) }
     }
 
+    /// Reads a `traceparent` header.
     pub fn parse(header: &str) -> Result<Self, InvalidTraceParent> {
         let invalid = || InvalidTraceParent(header.to_owned());
         let mut parts = header.trim().split('-');

@@ -1,14 +1,19 @@
-//! Reliable messaging between services, as described in DESIGN.md:
+//! Reliable messaging between services:
 //!
 //! - [`Envelope`] and [`Causation`]: the metadata every message carries.
 //! - [`Effects`]: what a unit of work commits beside its aggregate (outbox rows, scheduled-message
 //!   cancellations, the inbox record), committed atomically by [`postgres::commit`].
 //! - [`postgres::Relay`]: publishes committed outbox rows through a [`Transport`].
-//! - [`consumer`]: the runtime that feeds deliveries to handlers with retries and dead letters.
+//! - [`Inbound`], [`Handler`] and [`BatchHandler`]: what application code implements to consume
+//!   messages; [`Consumer`] runs one with retries and dead letters.
 //! - [`transport`]: the port and its RabbitMQ and in-memory adapters.
+//! - [`Backoff`]: how every retry loop waits.
+#![warn(missing_docs)]
 
+pub mod backoff;
 pub mod consumer;
 pub mod envelope;
+pub mod handler;
 pub mod postgres;
 pub mod transport;
 pub mod unit_of_work;
@@ -16,12 +21,34 @@ pub mod unit_of_work;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use consumer::{Consumer, ConsumerConfig, Handler, HandlerError, RetryPolicy};
-pub use envelope::{Causation, DecodeError, Envelope, TraceParent};
+pub use backoff::{Backoff, Jitter};
+pub use consumer::{Consumer, ConsumerConfig, RetryPolicy};
+pub use contracts::Message;
+pub use envelope::{Causation, DecodeError, Envelope, TraceParent, UnreadableEnvelope};
+pub use handler::{BatchHandler, Handler, HandlerError, Inbound, IsTransient, Received, hash};
 pub use transport::{Naming, Transport, TransportError};
 pub use unit_of_work::{
-    BoxError, Consumed, Effects, Inbox, IsConflict, Outgoing, SaveError, applied, retry_on_conflict,
+    BoxError, Consumed, Effects, Inbox, IsConflict, LoadError, Outgoing, SaveError, applied, retry_on_conflict,
 };
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// An error with its causes, written `error: cause: cause of the cause`, for logs and for the
+/// reasons of dead letters.
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
 
 /// A connection URL without its password, for logs and error messages.
 pub fn redact_url(url: &str) -> String {
@@ -41,5 +68,14 @@ mod tests {
         assert_eq!(super::redact_url("amqp://guest:secret@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
         assert_eq!(super::redact_url("postgres://postgres@127.0.0.1/shop"), "postgres://postgres:***@127.0.0.1/shop");
         assert_eq!(super::redact_url("amqp://host"), "amqp://host");
+    }
+
+    #[test]
+    fn an_error_chain_names_every_cause() {
+        let error = crate::LoadError::corrupt("order 7", "unknown status \"lost\"");
+        assert_eq!(
+            super::ErrorChain(&error).to_string(),
+            "stored order 7 cannot be read back: unknown status \"lost\""
+        );
     }
 }

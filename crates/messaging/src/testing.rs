@@ -18,8 +18,11 @@ pub fn amqp_url() -> String {
 
 /// A database that exists for the lifetime of this value.
 pub struct TestDatabase {
+    /// Its name (unique).
     pub name: String,
+    /// Its URL.
     pub url: String,
+    /// A pool of connections to it.
     pub pool: PgPool,
 }
 

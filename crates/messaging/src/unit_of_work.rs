@@ -2,32 +2,40 @@
 //! produced (the outbox side), the scheduled messages it cancels, and the message it consumed
 //! (the inbox side). No I/O here; the PostgreSQL adapter is [`crate::postgres`].
 
+use crate::backoff::{Backoff, Jitter};
 use crate::envelope::Envelope;
+use crate::handler::IsTransient;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::error::Error as StdError;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Any error, boxed: the cause a typed error carries when its type does not matter to callers.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// A message to send once the transaction commits, possibly not before a given time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
+    /// The message.
     pub envelope: Envelope,
+    /// Not published before this time; `None`: as soon as committed.
     pub deliver_after: Option<DateTime<Utc>>,
 }
 
 /// The message being handled, recorded so that a second copy is skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Consumed<'a> {
+    /// The consumer that applied it (its handler's name).
     pub consumer: &'a str,
+    /// The message's id.
     pub message_id: Uuid,
 }
 
 /// Everything a unit of work commits besides the aggregate itself.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Effects<'a> {
+    /// Messages to send.
     pub outgoing: Vec<Outgoing>,
     /// Ids of scheduled messages to withdraw (if not sent yet).
     pub cancelled: Vec<Uuid>,
@@ -37,6 +45,7 @@ pub struct Effects<'a> {
 }
 
 impl<'a> Effects<'a> {
+    /// No effects yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -59,16 +68,19 @@ impl<'a> Effects<'a> {
         self.outgoing.is_empty() && self.cancelled.is_empty() && self.consumed.is_empty()
     }
 
+    /// Sends `envelope` once the unit of work commits.
     pub fn send(&mut self, envelope: Envelope) -> &mut Self {
         self.outgoing.push(Outgoing { envelope, deliver_after: None });
         self
     }
 
+    /// Sends `envelope` once the unit of work commits, not before `deliver_after`.
     pub fn schedule(&mut self, envelope: Envelope, deliver_after: DateTime<Utc>) -> &mut Self {
         self.outgoing.push(Outgoing { envelope, deliver_after: Some(deliver_after) });
         self
     }
 
+    /// Withdraws a scheduled message, if it was not sent yet.
     pub fn cancel_scheduled(&mut self, message_id: Uuid) -> &mut Self {
         self.cancelled.push(message_id);
         self
@@ -86,24 +98,60 @@ pub enum SaveError {
     #[error("message already consumed")]
     AlreadyConsumed,
     /// The database could not be reached or gave up (connection, timeout, deadlock).
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable")]
     Unavailable(#[source] BoxError),
     /// The database refused the write (a constraint); retrying will not help.
-    #[error("database refused the write: {0}")]
+    #[error("database refused the write")]
     Refused(#[source] BoxError),
 }
 
-impl SaveError {
-    /// Whether trying again later may succeed (the store was in the way), rather than never.
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, SaveError::Refused(_))
+impl IsTransient for SaveError {
+    /// Trying again later may succeed (the store was in the way), unless the write was refused.
+    fn is_transient(&self) -> bool {
+        match self {
+            SaveError::Conflict | SaveError::AlreadyConsumed | SaveError::Unavailable(_) => true,
+            SaveError::Refused(_) => false,
+        }
     }
 }
 
-impl From<BoxError> for SaveError {
-    /// A store that could not even be read is unavailable.
-    fn from(error: BoxError) -> Self {
-        SaveError::Unavailable(error)
+/// Why a store could not read what it was asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The database could not be reached or gave up: reading again later may work.
+    #[error("database unavailable")]
+    Unavailable(#[source] BoxError),
+    /// What is stored does not restore into a valid value (a damaged row, or a defect of the code
+    /// that wrote it): reading it again fails the same way.
+    #[error("stored {what} cannot be read back")]
+    Corrupt {
+        /// What was being read, e.g. `order 0190…`.
+        what: String,
+        /// Why it does not restore.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl LoadError {
+    /// The database was in the way.
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        LoadError::Unavailable(error.into())
+    }
+
+    /// The stored `what` does not restore, because of `error`.
+    pub fn corrupt(what: impl Into<String>, error: impl Into<BoxError>) -> Self {
+        LoadError::Corrupt { what: what.into(), source: error.into() }
+    }
+}
+
+impl IsTransient for LoadError {
+    /// Only an unreachable database may answer better later; corrupt data stays corrupt.
+    fn is_transient(&self) -> bool {
+        match self {
+            LoadError::Unavailable(_) => true,
+            LoadError::Corrupt { .. } => false,
+        }
     }
 }
 
@@ -120,6 +168,7 @@ pub fn applied(effects: &Effects<'_>, outcome: Result<(), SaveError>) -> Result<
 
 /// Whether an error means "load again and retry": an optimistic-concurrency conflict.
 pub trait IsConflict {
+    /// Whether this is a conflict with a concurrent writer.
     fn is_conflict(&self) -> bool;
 }
 
@@ -138,13 +187,14 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     const MAX_ATTEMPTS: u32 = 50;
+    const BACKOFF: Backoff =
+        Backoff::new(Duration::from_millis(4), Duration::from_millis(128)).with_jitter(Jitter::Full);
     let mut tries = 1;
     loop {
         match attempt().await {
             Err(error) if error.is_conflict() && tries < MAX_ATTEMPTS => {
                 metrics::counter!("concurrency_conflicts_total").increment(1);
-                let ceiling_ms = 2u64 << tries.min(6);
-                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..ceiling_ms * 1000))).await;
+                tokio::time::sleep(BACKOFF.pause(tries)).await;
                 tries += 1;
             }
             outcome => return outcome,
@@ -155,6 +205,7 @@ where
 /// Read side of the inbox: lets the consumer runtime skip a copy it has already applied.
 #[async_trait]
 pub trait Inbox: Send + Sync {
+    /// Whether `consumer` applied the message `message_id` already.
     async fn contains(&self, consumer: &str, message_id: Uuid) -> Result<bool, BoxError>;
 }
 

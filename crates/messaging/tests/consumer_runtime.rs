@@ -6,7 +6,8 @@ use contracts::order::OrderShipped;
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::{DeadLetters, Transport};
 use messaging::{
-    Causation, Consumer, ConsumerConfig, Envelope, Handler, HandlerError, Naming, RetryPolicy, TraceParent,
+    Backoff, Causation, Consumer, ConsumerConfig, Envelope, Handler, HandlerError, Naming, Received, RetryPolicy,
+    TraceParent,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +17,12 @@ use uuid::Uuid;
 
 fn shipped(correlation: &str) -> Envelope {
     Causation::root(correlation, TraceParent::new_root()).envelope(&OrderShipped { order_id: Uuid::now_v7() })
+}
+
+messaging::inbound! {
+    enum Shipping {
+        Shipped(OrderShipped),
+    }
 }
 
 /// Records single and batched handling; the first message it sees blocks until released, so
@@ -39,33 +46,31 @@ impl Recorder {
 
 #[async_trait]
 impl Handler for Recorder {
+    type Message = Shipping;
+
     fn name(&self) -> &'static str {
         "recorder"
     }
 
-    fn message_types(&self) -> Vec<&'static str> {
-        vec!["order.shipped.v1"]
-    }
-
-    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
+    async fn handle(&self, message: &Received<Shipping>) -> Result<(), HandlerError> {
         if self.singles.lock().unwrap().is_empty() && self.batches.lock().unwrap().is_empty() {
             self.gate.acquire().await.unwrap().forget();
         }
-        if message.correlation_id == "poison" {
-            return Err(HandlerError::Permanent("poison".into()));
+        if message.envelope.correlation_id == "poison" {
+            return Err(HandlerError::permanent("poison"));
         }
-        self.singles.lock().unwrap().push(message.message_id);
+        self.singles.lock().unwrap().push(message.envelope.message_id);
         Ok(())
     }
 
-    async fn handle_many(&self, messages: &[Envelope]) -> Option<Result<(), HandlerError>> {
+    async fn handle_many(&self, messages: &[&Received<Shipping>]) -> Option<Result<(), HandlerError>> {
         if !self.batching {
             return None;
         }
-        if messages.iter().any(|m| m.correlation_id == "poison") {
-            return Some(Err(HandlerError::Permanent("a poison message in the batch".into())));
+        if messages.iter().any(|m| m.envelope.correlation_id == "poison") {
+            return Some(Err(HandlerError::permanent("a poison message in the batch")));
         }
-        self.batches.lock().unwrap().push(messages.iter().map(|m| m.message_id).collect());
+        self.batches.lock().unwrap().push(messages.iter().map(|m| m.envelope.message_id).collect());
         Some(Ok(()))
     }
 }
@@ -77,8 +82,7 @@ async fn run(handler: Arc<Recorder>, messages: Vec<Envelope>) -> MemoryTransport
         prefetch: 64,
         retry: RetryPolicy {
             max_attempts: 2,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
         },
     };
     let consumer = Consumer::new("test", &Naming::new("t"), handler.clone(), config);
@@ -160,4 +164,33 @@ async fn a_batch_never_holds_two_copies_of_one_message() {
         assert_eq!(ids.len(), batch.len(), "a batch with a message twice: {batch:?}");
     }
     assert_eq!(handler.handled(), 4, "every delivery, copies included, reached the handler once");
+}
+
+#[tokio::test]
+async fn a_message_the_handler_cannot_read_is_dead_lettered_without_reaching_it() {
+    let handler = Recorder::new(true);
+    let transport = MemoryTransport::new();
+    let consumer = Consumer::new("test", &Naming::new("t"), handler.clone(), ConsumerConfig::default());
+    transport.declare(consumer.queue()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
+    let mut broken = shipped("order-1");
+    broken.payload = serde_json::json!({ "orderId": "not an id" });
+    transport.publish(std::slice::from_ref(&broken)).await.unwrap();
+
+    let mut letters = Vec::new();
+    messaging::testing::eventually(Duration::from_secs(5), "the message is dead-lettered", async || {
+        letters = transport.list("t.test.recorder.error").await.unwrap();
+        !letters.is_empty()
+    })
+    .await;
+    assert_eq!(handler.handled(), 0);
+    assert_eq!((letters[0].message_id.clone(), letters[0].attempts), (Some(broken.message_id.to_string()), 1));
+    assert!(
+        letters[0].reason.starts_with("body of order.shipped.v1 does not match its contract: "),
+        "{}",
+        letters[0].reason
+    );
+    shutdown.cancel();
+    running.await.unwrap();
 }

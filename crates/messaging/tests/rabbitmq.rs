@@ -12,7 +12,7 @@ use messaging::testing::eventually;
 use messaging::testing::{amqp_url, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::transport::{DeadLetters, QueueSpec, Transport};
-use messaging::{Consumer, ConsumerConfig, Effects, Handler, RetryPolicy};
+use messaging::{Backoff, Consumer, ConsumerConfig, Effects, Handler, RetryPolicy};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,7 +49,7 @@ async fn every_contract_message_round_trips_through_the_broker() {
     let mut received = HashMap::new();
     while received.len() < sent.len() {
         let delivery = tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await.unwrap().unwrap();
-        let envelope = delivery.message.clone().unwrap();
+        let envelope = delivery.message.as_ref().unwrap().clone();
         delivery.ack().await.unwrap();
         received.insert(envelope.message_id, envelope);
     }
@@ -145,7 +145,8 @@ async fn poison_messages_go_to_the_error_queue_while_good_ones_flow() {
 #[tokio::test]
 async fn transient_failures_are_retried_then_dead_lettered_with_the_attempt_count() {
     use async_trait::async_trait;
-    use messaging::{Envelope, HandlerError};
+    use common::Shipping;
+    use messaging::{HandlerError, Received};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     struct Flaky {
@@ -153,25 +154,20 @@ async fn transient_failures_are_retried_then_dead_lettered_with_the_attempt_coun
     }
     #[async_trait]
     impl Handler for Flaky {
+        type Message = Shipping;
         fn name(&self) -> &'static str {
             "flaky"
         }
-        fn message_types(&self) -> Vec<&'static str> {
-            vec!["order.shipped.v1"]
-        }
-        async fn handle(&self, _: &Envelope) -> Result<(), HandlerError> {
+        async fn handle(&self, _: &Received<Shipping>) -> Result<(), HandlerError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            Err(HandlerError::Transient("database away".into()))
+            Err(HandlerError::transient("database away"))
         }
     }
 
     let transport = transport().await;
     let handler = Arc::new(Flaky { calls: AtomicU32::new(0) });
-    let retry = RetryPolicy {
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-    };
+    let retry =
+        RetryPolicy { max_attempts: 3, backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)) };
     let consumer =
         Consumer::new("test", transport.naming(), handler.clone(), ConsumerConfig { retry, ..Default::default() });
     let spec = consumer.queue().clone();

@@ -1,8 +1,8 @@
 //! The order service's PostgreSQL stores against the real database, one database per test.
 
 use messaging::testing::TestDatabase;
-use messaging::{Causation, Effects, SaveError, TraceParent};
-use order::application::{Catalog, OrderFilter, OrderStore};
+use messaging::{Causation, Effects, HandlerError, LoadError, SaveError, TraceParent};
+use order::application::{AppError, Catalog, OrderFilter, OrderStore};
 use order::domain::{CatalogItem, CustomerId, Order, OrderId, OrderStatus, ProductId, Quantity};
 use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
 use uuid::Uuid;
@@ -142,4 +142,35 @@ async fn the_catalog_keeps_the_newest_version_of_a_product() {
     catalog.upsert(&item(7, "6.00"), 3, &Effects::new()).await.unwrap();
     assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "6.00");
     assert_eq!(catalog.list().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable() {
+    let db = database().await;
+    let store = PgOrderStore::new(db.pool.clone());
+    let order = draft();
+    store.save(&order, None, &Effects::new()).await.unwrap();
+    let line = r#"[{"product_id": 0, "product_name": "ghost", "unit_price": "1.00", "quantity": 1}]"#;
+    sqlx::query("UPDATE orders SET lines = $2::jsonb WHERE id = $1")
+        .bind(order.id().as_uuid())
+        .bind(line)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let corrupt = store.load(order.id()).await.unwrap_err();
+    let expected = format!("order {}", order.id());
+    assert!(matches!(&corrupt, LoadError::Corrupt { what, .. } if *what == expected), "{corrupt:?}");
+    assert!(
+        matches!(HandlerError::from(AppError::from(corrupt)), HandlerError::Permanent(_)),
+        "retrying cannot mend it"
+    );
+
+    let away = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(300))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    let unavailable = PgOrderStore::new(away).load(order.id()).await.unwrap_err();
+    assert!(matches!(unavailable, LoadError::Unavailable(_)), "{unavailable:?}");
+    assert!(matches!(HandlerError::from(AppError::from(unavailable)), HandlerError::Transient(_)));
 }

@@ -31,11 +31,6 @@ impl RunningService {
         self.shutdown.cancel();
         let _ = self.done.await;
     }
-
-    /// Resolves when the service has stopped.
-    pub async fn stopped(&mut self) {
-        let _ = (&mut self.done).await;
-    }
 }
 
 /// What the services of one process share: the broker and its names, the tuning, the metrics.
@@ -51,7 +46,7 @@ pub struct Runtime {
 struct ServiceParts {
     name: &'static str,
     pool: PgPool,
-    handlers: Vec<Arc<dyn Handler>>,
+    consumers: Vec<Consumer>,
     api: axum::Router,
     openapi: utoipa::openapi::OpenApi,
     http_addr: SocketAddr,
@@ -65,13 +60,14 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let orders = Arc::new(PgOrderStore::new(pool.clone()));
     let catalog = Arc::new(PgCatalog::new(pool.clone()));
     let service = Arc::new(OrderService::new(orders.clone(), catalog.clone()));
-    let handlers: Vec<Arc<dyn Handler>> =
-        vec![Arc::new(CatalogHandler::new(catalog)), Arc::new(ReservationOutcomeHandler::new(orders))];
+    let consumers = Consumers::new(SERVICE, runtime, &pool);
+    let consumers =
+        vec![consumers.of(CatalogHandler::new(catalog)), consumers.of(ReservationOutcomeHandler::new(orders))];
     let api = order::http::router(service);
     let parts = ServiceParts {
         name: SERVICE,
         pool,
-        handlers,
+        consumers,
         api,
         openapi: order::http::ApiDoc::openapi(),
         http_addr: settings.http_addr,
@@ -87,13 +83,38 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     let products = Arc::new(PgProductStore::new(pool.clone()));
     let sagas = Arc::new(PgSagaStore::new(pool.clone()));
     let service = Arc::new(ProductService::new(products.clone(), sagas.clone()));
-    let handlers: Vec<Arc<dyn Handler>> = vec![
-        Arc::new(ReservationSagaHandler::new(sagas, settings.reservation_timeout)),
-        Arc::new(StockHandler::new(products)),
+    let consumers = Consumers::new(SERVICE, runtime, &pool);
+    let consumers = vec![
+        consumers.of(ReservationSagaHandler::new(sagas, settings.reservation_timeout)),
+        consumers.of(StockHandler::new(products)),
     ];
     let api = inventory::http::router(service);
     let openapi = inventory::http::ApiDoc::openapi();
-    run(ServiceParts { name: SERVICE, pool, handlers, api, openapi, http_addr: settings.http_addr }, runtime).await
+    run(ServiceParts { name: SERVICE, pool, consumers, api, openapi, http_addr: settings.http_addr }, runtime).await
+}
+
+/// Makes the consumers of one service: queues under the runtime's names, its tuning, the
+/// service's inbox.
+struct Consumers {
+    service: &'static str,
+    naming: Naming,
+    config: ConsumerConfig,
+    inbox: Arc<PgInbox>,
+}
+
+impl Consumers {
+    fn new(service: &'static str, runtime: &Runtime, pool: &PgPool) -> Self {
+        let config = ConsumerConfig {
+            concurrency: runtime.tuning.consumer_concurrency,
+            prefetch: runtime.tuning.prefetch,
+            retry: RetryPolicy::default(),
+        };
+        Self { service, naming: runtime.naming.clone(), config, inbox: Arc::new(PgInbox::new(pool.clone())) }
+    }
+
+    fn of<H: Handler>(&self, handler: H) -> Consumer {
+        Consumer::new(self.service, &self.naming, Arc::new(handler), self.config.clone()).with_inbox(self.inbox.clone())
+    }
 }
 
 /// Opens the service's database (creating it if needed) and brings its schema up to date.
@@ -111,8 +132,8 @@ pub async fn database(
 }
 
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, pool, handlers, api, openapi, http_addr } = parts;
-    let Runtime { transport, naming, tuning, metrics } = runtime.clone();
+    let ServiceParts { name, pool, consumers, api, openapi, http_addr } = parts;
+    let Runtime { transport, tuning, metrics, .. } = runtime.clone();
     let http = HttpApp {
         service: name,
         api,
@@ -121,16 +142,6 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         metrics,
         request_timeout: tuning.request_timeout,
     };
-    let consumer_config = ConsumerConfig {
-        concurrency: tuning.consumer_concurrency,
-        prefetch: tuning.prefetch,
-        retry: RetryPolicy::default(),
-    };
-    let inbox = Arc::new(PgInbox::new(pool.clone()));
-    let consumers: Vec<Consumer> = handlers
-        .into_iter()
-        .map(|handler| Consumer::new(name, &naming, handler, consumer_config.clone()).with_inbox(inbox.clone()))
-        .collect();
     // Queues exist before the first request, so nothing this service is sent is unroutable.
     for consumer in &consumers {
         transport

@@ -69,9 +69,13 @@ fn the_application_talks_to_ports_not_to_drivers() {
 
 #[tokio::test]
 async fn every_integration_message_has_a_consumer_and_every_consumer_is_known() {
-    use messaging::Handler;
+    use messaging::{Consumer, ConsumerConfig, Handler, Naming};
     use std::sync::Arc;
     use std::time::Duration;
+
+    fn consumer<H: Handler>(service: &'static str, handler: H) -> (&'static str, Consumer) {
+        (service, Consumer::new(service, &Naming::new("shop"), Arc::new(handler), ConsumerConfig::default()))
+    }
 
     // Handlers only need their stores to handle messages; a pool that never connects will do.
     let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
@@ -79,16 +83,17 @@ async fn every_integration_message_has_a_consumer_and_every_consumer_is_known() 
     let catalog = Arc::new(order::infrastructure::PgCatalog::new(pool.clone()));
     let products = Arc::new(inventory::infrastructure::PgProductStore::new(pool.clone()));
     let sagas = Arc::new(inventory::infrastructure::PgSagaStore::new(pool));
-    let handlers: Vec<(&str, Arc<dyn Handler>)> = vec![
-        ("order", Arc::new(order::application::CatalogHandler::new(catalog))),
-        ("order", Arc::new(order::application::ReservationOutcomeHandler::new(orders))),
-        ("inventory", Arc::new(inventory::application::ReservationSagaHandler::new(sagas, Duration::from_secs(1)))),
-        ("inventory", Arc::new(inventory::application::StockHandler::new(products))),
+    let consumers = [
+        consumer("order", order::application::CatalogHandler::new(catalog)),
+        consumer("order", order::application::ReservationOutcomeHandler::new(orders)),
+        consumer("inventory", inventory::application::ReservationSagaHandler::new(sagas, Duration::from_secs(1))),
+        consumer("inventory", inventory::application::StockHandler::new(products)),
     ];
-    let consumed: Vec<&str> = handlers.iter().flat_map(|(_, handler)| handler.message_types()).collect();
+    let consumed: Vec<&str> =
+        consumers.iter().flat_map(|(_, consumer)| &consumer.queue().message_types).map(String::as_str).collect();
     for (message_type, _) in contracts::samples() {
         assert!(consumed.contains(&message_type), "{message_type} has no consumer: it would never leave the outbox");
     }
-    let named: Vec<(&str, &str)> = handlers.iter().map(|(service, handler)| (*service, handler.name())).collect();
+    let named: Vec<(&str, &str)> = consumers.iter().map(|(service, consumer)| (*service, consumer.name())).collect();
     assert_eq!(named, shop::topology::CONSUMERS, "the dead-letter tools must know every consumer");
 }

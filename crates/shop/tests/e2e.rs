@@ -155,6 +155,50 @@ async fn shipping_a_confirmed_order_deducts_its_stock() {
 }
 
 #[tokio::test]
+async fn a_damaged_saga_row_answers_500_and_its_next_message_is_dead_lettered_at_once() {
+    let system = System::start().await;
+    let product = system.product("Vase", "12.00", 3).await;
+    let order = system.placed_order(&[(product, 1)]).await;
+    assert_eq!(system.settled(&order).await["status"], "confirmed");
+    system.reservation_in(&order, "reserved").await;
+    // A line that names no product: the row no longer restores into a saga.
+    sqlx::query(
+        "UPDATE reservation_sagas SET lines = '[{\"productId\": 0, \"quantity\": 1, \"status\": \"reserved\"}]' \
+         WHERE order_id = $1",
+    )
+    .bind(Uuid::parse_str(&order).unwrap())
+    .execute(&system.inventory_db.pool)
+    .await
+    .unwrap();
+
+    let response = system.http.get(system.inventory_url(&format!("/api/reservations/{order}"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        (problem["status"].clone(), problem["type"].clone()),
+        (json!(500), json!("https://shop.example/problems/internal"))
+    );
+    assert_eq!(problem["detail"], "an unexpected error occurred", "the cause stays in the log");
+
+    let (status, _) = system.command(&order, "ship", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut letters = Vec::new();
+    eventually(Duration::from_secs(10), "the saga's order.shipped is dead-lettered", async || {
+        letters = system.dead_letters("inventory", "saga").await;
+        !letters.is_empty()
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].message_type.as_deref(), Some("order.shipped.v1"));
+    assert_eq!(letters[0].attempts, 1, "damaged data is not retried as if the database were away");
+    let reason = &letters[0].reason;
+    assert!(reason.contains(&format!("stored saga of order {order} cannot be read back")), "{reason}");
+    assert!(reason.contains("a product id is a positive integer (got 0)"), "{reason}");
+    system.stop().await;
+}
+
+#[tokio::test]
 async fn fifty_concurrent_orders_for_twenty_units_confirm_exactly_twenty() {
     let system = System::start().await;
     let product = system.product("Limited edition", "99.00", 20).await;

@@ -1,6 +1,6 @@
 use super::saga::SagaError;
 use crate::domain::{OrderId, ProductError, ProductId};
-use messaging::{BoxError, HandlerError, IsConflict, SaveError};
+use messaging::{BoxError, IsConflict, IsTransient, LoadError, SaveError};
 
 /// Why an inventory command or message was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -13,29 +13,41 @@ pub enum AppError {
     Rule(#[from] ProductError),
     #[error(transparent)]
     Saga(#[from] SagaError),
-    /// The store was in the way (still conflicting after the retries, unreachable, ...).
+    /// A message carries a value the domain refuses (a product id of 0, say): a defect upstream.
+    #[error("the message carries an invalid value")]
+    InvalidMessage(#[source] BoxError),
+    /// The store could not be read (unreachable), or holds what cannot be read back (corrupt).
     #[error(transparent)]
-    Storage(#[from] SaveError),
+    Load(#[from] LoadError),
+    /// The store was in the way of a save (still conflicting after the retries, unreachable, ...).
+    #[error(transparent)]
+    Save(#[from] SaveError),
 }
 
-impl From<BoxError> for AppError {
-    fn from(error: BoxError) -> Self {
-        AppError::Storage(error.into())
+impl AppError {
+    /// A message that carries a value the domain refuses, because of `error`.
+    pub fn invalid_message(error: impl Into<BoxError>) -> Self {
+        AppError::InvalidMessage(error.into())
     }
 }
 
 impl IsConflict for AppError {
     fn is_conflict(&self) -> bool {
-        matches!(self, AppError::Storage(SaveError::Conflict))
+        matches!(self, AppError::Save(SaveError::Conflict))
     }
 }
 
-impl From<AppError> for HandlerError {
-    /// Whether a message handler should try again: only when storage was in the way.
-    fn from(error: AppError) -> Self {
-        match error {
-            AppError::Storage(storage) if storage.is_transient() => HandlerError::Transient(storage.to_string()),
-            other => HandlerError::Permanent(other.to_string()),
+impl IsTransient for AppError {
+    /// Whether a message handler should try again: only when a store was in the way.
+    fn is_transient(&self) -> bool {
+        match self {
+            AppError::Load(error) => error.is_transient(),
+            AppError::Save(error) => error.is_transient(),
+            AppError::ProductNotFound(_)
+            | AppError::ReservationNotFound(_)
+            | AppError::Rule(_)
+            | AppError::Saga(_)
+            | AppError::InvalidMessage(_) => false,
         }
     }
 }

@@ -11,9 +11,9 @@ mod stock_handler;
 pub use error::AppError;
 pub use ports::{ProductStore, ProductSummary, SagaStore};
 pub use products::{NewProduct, ProductService};
-pub use saga::{ReservationSaga, SagaState};
-pub use saga_handler::ReservationSagaHandler;
-pub use stock_handler::StockHandler;
+pub use saga::{ReservationSaga, SagaLine, SagaState};
+pub use saga_handler::{ReservationSagaHandler, SagaMessage};
+pub use stock_handler::{StockCommand, StockHandler};
 
 /// Names this service's queues and log lines.
 pub const SERVICE: &str = "inventory";

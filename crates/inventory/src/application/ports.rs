@@ -4,14 +4,15 @@
 use super::saga::ReservationSaga;
 use crate::domain::{Money, OrderId, Product, ProductEvent, ProductId};
 use async_trait::async_trait;
-use messaging::{BoxError, Effects, SaveError};
+use messaging::{Effects, LoadError, SaveError};
 
 #[async_trait]
 pub trait ProductStore: Send + Sync {
     /// A fresh product id.
-    async fn next_id(&self) -> Result<ProductId, BoxError>;
+    async fn next_id(&self) -> Result<ProductId, LoadError>;
 
-    async fn load(&self, id: ProductId) -> Result<Option<Product>, BoxError>;
+    /// The product, if it exists. A stored product that does not restore is [`LoadError::Corrupt`].
+    async fn load(&self, id: ProductId) -> Result<Option<Product>, LoadError>;
 
     /// Saves the product if it is still at the version it was loaded at (0 for a new one).
     /// `changes` are the events it raised since: they say which reservations to write.
@@ -21,7 +22,7 @@ pub trait ProductStore: Send + Sync {
     async fn commit(&self, effects: &Effects<'_>) -> Result<(), SaveError>;
 
     /// Products by id, `limit` at a time, continuing after an id.
-    async fn list(&self, after: Option<ProductId>, limit: u32) -> Result<Vec<ProductSummary>, BoxError>;
+    async fn list(&self, after: Option<ProductId>, limit: u32) -> Result<Vec<ProductSummary>, LoadError>;
 }
 
 /// A product as listed: its stock figures without the individual reservations.
@@ -37,7 +38,9 @@ pub struct ProductSummary {
 
 #[async_trait]
 pub trait SagaStore: Send + Sync {
-    async fn load(&self, order_id: OrderId) -> Result<Option<ReservationSaga>, BoxError>;
+    /// The saga of an order, if inventory heard of the order. A stored saga that does not
+    /// restore is [`LoadError::Corrupt`].
+    async fn load(&self, order_id: OrderId) -> Result<Option<ReservationSaga>, LoadError>;
 
     /// Saves the saga if it is still at the version it was loaded at (0 for a new one).
     async fn save(&self, saga: &ReservationSaga, effects: &Effects<'_>) -> Result<(), SaveError>;

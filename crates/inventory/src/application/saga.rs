@@ -16,10 +16,10 @@
 
 use crate::domain::{OrderId, ProductId, Quantity};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Where a reservation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaState {
     /// Waiting for the answers of the stock handler.
     Reserving,
@@ -51,8 +51,8 @@ impl SagaState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "status")]
+/// Where one line of the order is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineStatus {
     /// Reserve command sent, no answer yet.
     Pending,
@@ -64,12 +64,11 @@ pub enum LineStatus {
     Deducted,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// One line of the order: a product, the units it needs, and where its reservation is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaLine {
-    pub product_id: i64,
-    pub quantity: u32,
-    #[serde(flatten)]
+    pub product_id: ProductId,
+    pub quantity: Quantity,
     pub status: LineStatus,
 }
 
@@ -80,7 +79,7 @@ pub enum Action {
     Release { product_id: ProductId },
     Deduct { product_id: ProductId },
     ScheduleTimeout { at: DateTime<Utc> },
-    CancelTimeout { message_id: uuid::Uuid },
+    CancelTimeout { message_id: Uuid },
     PublishCompleted,
     PublishFailed { reason: String },
 }
@@ -94,17 +93,18 @@ pub enum SagaError {
     UnknownLine { order_id: OrderId, product_id: ProductId },
 }
 
+/// The reservation of one order's stock: its state, each line's reservation, and why it failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservationSaga {
-    pub order_id: OrderId,
-    pub state: SagaState,
-    pub lines: Vec<SagaLine>,
-    pub failure_reason: Option<String>,
+    order_id: OrderId,
+    state: SagaState,
+    lines: Vec<SagaLine>,
+    failure_reason: Option<String>,
     /// The scheduled timeout message, withdrawn once the outcome is known.
-    pub timeout_message_id: Option<uuid::Uuid>,
-    pub started_at: DateTime<Utc>,
-    /// Version it was loaded at; 0 for a new instance.
-    pub version: i64,
+    timeout_message_id: Option<Uuid>,
+    started_at: DateTime<Utc>,
+    /// The version this copy was loaded at (0 for a new instance); stores save against it.
+    version: i64,
 }
 
 pub const REASON_ORDER_CANCELLED: &str = "order cancelled";
@@ -122,11 +122,7 @@ impl ReservationSaga {
             state: SagaState::Reserving,
             lines: lines
                 .iter()
-                .map(|(product_id, quantity)| SagaLine {
-                    product_id: product_id.get(),
-                    quantity: quantity.get(),
-                    status: LineStatus::Pending,
-                })
+                .map(|&(product_id, quantity)| SagaLine { product_id, quantity, status: LineStatus::Pending })
                 .collect(),
             failure_reason: None,
             timeout_message_id: None,
@@ -157,6 +153,58 @@ impl ReservationSaga {
             started_at: now,
             version: 0,
         }
+    }
+
+    /// Rebuilds a saga from storage.
+    pub fn restore(
+        order_id: OrderId,
+        state: SagaState,
+        lines: Vec<SagaLine>,
+        failure_reason: Option<String>,
+        timeout_message_id: Option<Uuid>,
+        started_at: DateTime<Utc>,
+        version: i64,
+    ) -> Self {
+        Self { order_id, state, lines, failure_reason, timeout_message_id, started_at, version }
+    }
+
+    /// Notes the id of the timeout message the handler scheduled, to withdraw it once the
+    /// outcome is known.
+    pub fn timeout_scheduled(&mut self, message_id: Uuid) {
+        self.timeout_message_id = Some(message_id);
+    }
+
+    /// Notes that a store saved this copy: it is now one version further.
+    pub fn record_saved(&mut self) {
+        self.version += 1;
+    }
+
+    pub fn order_id(&self) -> OrderId {
+        self.order_id
+    }
+
+    pub fn state(&self) -> SagaState {
+        self.state
+    }
+
+    pub fn lines(&self) -> &[SagaLine] {
+        &self.lines
+    }
+
+    pub fn failure_reason(&self) -> Option<&str> {
+        self.failure_reason.as_deref()
+    }
+
+    pub fn timeout_message_id(&self) -> Option<Uuid> {
+        self.timeout_message_id
+    }
+
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    pub fn version(&self) -> i64 {
+        self.version
     }
 
     pub fn on_stock_reserved(&mut self, product_id: ProductId) -> Result<Vec<Action>, SagaError> {
@@ -224,7 +272,7 @@ impl ReservationSaga {
                     .filter(|line| line.status == LineStatus::Reserved)
                     .map(|line| {
                         line.status = LineStatus::Deducted;
-                        Action::Deduct { product_id: ProductId::new(line.product_id).expect("stored ids are valid") }
+                        Action::Deduct { product_id: line.product_id }
                     })
                     .collect())
             }
@@ -249,7 +297,7 @@ impl ReservationSaga {
             .filter(|line| line.status == LineStatus::Reserved)
             .map(|line| {
                 line.status = LineStatus::Released;
-                Action::Release { product_id: ProductId::new(line.product_id).expect("stored ids are valid") }
+                Action::Release { product_id: line.product_id }
             })
             .collect()
     }
@@ -262,7 +310,7 @@ impl ReservationSaga {
         let order_id = self.order_id;
         self.lines
             .iter_mut()
-            .find(|line| line.product_id == product_id.get())
+            .find(|line| line.product_id == product_id)
             .ok_or(SagaError::UnknownLine { order_id, product_id })
     }
 }
@@ -295,12 +343,12 @@ mod tests {
         let lines = lines.iter().map(|(p, q)| (product(*p), qty(*q))).collect();
         let (mut saga, actions) = ReservationSaga::start(OrderId::generate(), lines, Utc::now(), TIMEOUT);
         // The handler records the id of the timeout message it scheduled.
-        saga.timeout_message_id = Some(uuid::Uuid::from_u128(7));
+        saga.timeout_scheduled(Uuid::from_u128(7));
         (saga, actions)
     }
 
     fn cancel_timeout() -> Action {
-        Action::CancelTimeout { message_id: uuid::Uuid::from_u128(7) }
+        Action::CancelTimeout { message_id: Uuid::from_u128(7) }
     }
 
     #[test]
@@ -445,13 +493,5 @@ mod tests {
         assert_eq!(saga.state, SagaState::Failed);
         assert!(saga.lines.is_empty());
         assert_eq!(saga.on_order_cancelled(), vec![]);
-    }
-
-    #[test]
-    fn lines_serialize_with_their_status_inline() {
-        let line = SagaLine { product_id: 4, quantity: 2, status: LineStatus::Rejected { reason: "no".into() } };
-        let json = serde_json::to_value(&line).unwrap();
-        assert_eq!(json, serde_json::json!({ "productId": 4, "quantity": 2, "status": "rejected", "reason": "no" }));
-        assert_eq!(serde_json::from_value::<SagaLine>(json).unwrap(), line);
     }
 }

@@ -4,10 +4,19 @@ use super::error::AppError;
 use super::ports::ProductStore;
 use crate::domain::{OrderId, ProductError, ProductId, Quantity};
 use async_trait::async_trait;
-use contracts::Message;
 use contracts::inventory::{DeductStock, ReleaseStock, ReserveStock, StockReservationRejected, StockReserved};
-use messaging::{Causation, Effects, Envelope, Handler, HandlerError, retry_on_conflict};
+use messaging::{BatchHandler, Causation, Effects, Envelope, Received};
 use std::sync::Arc;
+
+messaging::inbound! {
+    /// What the stock handler reads: the saga's commands on one product each.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum StockCommand {
+        Reserve(ReserveStock),
+        Release(ReleaseStock),
+        Deduct(DeductStock),
+    }
+}
 
 pub struct StockHandler {
     products: Arc<dyn ProductStore>,
@@ -19,87 +28,43 @@ impl StockHandler {
     }
 }
 
-/// A command on one product.
-enum Command {
-    Reserve { order_id: OrderId, quantity: Quantity },
-    Release { order_id: OrderId },
-    Deduct { order_id: OrderId },
-}
-
-/// The product a command is about and the command. A reservation of an id that names no
-/// product is answered with a refusal; releasing or deducting one is a defect.
-fn read(message: &Envelope) -> Result<(i64, Command), HandlerError> {
-    Ok(match message.message_type.as_str() {
-        ReserveStock::TYPE => {
-            let command: ReserveStock = message.decode().map_err(HandlerError::permanent)?;
-            let quantity = Quantity::new(command.quantity.into()).map_err(HandlerError::permanent)?;
-            (command.product_id, Command::Reserve { order_id: OrderId::from_uuid(command.order_id), quantity })
-        }
-        ReleaseStock::TYPE => {
-            let command: ReleaseStock = message.decode().map_err(HandlerError::permanent)?;
-            ProductId::new(command.product_id).map_err(HandlerError::permanent)?;
-            (command.product_id, Command::Release { order_id: OrderId::from_uuid(command.order_id) })
-        }
-        DeductStock::TYPE => {
-            let command: DeductStock = message.decode().map_err(HandlerError::permanent)?;
-            ProductId::new(command.product_id).map_err(HandlerError::permanent)?;
-            (command.product_id, Command::Deduct { order_id: OrderId::from_uuid(command.order_id) })
-        }
-        other => return Err(HandlerError::permanent(format!("no handler for {other}"))),
-    })
-}
-
+/// Commands on one product run one after another (they would only conflict on its version),
+/// and those that queued up (a popular product, under load) are applied in one load and one
+/// commit.
 #[async_trait]
-impl Handler for StockHandler {
+impl BatchHandler for StockHandler {
+    type Message = StockCommand;
+    /// The product id as the command names it: an id that names no product is answered too.
+    type Key = i64;
+    type Error = AppError;
+
     fn name(&self) -> &'static str {
         "stock"
     }
 
-    fn message_types(&self) -> Vec<&'static str> {
-        vec![ReserveStock::TYPE, ReleaseStock::TYPE, DeductStock::TYPE]
-    }
-
-    /// Commands on one product run one after another: they would only conflict on its version.
-    fn ordering_key(&self, message: &Envelope) -> u64 {
-        messaging::consumer::hash(message.payload.get("productId").and_then(serde_json::Value::as_i64))
-    }
-
-    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
-        let (product, command) = read(message)?;
-        let single = [(message, &command)];
-        Ok(retry_on_conflict(|| self.apply(product, &single)).await?)
-    }
-
-    /// Several commands on one product (a popular one, under load) in one load and one commit.
-    async fn handle_many(&self, messages: &[Envelope]) -> Option<Result<(), HandlerError>> {
-        let mut batch = Vec::with_capacity(messages.len());
-        for message in messages {
-            batch.push((message, read(message).ok()?));
+    fn key(&self, command: &StockCommand) -> i64 {
+        match command {
+            StockCommand::Reserve(reserve) => reserve.product_id,
+            StockCommand::Release(release) => release.product_id,
+            StockCommand::Deduct(deduct) => deduct.product_id,
         }
-        let product = batch[0].1.0;
-        if batch.iter().any(|(_, (id, _))| *id != product) {
-            return None; // different products that share a lane
-        }
-        let commands: Vec<(&Envelope, &Command)> =
-            batch.iter().map(|(message, (_, command))| (*message, command)).collect();
-        Some(retry_on_conflict(|| self.apply(product, &commands)).await.map_err(Into::into))
     }
-}
 
-impl StockHandler {
-    /// One attempt: load the product, apply each command in turn, answer reservations (a refusal
-    /// included: the saga must hear back), and commit the product's changes with the answers
-    /// and the inbox records. Releasing what an order does not hold is nothing to do.
-    async fn apply(&self, product: i64, commands: &[(&Envelope, &Command)]) -> Result<(), AppError> {
-        let product_id = ProductId::new(product).ok();
+    /// One attempt: load the product, apply each command in turn, answer reservations (a
+    /// refusal included: the saga must hear back), and commit the product's changes with the
+    /// answers and the inbox records. A reservation of an id that names no product is refused;
+    /// releasing what an order does not hold is nothing to do; releasing or deducting on an id
+    /// that cannot name a product is a defect.
+    async fn apply(&self, &product: &i64, commands: &[&Received<StockCommand>]) -> Result<(), AppError> {
+        let product_id = ProductId::new(product);
         let mut found = match product_id {
-            Some(id) => self.products.load(id).await?,
-            None => None,
+            Ok(id) => self.products.load(id).await?,
+            Err(_) => None,
         };
         let mut effects = Effects::new();
-        for (message, command) in commands {
-            effects.consume(self.name(), message.message_id);
-            let causation = Causation::from_message(message);
+        for received in commands {
+            effects.consume(BatchHandler::name(self), received.envelope.message_id);
+            let causation = Causation::from_message(&received.envelope);
             let rejected = |order_id: OrderId, reason: String| {
                 causation.envelope(&StockReservationRejected {
                     order_id: order_id.as_uuid(),
@@ -107,37 +72,37 @@ impl StockHandler {
                     reason,
                 })
             };
-            match (command, found.as_mut()) {
-                (Command::Reserve { order_id, .. }, None) => {
-                    effects.send(rejected(*order_id, format!("unknown product {product}")));
-                }
-                (Command::Reserve { order_id, quantity }, Some(found)) => {
-                    let answer = match found.reserve(*order_id, *quantity) {
-                        Ok(()) => reserved(&causation, *order_id, product, *quantity),
+            match &received.message {
+                StockCommand::Reserve(command) => {
+                    let order_id = OrderId::from_uuid(command.order_id);
+                    let quantity = Quantity::new(command.quantity.into()).map_err(AppError::invalid_message)?;
+                    let answer = match found.as_mut().map(|found| (found.reserve(order_id, quantity), found)) {
+                        None => rejected(order_id, format!("unknown product {product}")),
+                        Some((Ok(()), _)) => reserved(&causation, order_id, product, quantity),
                         // Asked twice: answer the same again.
-                        Err(ProductError::AlreadyReserved { .. }) => reserved(
-                            &causation,
-                            *order_id,
-                            product,
-                            found.reservation_of(*order_id).unwrap_or(*quantity),
-                        ),
-                        Err(refusal @ ProductError::InsufficientStock { .. }) => {
-                            rejected(*order_id, refusal.to_string())
+                        Some((Err(ProductError::AlreadyReserved { .. }), found)) => {
+                            reserved(&causation, order_id, product, found.reservation_of(order_id).unwrap_or(quantity))
                         }
-                        Err(other) => return Err(other.into()),
+                        Some((Err(refusal @ ProductError::InsufficientStock { .. }), _)) => {
+                            rejected(order_id, refusal.to_string())
+                        }
+                        Some((Err(other), _)) => return Err(other.into()),
                     };
                     effects.send(answer);
                 }
-                (Command::Release { order_id }, Some(found)) => {
-                    found.release(*order_id);
+                StockCommand::Release(command) => {
+                    product_id.clone().map_err(AppError::invalid_message)?;
+                    // A product that does not exist holds nothing to release.
+                    if let Some(found) = found.as_mut() {
+                        found.release(OrderId::from_uuid(command.order_id));
+                    }
                 }
-                (Command::Release { .. }, None) => {}
-                (Command::Deduct { order_id }, Some(found)) => {
-                    found.deduct(*order_id)?;
-                }
-                (Command::Deduct { .. }, None) => {
-                    let id = product_id.expect("read() accepts deductions of valid product ids only");
-                    return Err(AppError::ProductNotFound(id));
+                StockCommand::Deduct(command) => {
+                    let id = product_id.clone().map_err(AppError::invalid_message)?;
+                    found
+                        .as_mut()
+                        .ok_or(AppError::ProductNotFound(id))?
+                        .deduct(OrderId::from_uuid(command.order_id))?;
                 }
             }
         }
@@ -154,4 +119,31 @@ impl StockHandler {
 
 fn reserved(causation: &Causation, order_id: OrderId, product_id: i64, quantity: Quantity) -> Envelope {
     causation.envelope(&StockReserved { order_id: order_id.as_uuid(), product_id, quantity: quantity.get() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use messaging::{DecodeError, Inbound, TraceParent};
+    use uuid::Uuid;
+
+    #[test]
+    fn the_stock_handler_reads_the_three_stock_commands_and_refuses_any_other_type() {
+        assert_eq!(
+            StockCommand::TYPES,
+            ["inventory.reserve-stock.v1", "inventory.release-stock.v1", "inventory.deduct-stock.v1"]
+        );
+        let causation = Causation::root("order", TraceParent::new_root());
+        let release = causation.envelope(&ReleaseStock { order_id: Uuid::nil(), product_id: 3 });
+        assert_eq!(
+            StockCommand::decode(&release).unwrap(),
+            StockCommand::Release(ReleaseStock { order_id: Uuid::nil(), product_id: 3 })
+        );
+        let answer = causation.envelope(&StockReserved { order_id: Uuid::nil(), product_id: 3, quantity: 1 });
+        let refused = StockCommand::decode(&answer).unwrap_err();
+        assert!(
+            matches!(&refused, DecodeError::UnknownType(message_type) if message_type == "inventory.stock-reserved.v1"),
+            "{refused:?}"
+        );
+    }
 }

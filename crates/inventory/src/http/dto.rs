@@ -120,30 +120,30 @@ impl From<ProductSummary> for ProductResponse {
 impl From<ReservationSaga> for ReservationResponse {
     fn from(saga: ReservationSaga) -> Self {
         Self {
-            order_id: saga.order_id.as_uuid(),
-            state: saga.state.as_str().to_owned(),
-            failure_reason: saga.failure_reason,
+            order_id: saga.order_id().as_uuid(),
+            state: saga.state().as_str().to_owned(),
+            failure_reason: saga.failure_reason().map(str::to_owned),
             lines: saga
-                .lines
-                .into_iter()
+                .lines()
+                .iter()
                 .map(|line| {
-                    let (status, reason) = match line.status {
+                    let (status, reason) = match &line.status {
                         LineStatus::Pending => ("pending", None),
                         LineStatus::Reserved => ("reserved", None),
-                        LineStatus::Rejected { reason } => ("rejected", Some(reason)),
+                        LineStatus::Rejected { reason } => ("rejected", Some(reason.clone())),
                         LineStatus::Released => ("released", None),
                         LineStatus::Deducted => ("deducted", None),
                     };
                     ReservationLineResponse {
-                        product_id: line.product_id,
-                        quantity: line.quantity,
+                        product_id: line.product_id.get(),
+                        quantity: line.quantity.get(),
                         status: status.to_owned(),
                         reason,
                     }
                 })
                 .collect(),
-            started_at: saga.started_at,
-            version: saga.version,
+            started_at: saga.started_at(),
+            version: saga.version(),
         }
     }
 }

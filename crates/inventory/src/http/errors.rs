@@ -20,7 +20,10 @@ impl From<AppError> for Problem {
                 | ProductError::NoReservation { .. } => Problem::rule_broken(detail),
             },
             AppError::Saga(_) => Problem::rule_broken(detail),
-            AppError::Storage(storage) => storage.into(),
+            // Only messages carry these; an HTTP command that met one would be a defect.
+            AppError::InvalidMessage(_) => Problem::internal(error),
+            AppError::Load(storage) => storage.into(),
+            AppError::Save(storage) => storage.into(),
         }
     }
 }

@@ -1,9 +1,10 @@
 use crate::application::{ProductStore, ProductSummary};
 use crate::domain::{Money, OrderId, Product, ProductEvent, ProductId, ProductName, Quantity};
 use async_trait::async_trait;
-use messaging::postgres::{commit, save_error};
-use messaging::{BoxError, Effects, SaveError};
+use messaging::postgres::{commit, load_error, save_error};
+use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -23,14 +24,37 @@ fn to_u32(value: i64, what: &str) -> Result<u32, BoxError> {
     u32::try_from(value).map_err(|_| format!("{what} out of range: {value}").into())
 }
 
+/// A product row (with its reservations as JSON) as the product it holds.
+fn restore(id: ProductId, row: &PgRow) -> Result<Product, BoxError> {
+    let held: Vec<(Uuid, i64)> = serde_json::from_value(row.try_get("reservations")?)?;
+    let reservations = held
+        .into_iter()
+        .map(|(order, quantity)| Ok((OrderId::from_uuid(order), Quantity::new(quantity)?)))
+        .collect::<Result<BTreeMap<_, _>, BoxError>>()?;
+    let price: Decimal = row.try_get("price")?;
+    Ok(Product::restore(
+        id,
+        ProductName::new(row.try_get::<String, _>("name")?)?,
+        row.try_get("description")?,
+        Money::new(price)?,
+        to_u32(row.try_get("stock")?, "stock")?,
+        reservations,
+        row.try_get("version")?,
+    ))
+}
+
 #[async_trait]
 impl ProductStore for PgProductStore {
-    async fn next_id(&self) -> Result<ProductId, BoxError> {
-        let id: i64 = sqlx::query_scalar("SELECT nextval('product_ids')").fetch_one(&self.pool).await?;
-        Ok(ProductId::new(id)?)
+    async fn next_id(&self) -> Result<ProductId, LoadError> {
+        let id: i64 = sqlx::query_scalar("SELECT nextval('product_ids')")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|error| load_error(error, "product id sequence"))?;
+        ProductId::new(id).map_err(|error| LoadError::corrupt("product id sequence", error))
     }
 
-    async fn load(&self, id: ProductId) -> Result<Option<Product>, BoxError> {
+    async fn load(&self, id: ProductId) -> Result<Option<Product>, LoadError> {
+        let what = || format!("product {id}");
         // One round trip: the product row with its reservations aggregated as JSON.
         let row = sqlx::query(
             "SELECT p.name, p.description, p.price, p.stock, p.version, \
@@ -40,23 +64,9 @@ impl ProductStore for PgProductStore {
         )
         .bind(id.get())
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let held: Vec<(Uuid, i64)> = serde_json::from_value(row.try_get("reservations")?)?;
-        let reservations = held
-            .into_iter()
-            .map(|(order, quantity)| Ok((OrderId::from_uuid(order), Quantity::new(quantity)?)))
-            .collect::<Result<BTreeMap<_, _>, BoxError>>()?;
-        let price: Decimal = row.try_get("price")?;
-        Ok(Some(Product::restore(
-            id,
-            ProductName::new(row.try_get::<String, _>("name")?)?,
-            row.try_get("description")?,
-            Money::new(price)?,
-            to_u32(row.try_get("stock")?, "stock")?,
-            reservations,
-            row.try_get("version")?,
-        )))
+        .await
+        .map_err(|error| load_error(error, what()))?;
+        row.map(|row| restore(id, &row)).transpose().map_err(|error| LoadError::corrupt(what(), error))
     }
 
     async fn save(&self, product: &Product, changes: &[ProductEvent], effects: &Effects<'_>) -> Result<(), SaveError> {
@@ -71,7 +81,7 @@ impl ProductStore for PgProductStore {
         commit(&self.pool, effects, async |_| Ok(())).await
     }
 
-    async fn list(&self, after: Option<ProductId>, limit: u32) -> Result<Vec<ProductSummary>, BoxError> {
+    async fn list(&self, after: Option<ProductId>, limit: u32) -> Result<Vec<ProductSummary>, LoadError> {
         let rows = sqlx::query(
             "SELECT id, name, description, price, stock, reserved FROM products \
              WHERE id > $1 ORDER BY id LIMIT $2",
@@ -79,9 +89,10 @@ impl ProductStore for PgProductStore {
         .bind(after.map_or(0, ProductId::get))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|error| load_error(error, "product list"))?;
         rows.iter()
-            .map(|row| {
+            .map(|row| -> Result<ProductSummary, BoxError> {
                 let price: Decimal = row.try_get("price")?;
                 Ok(ProductSummary {
                     id: ProductId::new(row.try_get("id")?)?,
@@ -92,7 +103,8 @@ impl ProductStore for PgProductStore {
                     reserved: to_u32(row.try_get("reserved")?, "reserved")?,
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()
+            .map_err(|error| LoadError::corrupt("product list", error))
     }
 }
 

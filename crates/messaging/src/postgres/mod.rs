@@ -3,9 +3,9 @@
 
 mod relay;
 
-pub use relay::{Relay, RelayConfig};
+pub use relay::{Relay, RelayConfig, RelayError};
 
-use crate::unit_of_work::{BoxError, Effects, Inbox, SaveError};
+use crate::unit_of_work::{BoxError, Effects, Inbox, LoadError, SaveError};
 use async_trait::async_trait;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -35,6 +35,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
+/// Creates the database named in `url` unless it exists; safe when several instances race.
 pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
     if Postgres::database_exists(url).await? {
         return Ok(());
@@ -141,6 +142,17 @@ pub fn save_error(error: sqlx::Error) -> SaveError {
     }
 }
 
+/// Classifies a database error for a read: a value that does not decode means the stored `what`
+/// cannot be read back; anything else means the database was in the way.
+pub fn load_error(error: sqlx::Error, what: impl Into<String>) -> LoadError {
+    match error {
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+            LoadError::corrupt(what, error)
+        }
+        _ => LoadError::unavailable(error),
+    }
+}
+
 /// The outbox columns that make an envelope, in the order [`envelope_from_row`] reads them.
 pub const ENVELOPE_COLUMNS: &str =
     "message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload";
@@ -166,6 +178,7 @@ pub struct PgInbox {
 }
 
 impl PgInbox {
+    /// The inbox of the database behind `pool`.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }

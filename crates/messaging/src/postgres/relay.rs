@@ -9,6 +9,8 @@
 //! It sleeps until woken by the `outbox` notification (sent at commit by a trigger), by the due
 //! time of the next scheduled row, or by the periodic sweep that catches lost notifications.
 
+use crate::ErrorChain;
+use crate::backoff::Backoff;
 use crate::envelope::Envelope;
 use crate::transport::Transport;
 use chrono::{DateTime, Utc};
@@ -21,6 +23,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// Pauses after failed publishes: a broker that is down must not be hammered by new commits.
+const PUBLISH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// How a relay claims, publishes and cleans up.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Most rows claimed and published in one transaction.
@@ -33,6 +39,7 @@ pub struct RelayConfig {
     pub sent_retention: Duration,
     /// How long inbox records are kept; must exceed the longest time a copy can arrive late.
     pub inbox_retention: Duration,
+    /// How often sent outbox rows and old inbox records are deleted.
     pub cleanup_interval: Duration,
 }
 
@@ -49,6 +56,7 @@ impl Default for RelayConfig {
     }
 }
 
+/// Publishes one database's outbox (several relays may share it).
 pub struct Relay {
     pool: PgPool,
     transport: Arc<dyn Transport>,
@@ -57,19 +65,25 @@ pub struct Relay {
     name: &'static str,
 }
 
+/// Why a batch was not published. Its rows stay unsent and are claimed again later.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("outbox query failed: {0}")]
+    /// The outbox could not be read or stamped.
+    #[error("outbox query failed")]
     Database(#[from] sqlx::Error),
-    #[error("publish failed: {0}")]
+    /// The transport did not confirm the batch.
+    #[error("publish failed")]
     Transport(#[from] crate::transport::TransportError),
-    #[error("outbox row {0} holds an unreadable envelope: {1}")]
-    Corrupt(Uuid, String),
-    #[error("relay task crashed: {0}")]
-    Crashed(String),
+    /// A row does not hold a valid envelope.
+    #[error("outbox row {0} holds an unreadable envelope")]
+    Corrupt(Uuid, #[source] sqlx::Error),
+    /// A publishing task panicked or was cancelled.
+    #[error("relay task crashed")]
+    Crashed(#[source] tokio::task::JoinError),
 }
 
 impl Relay {
+    /// A relay labelled `name` (in logs and metrics) of the outbox behind `pool`.
     pub fn new(name: &'static str, pool: PgPool, transport: Arc<dyn Transport>, config: RelayConfig) -> Self {
         Self { pool, transport, config, name }
     }
@@ -112,7 +126,7 @@ impl Relay {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    match done.unwrap_or_else(|panic| Err(RelayError::Crashed(panic.to_string()))) {
+                    match done.unwrap_or_else(|crash| Err(RelayError::Crashed(crash))) {
                         Ok(published) => {
                             failures = 0;
                             resume_at = None;
@@ -122,10 +136,9 @@ impl Relay {
                             }
                         }
                         Err(error) => {
-                            // Back off: new commits must not hammer a broker that is down.
                             failures += 1;
-                            let pause = backoff(failures);
-                            tracing::warn!(relay = relay.name, %error, retry_in = ?pause, "relay could not publish");
+                            let pause = PUBLISH_BACKOFF.pause(failures);
+                            tracing::warn!(relay = relay.name, error = %ErrorChain(&error), retry_in = ?pause, "relay could not publish");
                             resume_at = Some(Instant::now() + pause);
                             wanted = 1;
                         }
@@ -137,7 +150,7 @@ impl Relay {
         }
         while in_flight.join_next().await.is_some() {}
         if let Err(error) = relay.publish_all_due().await {
-            tracing::warn!(relay = relay.name, %error, "relay stopped with messages left to publish");
+            tracing::warn!(relay = relay.name, error = %ErrorChain(&error), "relay stopped with messages left to publish");
         }
         tracing::info!(relay = relay.name, "relay stopped");
     }
@@ -246,7 +259,7 @@ impl Relay {
             Ok((sent, consumed)) => {
                 tracing::debug!(relay = self.name, sent, consumed, "cleaned up old outbox and inbox rows");
             }
-            Err(error) => tracing::warn!(relay = self.name, %error, "outbox cleanup failed"),
+            Err(error) => tracing::warn!(relay = self.name, error = %ErrorChain(&error), "outbox cleanup failed"),
         }
     }
 }
@@ -264,7 +277,7 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) {
         }
         Ok(None) => {} // reconnected: notifications may have been lost, so sweep
         Err(error) => {
-            tracing::warn!(%error, "outbox listener failed; relying on the periodic sweep");
+            tracing::warn!(error = %ErrorChain(&error), "outbox listener failed; relying on the periodic sweep");
             *listener = None;
         }
     }
@@ -272,9 +285,5 @@ async fn wait_for_notification(listener: &mut Option<PgListener>) {
 
 fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, RelayError> {
     super::envelope_from_row(row)
-        .map_err(|error| RelayError::Corrupt(row.try_get("message_id").unwrap_or_default(), error.to_string()))
-}
-
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis((50u64 << failures.min(7)).min(5_000))
+        .map_err(|error| RelayError::Corrupt(row.try_get("message_id").unwrap_or_default(), error))
 }

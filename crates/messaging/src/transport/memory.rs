@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+/// A broker in this process's memory. Cheap to clone; clones share the queues.
 #[derive(Clone, Default)]
 pub struct MemoryTransport {
     inner: Arc<Inner>,
@@ -39,7 +40,7 @@ struct Queue {
 
 #[derive(Clone)]
 struct Queued {
-    message: Result<Envelope, String>,
+    message: Envelope,
     redelivered: bool,
     failure: Option<(Failure, DateTime<Utc>, String)>,
 }
@@ -62,6 +63,7 @@ impl Inner {
 }
 
 impl MemoryTransport {
+    /// A broker without queues.
     pub fn new() -> Self {
         Self::default()
     }
@@ -69,11 +71,6 @@ impl MemoryTransport {
     /// Makes the next `count` publish calls fail as if the broker had refused them.
     pub fn fail_next_publishes(&self, count: u32) {
         self.inner.failing_publishes.store(count, Ordering::SeqCst);
-    }
-
-    /// Puts a delivery straight into a queue, e.g. one whose envelope cannot be read.
-    pub fn inject(&self, queue: &str, message: Result<Envelope, String>) {
-        self.inner.push(queue, Queued { message, redelivered: false, failure: None }, false);
     }
 
     /// How many messages wait in a queue (not counting unacknowledged ones).
@@ -88,19 +85,19 @@ impl Transport for MemoryTransport {
         let refuse =
             self.inner.failing_publishes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if refuse {
-            return Err(TransportError::Nacked("injected publish failure".into()));
+            return Err(TransportError::Nacked);
         }
         let mut routes = Vec::with_capacity(messages.len());
         for message in messages {
             let queues = self.inner.state().bindings.get(&message.message_type).cloned().unwrap_or_default();
             if queues.is_empty() {
-                return Err(TransportError::Unroutable(format!("no queue is bound for {}", message.message_type)));
+                return Err(TransportError::Unroutable { message_type: message.message_type.clone() });
             }
             routes.push(queues);
         }
         for (message, queues) in messages.iter().zip(routes) {
             for queue in queues {
-                let item = Queued { message: Ok(message.clone()), redelivered: false, failure: None };
+                let item = Queued { message: message.clone(), redelivered: false, failure: None };
                 self.inner.push(&queue, item, false);
             }
         }
@@ -136,7 +133,7 @@ impl Transport for MemoryTransport {
                         item: Some(item.clone()),
                         _permit: permit,
                     };
-                    let delivery = Delivery::new(item.message, item.redelivered, Box::new(settle));
+                    let delivery = Delivery::new(Ok(item.message), item.redelivered, Box::new(settle));
                     return Some((delivery, (inner, queue, permits)));
                 }
                 notified.await;
@@ -219,13 +216,15 @@ fn dead_letter_view(error_queue: &str, item: &Queued) -> DeadLetter {
         Some((failure, at, _)) => (failure.reason.clone(), failure.attempts, Some(*at)),
         None => ("unknown".to_owned(), 0, None),
     };
-    let (message_id, message_type, body) = match &item.message {
-        Ok(envelope) => {
-            (Some(envelope.message_id.to_string()), Some(envelope.message_type.clone()), envelope.payload.to_string())
-        }
-        Err(raw) => (None, None, raw.clone()),
-    };
-    DeadLetter { queue: error_queue.to_owned(), message_id, message_type, reason, attempts, failed_at, body }
+    DeadLetter {
+        queue: error_queue.to_owned(),
+        message_id: Some(item.message.message_id.to_string()),
+        message_type: Some(item.message.message_type.clone()),
+        reason,
+        attempts,
+        failed_at,
+        body: item.message.payload.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -7,39 +7,52 @@
 pub mod memory;
 pub mod rabbitmq;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, UnreadableEnvelope};
+use crate::unit_of_work::BoxError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
+/// Why the transport could not do what it was asked. Every one is worth trying again later.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("broker unreachable: {0}")]
-    Unavailable(String),
-    #[error("broker refused the message (negative confirm): {0}")]
-    Nacked(String),
+    /// The broker could not be reached, or the connection or channel failed.
+    #[error("broker unreachable")]
+    Unavailable(#[source] BoxError),
+    /// The broker did not answer in time; the connection is presumed dead.
+    #[error("no answer from the broker in time ({0})")]
+    TimedOut(&'static str),
+    /// The broker refused a message (a negative confirm).
+    #[error("the broker refused the message (negative confirm)")]
+    Nacked,
     /// No queue is bound for the message's type (yet): publishing it now would lose it.
-    #[error("message unroutable: {0}")]
-    Unroutable(String),
-    #[error("broker error: {0}")]
-    Broker(String),
+    #[error("no queue is bound for {message_type}")]
+    Unroutable {
+        /// The type (routing key) nobody is bound for.
+        message_type: String,
+    },
 }
 
 /// A consumer's queue: its name, the message types routed to it, how many unacknowledged
 /// deliveries it may hold at once. Every queue has an error queue beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
+    /// The queue's name (see [`Naming::queue`]).
     pub name: String,
+    /// The message types bound to it.
     pub message_types: Vec<String>,
+    /// Unacknowledged deliveries a consumer of it may hold.
     pub prefetch: u16,
 }
 
 impl QueueSpec {
+    /// The error queue beside this queue.
     pub fn error_queue(&self) -> String {
         error_queue_of(&self.name)
     }
 }
 
+/// The error queue beside `queue`, where messages that could not be processed go.
 pub fn error_queue_of(queue: &str) -> String {
     format!("{queue}.error")
 }
@@ -52,10 +65,12 @@ pub struct Naming {
 }
 
 impl Naming {
+    /// Names under `prefix` (e.g. `shop`).
     pub fn new(prefix: impl Into<String>) -> Self {
         Self { prefix: prefix.into() }
     }
 
+    /// The prefix of every name.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -71,6 +86,7 @@ impl Naming {
     }
 }
 
+/// A message broker as the rest of the system needs it.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Publishes every message and returns once the broker has confirmed all of them into at
@@ -90,56 +106,86 @@ pub trait Transport: Send + Sync + 'static {
     async fn is_ready(&self) -> bool;
 }
 
+/// The deliveries of one queue, as they arrive.
 pub type Deliveries = BoxStream<'static, Delivery>;
 
 /// One delivery of a message. It must be settled with [`ack`](Self::ack) or
 /// [`dead_letter`](Self::dead_letter); dropping it leaves the message to be delivered again.
 pub struct Delivery {
     /// The message, or why its envelope could not be read (then it can only be dead-lettered).
-    pub message: Result<Envelope, String>,
+    pub message: Result<Envelope, UnreadableEnvelope>,
     /// Set when the broker delivered this message before and got no ack.
     pub redelivered: bool,
-    settle: Box<dyn Settle>,
+    /// How to settle it; [`ack`](Self::ack) and [`dead_letter`](Self::dead_letter) use it.
+    pub settlement: Settlement,
 }
 
 /// Why a message was moved to its queue's error queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// What went wrong, with its causes, for operators.
     pub reason: String,
+    /// How many times a handler tried it (0 if none could).
     pub attempts: u32,
 }
 
 /// How an adapter settles a delivery.
 #[async_trait]
 pub trait Settle: Send + Sync {
+    /// Removes the message from its queue: it was handled.
     async fn ack(self: Box<Self>) -> Result<(), TransportError>;
     /// Copies the message to the error queue with the failure (confirmed), then acks it.
     async fn dead_letter(self: Box<Self>, failure: Failure) -> Result<(), TransportError>;
 }
 
-impl Delivery {
-    pub fn new(message: Result<Envelope, String>, redelivered: bool, settle: Box<dyn Settle>) -> Self {
-        Self { message, redelivered, settle }
-    }
+/// The settling half of a delivery; dropped unsettled, the message is delivered again.
+pub struct Settlement(Box<dyn Settle>);
 
+impl Settlement {
+    /// Acknowledges the delivery: the message leaves its queue.
     pub async fn ack(self) -> Result<(), TransportError> {
-        self.settle.ack().await
+        self.0.ack().await
     }
 
+    /// Moves the message to its error queue with why it failed.
     pub async fn dead_letter(self, failure: Failure) -> Result<(), TransportError> {
-        self.settle.dead_letter(failure).await
+        self.0.dead_letter(failure).await
+    }
+}
+
+impl Delivery {
+    /// A delivery that an adapter settles with `settle`.
+    pub fn new(message: Result<Envelope, UnreadableEnvelope>, redelivered: bool, settle: Box<dyn Settle>) -> Self {
+        Self { message, redelivered, settlement: Settlement(settle) }
+    }
+
+    /// Acknowledges the delivery: the message leaves its queue.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.settlement.ack().await
+    }
+
+    /// Moves the message to its error queue with why it failed.
+    pub async fn dead_letter(self, failure: Failure) -> Result<(), TransportError> {
+        self.settlement.dead_letter(failure).await
     }
 }
 
 /// A message in an error queue, as operators see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// The error queue it is in.
     pub queue: String,
+    /// Its message id, if its envelope had one.
     pub message_id: Option<String>,
+    /// Its type, if its envelope had one.
     pub message_type: Option<String>,
+    /// Why it failed.
     pub reason: String,
+    /// How many times a handler tried it.
     pub attempts: u32,
+    /// When it was dead-lettered.
     pub failed_at: Option<DateTime<Utc>>,
+    /// The body as text.
     pub body: String,
 }
 

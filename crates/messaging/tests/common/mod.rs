@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use contracts::order::OrderShipped;
 use messaging::postgres::{commit, save_error};
 use messaging::testing::TestDatabase;
-use messaging::{Causation, Effects, Envelope, Handler, HandlerError, SaveError, TraceParent};
+use messaging::{Causation, Effects, Envelope, Handler, HandlerError, Received, SaveError, TraceParent};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use uuid::Uuid;
@@ -25,6 +25,13 @@ pub fn shipped(order_id: Uuid) -> Envelope {
     Causation::root(order_id.to_string(), TraceParent::new_root()).envelope(&OrderShipped { order_id })
 }
 
+messaging::inbound! {
+    /// What the test handlers read.
+    pub enum Shipping {
+        Shipped(OrderShipped),
+    }
+}
+
 /// The id that [`Counter`] refuses as a broken business rule.
 pub const POISON: Uuid = Uuid::nil();
 
@@ -35,20 +42,18 @@ pub struct Counter {
 
 #[async_trait]
 impl Handler for Counter {
+    type Message = Shipping;
+
     fn name(&self) -> &'static str {
         "counter"
     }
 
-    fn message_types(&self) -> Vec<&'static str> {
-        vec!["order.shipped.v1"]
-    }
-
-    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
-        let shipped: OrderShipped = message.decode().map_err(|e| HandlerError::Permanent(e.to_string()))?;
+    async fn handle(&self, message: &Received<Shipping>) -> Result<(), HandlerError> {
+        let Shipping::Shipped(shipped) = &message.message;
         if shipped.order_id == POISON {
-            return Err(HandlerError::Permanent("order id is nil".into()));
+            return Err(HandlerError::permanent("order id is nil"));
         }
-        let effects = Effects::consuming(self.name(), message.message_id);
+        let effects = Effects::consuming(self.name(), message.envelope.message_id);
         let outcome = commit(&self.pool, &effects, async |tx| {
             sqlx::query("UPDATE counters SET value = value + 1 WHERE id = 1").execute(tx).await.map_err(save_error)?;
             Ok(())
@@ -56,7 +61,7 @@ impl Handler for Counter {
         .await;
         match outcome {
             Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
-            Err(error) => Err(HandlerError::Transient(error.to_string())),
+            Err(error) => Err(HandlerError::transient(error)),
         }
     }
 }

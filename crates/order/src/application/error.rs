@@ -1,7 +1,7 @@
 use crate::domain::{OrderError, OrderId, ProductId};
-use messaging::{BoxError, HandlerError, IsConflict, SaveError};
+use messaging::{IsConflict, IsTransient, LoadError, SaveError};
 
-/// Why an order command did not happen.
+/// Why an order command or message was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("order {0} does not exist")]
@@ -12,29 +12,30 @@ pub enum AppError {
     Rule(#[from] OrderError),
     #[error("the Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
-    /// The store was in the way (still conflicting after the retries, unreachable, ...).
+    /// The store could not be read (unreachable), or holds what cannot be read back (corrupt).
     #[error(transparent)]
-    Storage(#[from] SaveError),
-}
-
-impl From<BoxError> for AppError {
-    fn from(error: BoxError) -> Self {
-        AppError::Storage(error.into())
-    }
+    Load(#[from] LoadError),
+    /// The store was in the way of a save (still conflicting after the retries, unreachable, ...).
+    #[error(transparent)]
+    Save(#[from] SaveError),
 }
 
 impl IsConflict for AppError {
     fn is_conflict(&self) -> bool {
-        matches!(self, AppError::Storage(SaveError::Conflict))
+        matches!(self, AppError::Save(SaveError::Conflict))
     }
 }
 
-impl From<AppError> for HandlerError {
-    /// Whether a message handler should try again: only when storage was in the way.
-    fn from(error: AppError) -> Self {
-        match error {
-            AppError::Storage(storage) if storage.is_transient() => HandlerError::Transient(storage.to_string()),
-            other => HandlerError::Permanent(other.to_string()),
+impl IsTransient for AppError {
+    /// Whether a message handler should try again: only when a store was in the way.
+    fn is_transient(&self) -> bool {
+        match self {
+            AppError::Load(error) => error.is_transient(),
+            AppError::Save(error) => error.is_transient(),
+            AppError::OrderNotFound(_)
+            | AppError::UnknownProduct(_)
+            | AppError::Rule(_)
+            | AppError::IdempotencyKeyReused => false,
         }
     }
 }

@@ -5,12 +5,29 @@ use super::error::AppError;
 use super::ports::{Catalog, OrderStore};
 use crate::domain::{CatalogItem, OrderId, OrderStatus, ProductId, Reason};
 use async_trait::async_trait;
-use contracts::Message;
 use contracts::inventory::{StockReservationCompleted, StockReservationFailed};
 use contracts::product::{ProductCreated, ProductPriceChanged};
 use kernel::Money;
-use messaging::{Causation, Effects, Envelope, Handler, HandlerError, retry_on_conflict};
+use messaging::{Causation, Effects, Handler, HandlerError, Received, retry_on_conflict};
 use std::sync::Arc;
+
+messaging::inbound! {
+    /// What the catalog handler reads: inventory's news about its products.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ProductNews {
+        Created(ProductCreated),
+        PriceChanged(ProductPriceChanged),
+    }
+}
+
+messaging::inbound! {
+    /// What the reservation outcome handler reads: how inventory's reservation of an order ended.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ReservationOutcome {
+        Completed(StockReservationCompleted),
+        Failed(StockReservationFailed),
+    }
+}
 
 /// Keeps the catalog copy in step with inventory's product events.
 pub struct CatalogHandler {
@@ -25,35 +42,25 @@ impl CatalogHandler {
 
 #[async_trait]
 impl Handler for CatalogHandler {
+    type Message = ProductNews;
+
     fn name(&self) -> &'static str {
         "catalog"
     }
 
-    fn message_types(&self) -> Vec<&'static str> {
-        vec![ProductCreated::TYPE, ProductPriceChanged::TYPE]
-    }
-
-    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
-        let (product_id, name, price, version) = match message.message_type.as_str() {
-            ProductCreated::TYPE => {
-                let created: ProductCreated = message.decode().map_err(HandlerError::permanent)?;
-                (created.product_id, created.name, created.price, created.version)
-            }
-            ProductPriceChanged::TYPE => {
-                let changed: ProductPriceChanged = message.decode().map_err(HandlerError::permanent)?;
-                (changed.product_id, changed.name, changed.price, changed.version)
-            }
-            other => return Err(HandlerError::permanent(format!("no handler for {other}"))),
+    async fn handle(&self, message: &Received<ProductNews>) -> Result<(), HandlerError> {
+        let (product_id, name, price, version) = match &message.message {
+            ProductNews::Created(created) => (created.product_id, &created.name, created.price, created.version),
+            ProductNews::PriceChanged(changed) => (changed.product_id, &changed.name, changed.price, changed.version),
         };
         let item = CatalogItem {
             product_id: ProductId::new(product_id).map_err(HandlerError::permanent)?,
-            name,
+            name: name.clone(),
             price: Money::new(price).map_err(HandlerError::permanent)?,
         };
-        let effects = Effects::consuming(self.name(), message.message_id);
+        let effects = Effects::consuming(self.name(), message.envelope.message_id);
         let saved = self.catalog.upsert(&item, version, &effects).await;
-        messaging::applied(&effects, saved).map_err(AppError::from)?;
-        Ok(())
+        Ok(messaging::applied(&effects, saved)?)
     }
 }
 
@@ -76,26 +83,20 @@ enum Outcome {
 
 #[async_trait]
 impl Handler for ReservationOutcomeHandler {
+    type Message = ReservationOutcome;
+
     fn name(&self) -> &'static str {
         "reservations"
     }
 
-    fn message_types(&self) -> Vec<&'static str> {
-        vec![StockReservationCompleted::TYPE, StockReservationFailed::TYPE]
-    }
-
-    async fn handle(&self, message: &Envelope) -> Result<(), HandlerError> {
-        let (order_id, outcome) = match message.message_type.as_str() {
-            StockReservationCompleted::TYPE => {
-                let completed: StockReservationCompleted = message.decode().map_err(HandlerError::permanent)?;
-                (completed.order_id, Outcome::Reserved)
+    async fn handle(&self, received: &Received<ReservationOutcome>) -> Result<(), HandlerError> {
+        let (order_id, outcome) = match &received.message {
+            ReservationOutcome::Completed(completed) => (completed.order_id, Outcome::Reserved),
+            ReservationOutcome::Failed(failed) => {
+                (failed.order_id, Outcome::Failed(Reason::new(failed.reason.clone()).map_err(HandlerError::permanent)?))
             }
-            StockReservationFailed::TYPE => {
-                let failed: StockReservationFailed = message.decode().map_err(HandlerError::permanent)?;
-                (failed.order_id, Outcome::Failed(Reason::new(failed.reason).map_err(HandlerError::permanent)?))
-            }
-            other => return Err(HandlerError::permanent(format!("no handler for {other}"))),
         };
+        let message = &received.envelope;
         let order_id = OrderId::from_uuid(order_id);
         let causation = Causation::from_message(message);
         let handled = retry_on_conflict(|| async {

@@ -9,7 +9,7 @@ pub mod ports;
 
 pub use commands::{IdempotencyKey, NewOrder, OrderService};
 pub use error::AppError;
-pub use handlers::{CatalogHandler, ReservationOutcomeHandler};
+pub use handlers::{CatalogHandler, ProductNews, ReservationOutcome, ReservationOutcomeHandler};
 pub use ports::{Catalog, OrderFilter, OrderPage, OrderStore, OrderSummary};
 
 /// Names this service's queues and log lines.

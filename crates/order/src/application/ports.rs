@@ -5,11 +5,12 @@ use crate::domain::{CatalogItem, CustomerId, Order, OrderId, OrderStatus, Produc
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kernel::Money;
-use messaging::{BoxError, Effects, SaveError};
+use messaging::{Effects, LoadError, SaveError};
 
 #[async_trait]
 pub trait OrderStore: Send + Sync {
-    async fn load(&self, id: OrderId) -> Result<Option<Order>, BoxError>;
+    /// The order, if it exists. A stored order that does not restore is [`LoadError::Corrupt`].
+    async fn load(&self, id: OrderId) -> Result<Option<Order>, LoadError>;
 
     /// Saves the order if it is still at the version it was loaded at (a new order at version
     /// 0), with `effects`, atomically. `idempotency` ties a new order to the key it was created
@@ -22,9 +23,9 @@ pub trait OrderStore: Send + Sync {
     ) -> Result<(), SaveError>;
 
     /// The order created under an idempotency key, with the fingerprint of its request.
-    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, BoxError>;
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, LoadError>;
 
-    async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, BoxError>;
+    async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, LoadError>;
 }
 
 /// Which orders to list: newest first, `limit` at a time, continuing after an id.
@@ -56,9 +57,9 @@ pub struct OrderPage {
 /// The order service's copy of the inventory catalog.
 #[async_trait]
 pub trait Catalog: Send + Sync {
-    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, BoxError>;
+    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, LoadError>;
 
-    async fn list(&self) -> Result<Vec<CatalogItem>, BoxError>;
+    async fn list(&self) -> Result<Vec<CatalogItem>, LoadError>;
 
     /// Records a product as of `version` of the inventory's product, unless a newer version is
     /// already known, with `effects` (the inbox record), atomically.

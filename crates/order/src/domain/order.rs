@@ -39,11 +39,6 @@ impl OrderStatus {
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|status| status.as_str().eq_ignore_ascii_case(text))
     }
-
-    /// Whether the order has reached an end: nothing will change it any more.
-    pub fn is_final(self) -> bool {
-        matches!(self, OrderStatus::Rejected | OrderStatus::Shipped | OrderStatus::Cancelled)
-    }
 }
 
 impl fmt::Display for OrderStatus {

@@ -1,5 +1,6 @@
 //! Application errors as problem+json: 400 invalid input, 404 unknown id, 409 a transition the
-//! state forbids or a concurrent change, 422 a business rule, 503 a dependency down.
+//! state forbids or a concurrent change, 422 a business rule, 500 stored data that cannot be
+//! read back, 503 a dependency down.
 
 use crate::application::AppError;
 use crate::domain::OrderError;
@@ -19,7 +20,8 @@ impl From<AppError> for Problem {
                     Problem::rule_broken(detail)
                 }
             },
-            AppError::Storage(storage) => storage.into(),
+            AppError::Load(storage) => storage.into(),
+            AppError::Save(storage) => storage.into(),
         }
     }
 }

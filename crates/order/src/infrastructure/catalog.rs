@@ -2,8 +2,8 @@ use crate::application::Catalog;
 use crate::domain::{CatalogItem, ProductId};
 use async_trait::async_trait;
 use kernel::Money;
-use messaging::postgres::{commit, save_error};
-use messaging::{BoxError, Effects, SaveError};
+use messaging::postgres::{commit, load_error, save_error};
+use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 
@@ -18,26 +18,31 @@ impl PgCatalog {
     }
 }
 
-fn item((product_id, name, price): (i64, String, Decimal)) -> Result<CatalogItem, BoxError> {
-    Ok(CatalogItem { product_id: ProductId::new(product_id)?, name, price: Money::new(price)? })
+fn item((product_id, name, price): (i64, String, Decimal)) -> Result<CatalogItem, LoadError> {
+    let restore = || -> Result<CatalogItem, BoxError> {
+        Ok(CatalogItem { product_id: ProductId::new(product_id)?, name, price: Money::new(price)? })
+    };
+    restore().map_err(|error| LoadError::corrupt(format!("catalog product {product_id}"), error))
 }
 
 #[async_trait]
 impl Catalog for PgCatalog {
-    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, BoxError> {
+    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, LoadError> {
         let row: Option<(i64, String, Decimal)> =
             sqlx::query_as("SELECT product_id, name, price FROM catalog_products WHERE product_id = $1")
                 .bind(product_id.get())
                 .fetch_optional(&self.pool)
-                .await?;
+                .await
+                .map_err(|error| load_error(error, format!("catalog product {product_id}")))?;
         row.map(item).transpose()
     }
 
-    async fn list(&self) -> Result<Vec<CatalogItem>, BoxError> {
+    async fn list(&self) -> Result<Vec<CatalogItem>, LoadError> {
         let rows: Vec<(i64, String, Decimal)> =
             sqlx::query_as("SELECT product_id, name, price FROM catalog_products ORDER BY product_id")
                 .fetch_all(&self.pool)
-                .await?;
+                .await
+                .map_err(|error| load_error(error, "catalog"))?;
         rows.into_iter().map(item).collect()
     }
 

@@ -5,8 +5,8 @@ use crate::domain::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kernel::Money;
-use messaging::postgres::{commit, save_error};
-use messaging::{BoxError, Effects, SaveError};
+use messaging::postgres::{commit, load_error, save_error};
+use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
@@ -46,6 +46,7 @@ fn stored_lines(order: &Order) -> serde_json::Value {
     serde_json::to_value(lines).expect("lines serialize")
 }
 
+/// An order row as the order it holds; any part that does not restore makes it corrupt.
 fn restore(row: &sqlx::postgres::PgRow) -> Result<Order, BoxError> {
     let status: String = row.try_get("status")?;
     let reason: Option<String> = row.try_get("status_reason")?;
@@ -87,7 +88,8 @@ fn restore(row: &sqlx::postgres::PgRow) -> Result<Order, BoxError> {
 
 #[async_trait]
 impl OrderStore for PgOrderStore {
-    async fn load(&self, id: OrderId) -> Result<Option<Order>, BoxError> {
+    async fn load(&self, id: OrderId) -> Result<Option<Order>, LoadError> {
+        let what = || format!("order {id}");
         let row = sqlx::query(
             "SELECT id, customer_id, description, status, status_reason, lines, created_at, placed_at, decided_at, \
                     version \
@@ -95,8 +97,9 @@ impl OrderStore for PgOrderStore {
         )
         .bind(id.as_uuid())
         .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(restore).transpose()
+        .await
+        .map_err(|error| load_error(error, what()))?;
+        row.as_ref().map(restore).transpose().map_err(|error| LoadError::corrupt(what(), error))
     }
 
     async fn save(
@@ -160,16 +163,17 @@ impl OrderStore for PgOrderStore {
         .await
     }
 
-    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, BoxError> {
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, LoadError> {
         let row: Option<(Uuid, String)> =
             sqlx::query_as("SELECT order_id, fingerprint FROM idempotency_keys WHERE key = $1")
                 .bind(key)
                 .fetch_optional(&self.pool)
-                .await?;
+                .await
+                .map_err(|error| load_error(error, "idempotency key"))?;
         Ok(row.map(|(id, fingerprint)| (OrderId::from_uuid(id), fingerprint)))
     }
 
-    async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, BoxError> {
+    async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, LoadError> {
         let rows = sqlx::query(
             "SELECT id, customer_id, status, total, jsonb_array_length(lines) AS line_count, created_at \
              FROM orders \
@@ -183,10 +187,11 @@ impl OrderStore for PgOrderStore {
         .bind(filter.after.map(|id| id.as_uuid()))
         .bind(i64::from(filter.limit) + 1)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|error| load_error(error, "order list"))?;
         let mut orders = rows
             .iter()
-            .map(|row| {
+            .map(|row| -> Result<OrderSummary, BoxError> {
                 let status: String = row.try_get("status")?;
                 let line_count: i32 = row.try_get("line_count")?;
                 let created_at: DateTime<Utc> = row.try_get("created_at")?;
@@ -199,7 +204,8 @@ impl OrderStore for PgOrderStore {
                     created_at,
                 })
             })
-            .collect::<Result<Vec<_>, BoxError>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| LoadError::corrupt("order list", error))?;
         // One row more than asked tells whether another page follows.
         let next_after = if orders.len() > filter.limit as usize {
             orders.truncate(filter.limit as usize);

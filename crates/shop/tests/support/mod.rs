@@ -7,6 +7,7 @@ use messaging::Naming;
 pub use messaging::testing::eventually;
 use messaging::testing::{TestDatabase, amqp_url, init_logs, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
+use messaging::transport::{DeadLetter, DeadLetters, error_queue_of};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
 use shop::{InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
@@ -64,6 +65,12 @@ impl System {
             service.stop().await;
         }
         let _ = self.transport.delete_topology(&shop::topology::consumer_queues(&self.naming)).await;
+    }
+
+    /// What a consumer could not process: its error queue, left as it is.
+    pub async fn dead_letters(&self, service: &str, consumer: &str) -> Vec<DeadLetter> {
+        let error_queue = error_queue_of(&self.naming.queue(service, consumer));
+        self.transport.list(&error_queue).await.expect("error queue readable")
     }
 
     /// Sends a request with an optional JSON body; returns the status and the JSON answer.

@@ -1,0 +1,81 @@
+//! Operator tools on error queues: list, replay, purge.
+
+use super::RabbitMq;
+use super::codec::{header_number, header_text};
+use super::connection::{declare_queue, unavailable};
+use super::consuming::settle;
+use crate::transport::{DeadLetter, DeadLetters, TransportError, headers};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+
+/// Every message an error queue holds now, taken on `channel` without acks: those not
+/// acknowledged go back to the queue when the channel closes.
+async fn take_all(channel: &Channel, error_queue: &str) -> Result<Vec<lapin::message::Delivery>, TransportError> {
+    let count = declare_queue(channel, error_queue).await?;
+    let mut taken = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        match channel.basic_get(error_queue.into(), BasicGetOptions::default()).await.map_err(unavailable)? {
+            Some(message) => taken.push(message.delivery),
+            None => break,
+        }
+    }
+    Ok(taken)
+}
+
+#[async_trait]
+impl DeadLetters for RabbitMq {
+    async fn list(&self, error_queue: &str) -> Result<Vec<DeadLetter>, TransportError> {
+        let channel = self.channel().await?;
+        let letters = take_all(&channel, error_queue).await?.iter().map(|d| dead_letter_view(error_queue, d)).collect();
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(letters)
+    }
+
+    async fn replay(&self, error_queue: &str) -> Result<usize, TransportError> {
+        let channel = self.channel().await?;
+        let mut replayed = 0;
+        for delivery in take_all(&channel, error_queue).await? {
+            let original = header_text(&delivery.properties, headers::ORIGINAL_QUEUE)
+                .unwrap_or_else(|| error_queue.trim_end_matches(".error").to_owned());
+            let mut cleaned = FieldTable::default();
+            for (key, value) in delivery.properties.headers().clone().unwrap_or_default().inner() {
+                if !key.as_str().starts_with("x-fail") && key.as_str() != headers::ORIGINAL_QUEUE {
+                    cleaned.insert(key.clone(), value.clone());
+                }
+            }
+            let properties = delivery.properties.clone().with_headers(cleaned);
+            self.publish_raw(vec![(String::new(), original, delivery.data.clone(), properties)]).await?;
+            settle(delivery.acker.ack(BasicAckOptions::default())).await?;
+            replayed += 1;
+        }
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(replayed)
+    }
+
+    async fn purge(&self, error_queue: &str) -> Result<usize, TransportError> {
+        let channel = self.channel().await?;
+        declare_queue(&channel, error_queue).await?;
+        let purged =
+            channel.queue_purge(error_queue.into(), QueuePurgeOptions::default()).await.map_err(unavailable)?;
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(purged as usize)
+    }
+}
+
+fn dead_letter_view(error_queue: &str, delivery: &lapin::message::Delivery) -> DeadLetter {
+    let properties = &delivery.properties;
+    DeadLetter {
+        queue: error_queue.to_owned(),
+        message_id: properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
+        message_type: properties.kind().as_ref().map(|kind| kind.as_str().to_owned()),
+        reason: header_text(properties, headers::FAILURE_REASON).unwrap_or_else(|| "unknown".into()),
+        attempts: header_number(properties, headers::FAILURE_ATTEMPTS).unwrap_or(0).max(0) as u32,
+        failed_at: header_text(properties, headers::FAILED_AT)
+            .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
+            .map(|at| at.with_timezone(&Utc)),
+        body: String::from_utf8_lossy(&delivery.data).into_owned(),
+    }
+}
