@@ -578,7 +578,7 @@ async fn wait_for_quiescence(
                 last.push(format!("{name}: {unsent} outbox rows not published"));
             }
         }
-        for (service, consumer) in crate::topology::CONSUMERS {
+        for (service, consumer) in crate::topology::consumers() {
             let queue = naming.queue(service, consumer);
             let depth = broker.depth(&queue).await?;
             if depth > 0 {
@@ -651,7 +651,7 @@ async fn database_violations(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::R
 async fn check_dead_letters(broker: &RabbitMq, poison: usize) -> anyhow::Result<Vec<String>> {
     let mut violations = Vec::new();
     let mut found = 0;
-    for (service, consumer) in crate::topology::CONSUMERS {
+    for (service, consumer) in crate::topology::consumers() {
         let error_queue = messaging::transport::error_queue_of(&broker.naming().queue(service, consumer));
         for letter in broker.list(&error_queue).await? {
             if letter.message_id.is_none() && letter.body.contains("poison") {

@@ -23,6 +23,9 @@ pub struct ReservationSagaHandler {
 }
 
 impl ReservationSagaHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "saga";
+
     pub fn new(sagas: Arc<dyn SagaStore>, timeout: Duration) -> Self {
         Self { sagas, timeout }
     }
@@ -85,7 +88,7 @@ fn read(message: &Envelope) -> Result<Option<(OrderId, Event)>, HandlerError> {
 #[async_trait]
 impl Handler for ReservationSagaHandler {
     fn name(&self) -> &'static str {
-        "saga"
+        Self::NAME
     }
 
     fn message_types(&self) -> Vec<&'static str> {

@@ -14,6 +14,9 @@ pub struct StockHandler {
 }
 
 impl StockHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "stock";
+
     pub fn new(products: Arc<dyn ProductStore>) -> Self {
         Self { products }
     }
@@ -52,7 +55,7 @@ fn read(message: &Envelope) -> Result<(i64, Command), HandlerError> {
 #[async_trait]
 impl Handler for StockHandler {
     fn name(&self) -> &'static str {
-        "stock"
+        Self::NAME
     }
 
     fn message_types(&self) -> Vec<&'static str> {

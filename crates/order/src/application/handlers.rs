@@ -18,6 +18,9 @@ pub struct CatalogHandler {
 }
 
 impl CatalogHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "catalog";
+
     pub fn new(catalog: Arc<dyn Catalog>) -> Self {
         Self { catalog }
     }
@@ -26,7 +29,7 @@ impl CatalogHandler {
 #[async_trait]
 impl Handler for CatalogHandler {
     fn name(&self) -> &'static str {
-        "catalog"
+        Self::NAME
     }
 
     fn message_types(&self) -> Vec<&'static str> {
@@ -63,6 +66,9 @@ pub struct ReservationOutcomeHandler {
 }
 
 impl ReservationOutcomeHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "reservations";
+
     pub fn new(orders: Arc<dyn OrderStore>) -> Self {
         Self { orders }
     }
@@ -77,7 +83,7 @@ enum Outcome {
 #[async_trait]
 impl Handler for ReservationOutcomeHandler {
     fn name(&self) -> &'static str {
-        "reservations"
+        Self::NAME
     }
 
     fn message_types(&self) -> Vec<&'static str> {
