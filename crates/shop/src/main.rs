@@ -60,10 +60,6 @@ enum Command {
         #[command(flatten)]
         broker: BrokerSettings,
     },
-    /// Drive orders through running services and check the invariants afterwards.
-    Load(shop::load::LoadArgs),
-    /// Run services as processes, inject faults under load, then check every invariant.
-    Chaos(shop::chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -153,8 +149,6 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             shop::dead_letters::run(action, &transport).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Load(args) => shop::load::run(args).await,
-        Command::Chaos(args) => shop::chaos::run(args).await,
     }
 }
 

@@ -6,7 +6,7 @@
 //! binary (`cargo test` runs test binaries one after another). The long run is a README command.
 
 use clap::Parser;
-use shop::chaos::{ChaosArgs, execute, print_report};
+use harness::chaos::{ChaosArgs, execute, print_report};
 
 #[derive(Parser)]
 struct Cli {
