@@ -1,11 +1,11 @@
-//! `shop chaos`: the guarantees under real faults, Jepsen-style.
+//! `harness chaos`: the guarantees under real faults, Jepsen-style.
 //!
 //! Runs two instances of each service as OS processes against the real PostgreSQL and RabbitMQ,
-//! puts them under order load (the `shop load` customers), and meanwhile, at random moments
+//! puts them under order load (the `harness load` customers), and meanwhile, at random moments
 //! drawn from a printed seed: kills service processes with SIGKILL and restarts them, restarts
 //! RabbitMQ, cuts every database connection (or restarts PostgreSQL), republishes copies of
 //! messages already delivered, and publishes poison messages. Then it waits for the system to
-//! go quiet and checks every invariant of DESIGN.md, through the APIs and in the databases.
+//! go quiet and checks every invariant, through the APIs and in the databases.
 
 use crate::load::{Api, LoadArgs, summarize};
 use anyhow::{Context, bail};

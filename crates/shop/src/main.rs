@@ -1,5 +1,5 @@
-//! `shop`: run the order and inventory services, migrate their databases, inspect dead letters,
-//! put load on a running system.
+//! `shop`: run the order and inventory services, migrate their databases, inspect dead letters.
+//! Load and fault injection live in the separate `harness` binary.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
