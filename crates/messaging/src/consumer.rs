@@ -256,9 +256,10 @@ impl Worker {
 
     /// One unit of work for the whole run; on success every delivery is acknowledged.
     async fn process_together(&self, run: &mut Vec<Delivery>) -> bool {
-        let messages: Vec<Envelope> = run.iter().filter_map(|d| d.message.as_ref().ok().cloned()).collect();
+        let mut messages: Vec<Envelope> = run.iter().filter_map(|d| d.message.as_ref().ok().cloned()).collect();
+        let span = self.handling_span(&mut messages);
         let started = std::time::Instant::now();
-        match self.handler.handle_many(&messages).await {
+        match self.handler.handle_many(&messages).instrument(span).await {
             Some(Ok(())) => {
                 tracing::debug!(count = messages.len(), took = ?started.elapsed(), "handled together");
                 for (delivery, message) in run.drain(..).zip(&messages) {
@@ -275,30 +276,47 @@ impl Worker {
     }
 
     async fn process(&self, delivery: Delivery) {
-        let consumer = self.handler.name();
-        let message = match &delivery.message {
+        let mut message = match &delivery.message {
             Ok(message) => message.clone(),
             Err(reason) => {
                 let reason = format!("unreadable message: {reason}");
                 return self.dead_letter(delivery, "unreadable", Failure { reason, attempts: 0 }).await;
             }
         };
-        let trace_id = message
-            .traceparent
-            .as_deref()
-            .and_then(|header| crate::TraceParent::parse(header).ok())
-            .map(|trace| trace.trace_id_hex())
-            .unwrap_or_default();
+        let span = self.handling_span(std::slice::from_mut(&mut message));
+        self.process_message(delivery, &message).instrument(span).await;
+    }
+
+    /// The span of handling `messages` (one, or a batch), a child of the span that sent the
+    /// first and linked to the senders of the others. Each message's `traceparent` becomes this
+    /// span, so that the messages the handler causes name it as their parent.
+    fn handling_span(&self, messages: &mut [Envelope]) -> tracing::Span {
+        let consumer = self.handler.name();
+        let first = &messages[0];
         let span = tracing::info_span!(
+            parent: None,
             "consume",
+            otel.name = format!("{consumer} {}", first.message_type),
+            otel.kind = "consumer",
             service = self.service,
             consumer,
-            message_type = %message.message_type,
-            message_id = %message.message_id,
-            correlation_id = %message.correlation_id,
-            trace_id,
+            message_type = %first.message_type,
+            message_id = %first.message_id,
+            correlation_id = %first.correlation_id,
+            batch_size = messages.len(),
+            trace_id = tracing::field::Empty,
         );
-        self.process_message(delivery, &message).instrument(span).await;
+        for other in &messages[1..] {
+            if let Some(sender) = other.trace_context() {
+                crate::trace::link(&span, sender);
+            }
+        }
+        let trace = crate::trace::continue_trace(&span, first.trace_context());
+        span.record("trace_id", trace.trace_id_hex());
+        for message in messages.iter_mut() {
+            message.traceparent = Some(trace.to_string());
+        }
+        span
     }
 
     async fn process_message(&self, delivery: Delivery, message: &Envelope) {

@@ -6,10 +6,12 @@
 //! - [`postgres::Relay`]: publishes committed outbox rows through a [`Transport`].
 //! - [`consumer`]: the runtime that feeds deliveries to handlers with retries and dead letters.
 //! - [`transport`]: the port and its RabbitMQ and in-memory adapters.
+//! - [`trace`]: spans that continue the trace a message or request carries.
 
 pub mod consumer;
 pub mod envelope;
 pub mod postgres;
+pub mod trace;
 pub mod transport;
 pub mod unit_of_work;
 

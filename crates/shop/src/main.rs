@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::{Naming, Transport};
-use shop::telemetry::{LogFormat, init_logs, init_metrics};
+use shop::telemetry::{LogFormat, SpanExport, init_metrics};
 use shop::{BrokerSettings, InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
 use std::sync::Arc;
 
@@ -93,14 +93,22 @@ enum TransportKind {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
-    match run(cli.command).await {
+    let telemetry = match shop::telemetry::init(cli.log_format, SpanExport::from_env()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli.command).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
