@@ -52,6 +52,7 @@ RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 KEEP_WORK=${KEEP_WORK:-0}
 
 SHOP_BIN=$ROOT/target/release/shop
+HARNESS_BIN=$ROOT/target/release/harness
 PG_URL=postgres://$PGUSER@$PGHOST:$PGPORT
 AMQP_URL=amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f
 PGBENCH_DB=bench_pgbench
@@ -212,8 +213,8 @@ EOF
 
 # Everything is compiled before anything is measured, so no compiler competes for the 2 cores.
 build() {
-    log "building target/release/shop and the relay benchmark"
-    cargo build --release -p shop
+    log "building target/release/shop, target/release/harness and the relay benchmark"
+    cargo build --release -p shop -p harness
     cargo bench -p messaging --bench relay --no-run
 }
 
@@ -347,12 +348,12 @@ snapshot_costs() {
     done
 }
 
-# One `shop load` step; a failed step is recorded and reported, the run goes on.
+# One `harness load` step; a failed step is recorded and reported, the run goes on.
 run_load_step() {
     local index=$1 concurrency=$2 orders=$3 rc=0 peak hwm
     log "load step $index: $orders orders from $concurrency customers"
     start_sampler "$WORK/rss_$index"
-    "$SHOP_BIN" load --orders "$orders" --concurrency "$concurrency" --quiet --json "$WORK/load_$index.json" \
+    "$HARNESS_BIN" load --orders "$orders" --concurrency "$concurrency" --quiet --json "$WORK/load_$index.json" \
         --orders-url "http://$ORDERS_ADDR" --inventory-url "http://$INVENTORY_ADDR" \
         >"$WORK/load_$index.log" 2>&1 || rc=$?
     stop_sampler
@@ -362,7 +363,7 @@ run_load_step() {
     sed 's/^/  /' "$WORK/load_$index.log" >&2
     if [[ $rc != 0 ]]; then
         FAILED=1
-        printf '\n  !!!!!! LOAD STEP %s (concurrency %s) FAILED: shop load exited %s !!!!!!\n' \
+        printf '\n  !!!!!! LOAD STEP %s (concurrency %s) FAILED: harness load exited %s !!!!!!\n' \
             "$index" "$concurrency" "$rc" >&2
     fi
     kill -0 "$SHOP_PID" 2>/dev/null || { tail -n 30 "$WORK/shop.log" >&2; die "shop up died during step $index"; }
@@ -373,14 +374,14 @@ run_load_step() {
 run_latency() {
     local rc=0
     log "latency: $LATENCY_ORDERS orders of 3 lines, one in flight at a time"
-    "$SHOP_BIN" load --orders "$LATENCY_ORDERS" --concurrency 1 --min-lines 3 --max-lines 3 --products 10 \
+    "$HARNESS_BIN" load --orders "$LATENCY_ORDERS" --concurrency 1 --min-lines 3 --max-lines 3 --products 10 \
         --cancel-ratio 0 --ship-ratio 0 --await-outcome --quiet --json "$WORK/latency.json" \
         --orders-url "http://$ORDERS_ADDR" --inventory-url "http://$INVENTORY_ADDR" \
         >"$WORK/latency.log" 2>&1 || rc=$?
     sed 's/^/  /' "$WORK/latency.log" >&2
     if [[ $rc != 0 ]]; then
         FAILED=1
-        printf '\n  !!!!!! LATENCY STEP FAILED: shop load exited %s !!!!!!\n' "$rc" >&2
+        printf '\n  !!!!!! LATENCY STEP FAILED: harness load exited %s !!!!!!\n' "$rc" >&2
     fi
 }
 

@@ -12,7 +12,7 @@ The raw files `report` reads from WORKDIR, all written by run.sh:
     relay.json                           BENCH_JSON of the messaging relay benchmark
     steps.txt                            one line per load step: index concurrency orders
                                          exit_code peak_rss_kb vmhwm_kb
-    load_<index>.json                    `shop load --json` report of that step
+    load_<index>.json                    `harness load --json` report of that step
     shop.env                             how `shop up` ended (exit code, VmHWM)
 """
 
@@ -295,7 +295,7 @@ def markdown(result):
                    f"messages (outbox rows); measured over {c['orders']} orders at concurrency "
                    f"{c['measured_on_concurrency']}")
         kinds = ", ".join(f"{kind} {fmt(n, 2)}" for kind, n in c["messages_per_order_by_type"].items())
-        out.append(f"- messages per order by type (the catalog seeding of `shop load` included): {kinds}")
+        out.append(f"- messages per order by type (the catalog seeding of `harness load` included): {kinds}")
     else:
         out.append("- cost per order: not measured")
     single = result.get("single_order_latency")

@@ -5,7 +5,7 @@
 
 use crate::ErrorChain;
 use crate::backoff::{Backoff, Jitter};
-use crate::envelope::{DecodeError, Envelope, TraceParent, UnreadableEnvelope};
+use crate::envelope::{DecodeError, Envelope, UnreadableEnvelope};
 use crate::handler::{Handler, HandlerError, Inbound, Received};
 use crate::transport::{Deliveries, Delivery, Failure, Naming, QueueSpec, Settlement, Transport};
 use crate::unit_of_work::Inbox;
@@ -253,8 +253,8 @@ impl<H: Handler> Worker<H> {
                     self.dead_letter(settlement, "unreadable", Failure { reason, attempts: 0 }).await;
                     continue;
                 }
-                Taken::Undecodable(envelope, error, settlement) => {
-                    let span = self.span(&envelope);
+                Taken::Undecodable(mut envelope, error, settlement) => {
+                    let span = self.handling_span([&mut envelope]);
                     // The handler cannot read it: as if it had refused it on its first attempt.
                     let failure = Failure { reason: ErrorChain(&error).to_string(), attempts: 1 };
                     self.dead_letter(settlement, &envelope.message_type, failure).instrument(span).await;
@@ -288,10 +288,11 @@ impl<H: Handler> Worker<H> {
 
     /// One unit of work for the whole run; on success every delivery is acknowledged, otherwise
     /// the run is handed back to be handled one by one.
-    async fn process_together(&self, run: Vec<Ready<H::Message>>) -> Result<(), Vec<Ready<H::Message>>> {
+    async fn process_together(&self, mut run: Vec<Ready<H::Message>>) -> Result<(), Vec<Ready<H::Message>>> {
+        let span = self.handling_span(run.iter_mut().map(|ready| &mut ready.received.envelope));
         let started = std::time::Instant::now();
         let messages: Vec<&Received<H::Message>> = run.iter().map(|ready| &ready.received).collect();
-        match self.handler.handle_many(&messages).await {
+        match self.handler.handle_many(&messages).instrument(span).await {
             Some(Ok(())) => {
                 tracing::debug!(count = run.len(), took = ?started.elapsed(), "handled together");
                 for ready in run {
@@ -307,26 +308,41 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn span(&self, message: &Envelope) -> tracing::Span {
-        let trace_id = message
-            .traceparent
-            .as_deref()
-            .and_then(|header| TraceParent::parse(header).ok())
-            .map(|trace| trace.trace_id_hex())
-            .unwrap_or_default();
-        tracing::info_span!(
+    /// The span of handling `messages` (one, or a batch), a child of the span that sent the
+    /// first and linked to the senders of the others. Each message's `traceparent` becomes this
+    /// span, so that the messages the handler causes name it as their parent.
+    fn handling_span<'a>(&self, messages: impl IntoIterator<Item = &'a mut Envelope>) -> tracing::Span {
+        let mut messages: Vec<&mut Envelope> = messages.into_iter().collect();
+        let consumer = self.handler.name();
+        let first = &messages[0];
+        let span = tracing::info_span!(
+            parent: None,
             "consume",
+            otel.name = format!("{consumer} {}", first.message_type),
+            otel.kind = "consumer",
             service = self.settings.service,
-            consumer = self.handler.name(),
-            message_type = %message.message_type,
-            message_id = %message.message_id,
-            correlation_id = %message.correlation_id,
-            trace_id,
-        )
+            consumer,
+            message_type = %first.message_type,
+            message_id = %first.message_id,
+            correlation_id = %first.correlation_id,
+            batch_size = messages.len(),
+            trace_id = tracing::field::Empty,
+        );
+        for other in &messages[1..] {
+            if let Some(sender) = other.trace_context() {
+                crate::trace::link(&span, sender);
+            }
+        }
+        let trace = crate::trace::continue_trace(&span, first.trace_context());
+        span.record("trace_id", trace.trace_id_hex());
+        for message in &mut messages {
+            message.traceparent = Some(trace.to_string());
+        }
+        span
     }
 
-    async fn process(&self, ready: Ready<H::Message>) {
-        let span = self.span(&ready.received.envelope);
+    async fn process(&self, mut ready: Ready<H::Message>) {
+        let span = self.handling_span([&mut ready.received.envelope]);
         self.process_message(ready).instrument(span).await;
     }
 

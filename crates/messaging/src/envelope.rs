@@ -82,19 +82,25 @@ impl Envelope {
         M::deserialize(&self.payload)
             .map_err(|source| DecodeError::Body { message_type: self.message_type.clone(), source })
     }
+
+    /// The span this message names as its parent, if it carries a valid `traceparent`.
+    pub fn trace_context(&self) -> Option<TraceParent> {
+        self.traceparent.as_deref().and_then(|header| TraceParent::parse(header).ok())
+    }
 }
 
 /// The causal context of a unit of work: what new messages are correlated with and caused by.
 ///
-/// An HTTP request starts a context ([`Causation::root`]); handling a message continues the
-/// context of that message ([`Causation::from_message`]).
+/// An HTTP request starts a context ([`Causation::root`]) in the request's span; handling a
+/// message continues the context of that message ([`Causation::from_message`]), whose
+/// `traceparent` the consumer has set to the span handling it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Causation {
     /// The business flow new messages belong to.
     pub correlation_id: String,
     /// The message being handled, if any.
     pub causation_id: Option<Uuid>,
-    /// The trace new messages continue.
+    /// The span doing the work: the parent named by the messages it causes.
     pub trace: TraceParent,
 }
 
@@ -106,12 +112,7 @@ impl Causation {
 
     /// The context of handling `message`: same flow, caused by it, in its trace.
     pub fn from_message(message: &Envelope) -> Self {
-        let trace = message
-            .traceparent
-            .as_deref()
-            .and_then(|header| TraceParent::parse(header).ok())
-            .map(|parent| parent.child())
-            .unwrap_or_else(TraceParent::new_root);
+        let trace = message.trace_context().unwrap_or_else(TraceParent::new_root);
         Self { correlation_id: message.correlation_id.clone(), causation_id: Some(message.message_id), trace }
     }
 
@@ -123,7 +124,7 @@ impl Causation {
             correlation_id: self.correlation_id.clone(),
             causation_id: self.causation_id,
             occurred_at: Utc::now(),
-            traceparent: Some(self.trace.child().to_string()),
+            traceparent: Some(self.trace.to_string()),
             payload: serde_json::to_value(message).expect("contract messages always serialize"),
         }
     }

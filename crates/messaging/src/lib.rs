@@ -7,6 +7,7 @@
 //! - [`Inbound`], [`Handler`] and [`BatchHandler`]: what application code implements to consume
 //!   messages; [`Consumer`] runs one with retries and dead letters.
 //! - [`transport`]: the port and its RabbitMQ and in-memory adapters.
+//! - [`trace`]: spans that continue the trace a message or request carries.
 //! - [`Backoff`]: how every retry loop waits.
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod consumer;
 pub mod envelope;
 pub mod handler;
 pub mod postgres;
+pub mod trace;
 pub mod transport;
 pub mod unit_of_work;
 

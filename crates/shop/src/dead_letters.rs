@@ -1,7 +1,7 @@
 //! `shop dead-letters`: what consumers could not process, with the reason, and the tools to
 //! send it back once the cause is fixed, or to drop it.
 
-use crate::topology::CONSUMERS;
+use crate::topology;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use messaging::transport::DeadLetters;
@@ -26,8 +26,8 @@ pub struct Target {
 
 fn error_queues(transport: &RabbitMq, target: &Target) -> anyhow::Result<Vec<String>> {
     let naming = transport.naming();
-    let all =
-        CONSUMERS.iter().map(|(service, consumer)| (format!("{service}.{consumer}"), naming.queue(service, consumer)));
+    let all = topology::consumers()
+        .map(|(service, consumer)| (format!("{service}.{consumer}"), naming.queue(service, consumer)));
     let chosen: Vec<String> = match &target.queue {
         None => all.map(|(_, queue)| queue).collect(),
         Some(wanted) => {

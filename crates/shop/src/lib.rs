@@ -1,10 +1,8 @@
 //! The composition root: wires each service's layers to PostgreSQL, RabbitMQ and HTTP, and
 //! runs them with graceful shutdown. The `shop` binary (main.rs) is a thin CLI over this.
 
-pub mod chaos;
 pub mod config;
 pub mod dead_letters;
-pub mod load;
 mod server;
 mod services;
 pub mod telemetry;

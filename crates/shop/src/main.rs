@@ -1,12 +1,12 @@
-//! `shop`: run the order and inventory services, migrate their databases, inspect dead letters,
-//! put load on a running system.
+//! `shop`: run the order and inventory services, migrate their databases, inspect dead letters.
+//! Load and fault injection live in the separate `harness` binary.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::{Naming, Transport};
-use shop::telemetry::{LogFormat, init_logs, init_metrics};
+use shop::telemetry::{LogFormat, SpanExport, init_metrics};
 use shop::{BrokerSettings, InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
 use std::sync::Arc;
 
@@ -60,10 +60,6 @@ enum Command {
         #[command(flatten)]
         broker: BrokerSettings,
     },
-    /// Drive orders through running services and check the invariants afterwards.
-    Load(shop::load::LoadArgs),
-    /// Run services as processes, inject faults under load, then check every invariant.
-    Chaos(shop::chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -97,14 +93,22 @@ enum TransportKind {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
-    match run(cli.command).await {
+    let telemetry = match shop::telemetry::init(cli.log_format, SpanExport::from_env()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli.command).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
@@ -153,8 +157,6 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             shop::dead_letters::run(action, &transport).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Load(args) => shop::load::run(args).await,
-        Command::Chaos(args) => shop::chaos::run(args).await,
     }
 }
 

@@ -33,8 +33,7 @@ impl HttpApp {
             .layer(CatchPanicLayer::custom(|_| {
                 axum::response::IntoResponse::into_response(Problem::internal("a request handler panicked"))
             }))
-            .layer(web::trace_layer(self.service))
-            .layer(axum::middleware::from_fn(web::propagate_trace))
+            .layer(axum::middleware::from_fn_with_state(self.service, web::trace_request))
     }
 }
 

@@ -95,5 +95,6 @@ async fn every_integration_message_has_a_consumer_and_every_consumer_is_known() 
         assert!(consumed.contains(&message_type), "{message_type} has no consumer: it would never leave the outbox");
     }
     let named: Vec<(&str, &str)> = consumers.iter().map(|(service, consumer)| (*service, consumer.name())).collect();
-    assert_eq!(named, shop::topology::CONSUMERS, "the dead-letter tools must know every consumer");
+    let declared: Vec<(&str, &str)> = shop::topology::consumers().collect();
+    assert_eq!(named, declared, "each service must declare every consumer it runs (the dead-letter tools use them)");
 }

@@ -1,4 +1,5 @@
-//! The short fault-injection run (`shop chaos` with a few hundred orders): two processes per
+//! The short fault-injection run (`harness chaos` with a few hundred orders) against this
+//! crate's `shop` binary (so it lives here, with the harness as a dev-dependency): two processes per
 //! service under load while processes are killed, RabbitMQ restarts, database connections are
 //! cut, delivered messages are published again and poison arrives. Every invariant must hold.
 //!
@@ -6,7 +7,7 @@
 //! binary (`cargo test` runs test binaries one after another). The long run is a README command.
 
 use clap::Parser;
-use shop::chaos::{ChaosArgs, execute, print_report};
+use harness::chaos::{ChaosArgs, execute, print_report};
 
 #[derive(Parser)]
 struct Cli {

@@ -3,8 +3,8 @@
 //! - [`Problem`]: RFC 7807 `application/problem+json` errors.
 //! - [`Json`], [`Path`], [`Query`]: extractors whose rejections are problems (400), never
 //!   axum's plain-text defaults.
-//! - [`RequestTrace`] and [`trace_layer`]: the W3C trace context of a request, and a span per
-//!   request carrying its trace id.
+//! - [`RequestTrace`] and [`trace_request`]: a span per request, named by its route, continuing
+//!   the caller's W3C trace context, and that context for the commands the request runs.
 //! - [`operations_router`]: `/health/live`, `/health/ready`, `/metrics`.
 
 mod extract;
@@ -15,7 +15,7 @@ mod trace;
 pub use extract::{Json, Path, Query};
 pub use operations::{ReadinessCheck, operations_router};
 pub use problem::Problem;
-pub use trace::{RequestTrace, propagate_trace, trace_layer};
+pub use trace::{RequestTrace, trace_request};
 
 /// Fallback for unknown routes: a 404 problem.
 pub async fn not_found(uri: axum::http::Uri) -> Problem {

@@ -1,15 +1,19 @@
-//! Trace context of HTTP requests: the incoming `traceparent` (or a new trace), a span per
-//! request with its trace id, and the `traceparent` echoed on the response.
+//! Trace context of HTTP requests: a span per request, named by its route, that continues the
+//! caller's `traceparent` (or starts a trace); the request's trace for the commands it runs; the
+//! `traceparent` echoed on the response; a latency metric per response.
 
-use axum::extract::{FromRequestParts, Request};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Response};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use messaging::TraceParent;
 use std::convert::Infallible;
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
+use tracing::Instrument;
+use tracing::field::Empty;
 
-/// The trace this request belongs to; commands pass it on to the messages they cause.
+/// The trace this request belongs to (its span's context); commands pass it on to the messages
+/// they cause.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestTrace(pub TraceParent);
 
@@ -17,77 +21,60 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<RequestTrace>().copied().unwrap_or_else(|| RequestTrace(trace_of(parts))))
+        let outside_trace_request =
+            || RequestTrace(caller(&parts.headers).map_or_else(TraceParent::new_root, |c| c.child()));
+        Ok(parts.extensions.get::<RequestTrace>().copied().unwrap_or_else(outside_trace_request))
     }
 }
 
-fn trace_of(parts: &Parts) -> TraceParent {
-    parts
-        .headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| TraceParent::parse(value).ok())
-        .map(|parent| parent.child())
-        .unwrap_or_else(TraceParent::new_root)
+/// The caller's span, from a valid `traceparent` header.
+fn caller(headers: &HeaderMap) -> Option<TraceParent> {
+    headers.get("traceparent").and_then(|value| value.to_str().ok()).and_then(|value| TraceParent::parse(value).ok())
 }
 
-#[derive(Clone)]
-pub struct RequestSpan {
-    service: &'static str,
-}
+/// Middleware for every route of a service (add it with `Router::layer`, so that the matched
+/// route is known): the request's span, named `{method} {route}` (the route template, so that
+/// one operation has one name), continuing the caller's trace; its trace as [`RequestTrace`];
+/// the status in the span, the latency in `http_request_duration_seconds`, and the trace in the
+/// response's `traceparent`, so that clients can find the request in the logs and traces.
+pub async fn trace_request(State(service): State<&'static str>, mut request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        parent: None,
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        service,
+        http.request.method = %method,
+        http.route = route,
+        url.path = %request.uri().path(),
+        http.response.status_code = Empty,
+        trace_id = Empty,
+    );
+    let trace = messaging::trace::continue_trace(&span, caller(request.headers()));
+    span.record("trace_id", trace.trace_id_hex());
+    request.extensions_mut().insert(RequestTrace(trace));
 
-impl<B> MakeSpan<B> for RequestSpan {
-    fn make_span(&mut self, request: &Request<B>) -> tracing::Span {
-        let trace = request.extensions().get::<RequestTrace>().map(|t| t.0.trace_id_hex()).unwrap_or_default();
-        tracing::info_span!(
-            "request",
-            service = self.service,
-            method = %request.method(),
-            path = %request.uri().path(),
-            trace_id = %trace,
-        )
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let latency = started.elapsed();
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    metrics::histogram!("http_request_duration_seconds", "service" => service, "status" => status.as_str().to_owned())
+        .record(latency.as_secs_f64());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+        tracing::warn!(parent: &span, status = status.as_u16(), ?latency, "request failed");
+    } else {
+        tracing::debug!(parent: &span, status = status.as_u16(), ?latency, "request done");
     }
-}
-
-#[derive(Clone)]
-pub struct RecordResponse {
-    service: &'static str,
-}
-
-impl<B> OnResponse<B> for RecordResponse {
-    fn on_response(self, response: &Response<B>, latency: std::time::Duration, _: &tracing::Span) {
-        let status = response.status();
-        metrics::histogram!("http_request_duration_seconds", "service" => self.service, "status" => status.as_str().to_owned())
-            .record(latency.as_secs_f64());
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), ?latency, "request failed");
-        } else {
-            tracing::debug!(status = status.as_u16(), ?latency, "request done");
-        }
-    }
-}
-
-pub type HttpTraceLayer = TraceLayer<
-    SharedClassifier<ServerErrorsAsFailures>,
-    RequestSpan,
-    tower_http::trace::DefaultOnRequest,
-    RecordResponse,
->;
-
-/// A span per request (with its trace id) and a latency metric per response.
-pub fn trace_layer(service: &'static str) -> HttpTraceLayer {
-    TraceLayer::new_for_http().make_span_with(RequestSpan { service }).on_response(RecordResponse { service })
-}
-
-/// Middleware: fixes the request's trace context before anything reads it, and returns it in
-/// the response's `traceparent` header so clients can find the request in the logs.
-pub async fn propagate_trace(mut request: Request, next: axum::middleware::Next) -> axum::response::Response {
-    let (mut parts, body) = request.into_parts();
-    let trace = RequestTrace(trace_of(&parts));
-    parts.extensions.insert(trace);
-    request = Request::from_parts(parts, body);
-    let mut response = next.run(request).await;
-    if let Ok(value) = HeaderValue::from_str(&trace.0.to_string()) {
+    if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
         response.headers_mut().insert("traceparent", value);
     }
     response

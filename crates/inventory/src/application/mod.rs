@@ -17,3 +17,6 @@ pub use stock_handler::{StockCommand, StockHandler};
 
 /// Names this service's queues and log lines.
 pub const SERVICE: &str = "inventory";
+
+/// The consumers this service runs; each has the queue `Naming::queue(SERVICE, consumer)`.
+pub const CONSUMERS: &[&str] = &[ReservationSagaHandler::NAME, StockHandler::NAME];

@@ -35,6 +35,9 @@ pub struct ReservationSagaHandler {
 }
 
 impl ReservationSagaHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "saga";
+
     pub fn new(sagas: Arc<dyn SagaStore>, timeout: Duration) -> Self {
         Self { sagas, timeout }
     }
@@ -84,7 +87,7 @@ impl BatchHandler for ReservationSagaHandler {
     type Error = AppError;
 
     fn name(&self) -> &'static str {
-        "saga"
+        Self::NAME
     }
 
     fn key(&self, message: &SagaMessage) -> OrderId {

@@ -23,6 +23,9 @@ pub struct StockHandler {
 }
 
 impl StockHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "stock";
+
     pub fn new(products: Arc<dyn ProductStore>) -> Self {
         Self { products }
     }
@@ -39,7 +42,7 @@ impl BatchHandler for StockHandler {
     type Error = AppError;
 
     fn name(&self) -> &'static str {
-        "stock"
+        Self::NAME
     }
 
     fn key(&self, command: &StockCommand) -> i64 {

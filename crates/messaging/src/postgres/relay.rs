@@ -198,9 +198,15 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
+        let spans: Vec<tracing::Span> = envelopes.iter_mut().map(|envelope| self.publish_span(envelope)).collect();
         let claimed = Instant::now();
-        self.transport.publish(&envelopes).await?;
+        if let Err(error) = self.transport.publish(&envelopes).await {
+            for span in &spans {
+                span.record("otel.status_code", "error");
+            }
+            return Err(error.into());
+        }
         let confirmed = Instant::now();
         let ids: Vec<Uuid> = envelopes.iter().map(|e| e.message_id).collect();
         sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE message_id = ANY($1)")
@@ -208,6 +214,7 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        drop(spans);
 
         let now = Utc::now();
         for envelope in &envelopes {
@@ -223,6 +230,27 @@ impl Relay {
             "published"
         );
         Ok(envelopes.len())
+    }
+
+    /// A span from claim to confirm of one message, a child of the span that wrote it. When
+    /// spans are exported, the message names this span as its parent from here on, so that
+    /// the consumer's span follows the publish.
+    fn publish_span(&self, envelope: &mut Envelope) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: None,
+            "publish",
+            otel.name = format!("publish {}", envelope.message_type),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            service = self.name,
+            message_type = %envelope.message_type,
+            message_id = %envelope.message_id,
+            correlation_id = %envelope.correlation_id,
+        );
+        if let Some(exported) = envelope.trace_context().and_then(|writer| crate::trace::follow(&span, writer)) {
+            envelope.traceparent = Some(exported.to_string());
+        }
+        span
     }
 
     /// How long to sleep before the next scheduled row is due (or the sweep interval).

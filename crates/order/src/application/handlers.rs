@@ -35,6 +35,9 @@ pub struct CatalogHandler {
 }
 
 impl CatalogHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "catalog";
+
     pub fn new(catalog: Arc<dyn Catalog>) -> Self {
         Self { catalog }
     }
@@ -45,7 +48,7 @@ impl Handler for CatalogHandler {
     type Message = ProductNews;
 
     fn name(&self) -> &'static str {
-        "catalog"
+        Self::NAME
     }
 
     async fn handle(&self, message: &Received<ProductNews>) -> Result<(), HandlerError> {
@@ -70,6 +73,9 @@ pub struct ReservationOutcomeHandler {
 }
 
 impl ReservationOutcomeHandler {
+    /// The consumer name: its queue and its inbox records.
+    pub const NAME: &'static str = "reservations";
+
     pub fn new(orders: Arc<dyn OrderStore>) -> Self {
         Self { orders }
     }
@@ -86,7 +92,7 @@ impl Handler for ReservationOutcomeHandler {
     type Message = ReservationOutcome;
 
     fn name(&self) -> &'static str {
-        "reservations"
+        Self::NAME
     }
 
     async fn handle(&self, received: &Received<ReservationOutcome>) -> Result<(), HandlerError> {

@@ -14,3 +14,6 @@ pub use ports::{Catalog, OrderFilter, OrderPage, OrderStore, OrderSummary};
 
 /// Names this service's queues and log lines.
 pub const SERVICE: &str = "order";
+
+/// The consumers this service runs; each has the queue `Naming::queue(SERVICE, consumer)`.
+pub const CONSUMERS: &[&str] = &[CatalogHandler::NAME, ReservationOutcomeHandler::NAME];

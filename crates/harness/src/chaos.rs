@@ -1,11 +1,11 @@
-//! `shop chaos`: the guarantees under real faults, Jepsen-style.
+//! `harness chaos`: the guarantees under real faults, Jepsen-style.
 //!
 //! Runs two instances of each service as OS processes against the real PostgreSQL and RabbitMQ,
-//! puts them under order load (the `shop load` customers), and meanwhile, at random moments
+//! puts them under order load (the `harness load` customers), and meanwhile, at random moments
 //! drawn from a printed seed: kills service processes with SIGKILL and restarts them, restarts
 //! RabbitMQ, cuts every database connection (or restarts PostgreSQL), republishes copies of
 //! messages already delivered, and publishes poison messages. Then it waits for the system to
-//! go quiet and checks every invariant of DESIGN.md, through the APIs and in the databases.
+//! go quiet and checks every invariant, through the APIs and in the databases.
 
 use crate::load::{Api, LoadArgs, summarize};
 use anyhow::{Context, bail};
@@ -14,7 +14,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use messaging::Envelope;
 use messaging::transport::rabbitmq::RabbitMq;
-use messaging::transport::{DeadLetters, Naming, Transport};
+use messaging::transport::{DeadLetters, Naming, QueueSpec, Transport};
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection};
 use std::collections::BTreeMap;
@@ -60,7 +60,7 @@ pub struct ChaosArgs {
     pub postgres_url: String,
     #[arg(long, env = "SHOP_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub amqp_url: String,
-    /// The `shop` binary to run the services with (default: this one).
+    /// The `shop` binary to run the services with (default: the one next to this executable).
     #[arg(long)]
     pub binary: Option<PathBuf>,
     /// How long the system may take to go quiet after the last fault.
@@ -149,6 +149,28 @@ impl Instance {
     }
 }
 
+/// The `shop` binary built beside this one (`cargo build -p shop -p harness` puts both in one
+/// directory).
+fn shop_binary() -> anyhow::Result<PathBuf> {
+    let binary = std::env::current_exe()?.with_file_name("shop");
+    anyhow::ensure!(
+        binary.is_file(),
+        "no shop binary at {} (build it with `cargo build --release -p shop`, or pass --binary)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// Every consumer queue of the system under `naming`, as the services declare them.
+fn consumer_queues(naming: &Naming) -> Vec<String> {
+    use inventory::application as inventory;
+    use order::application as order;
+    [(order::SERVICE, order::CONSUMERS), (inventory::SERVICE, inventory::CONSUMERS)]
+        .into_iter()
+        .flat_map(|(service, consumers)| consumers.iter().map(move |consumer| naming.queue(service, consumer)))
+        .collect()
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -157,7 +179,7 @@ impl Cluster {
     fn new(args: &ChaosArgs, run_id: &str) -> anyhow::Result<Self> {
         let binary = match &args.binary {
             Some(binary) => binary.clone(),
-            None => std::env::current_exe()?,
+            None => shop_binary()?,
         };
         let logs = std::env::temp_dir().join(format!("shop-chaos-{run_id}"));
         std::fs::create_dir_all(&logs)?;
@@ -251,7 +273,10 @@ impl Cluster {
             return;
         }
         if let Ok(broker) = RabbitMq::connect(amqp_url, self.naming.clone(), "shop-chaos-cleanup").await {
-            let _ = broker.delete_topology(&crate::topology::consumer_queues(&self.naming)).await;
+            let queues = consumer_queues(&self.naming).into_iter();
+            let specs: Vec<QueueSpec> =
+                queues.map(|name| QueueSpec { name, message_types: Vec::new(), prefetch: 1 }).collect();
+            let _ = broker.delete_topology(&specs).await;
         }
         if let Ok(mut admin) = self.admin().await {
             for db in [&self.orders_db, &self.inventory_db] {
@@ -578,8 +603,7 @@ async fn wait_for_quiescence(
                 last.push(format!("{name}: {unsent} outbox rows not published"));
             }
         }
-        for (service, consumer) in crate::topology::CONSUMERS {
-            let queue = naming.queue(service, consumer);
+        for queue in consumer_queues(&naming) {
             let depth = broker.depth(&queue).await?;
             if depth > 0 {
                 last.push(format!("{queue}: {depth} messages not consumed"));
@@ -651,8 +675,8 @@ async fn database_violations(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::R
 async fn check_dead_letters(broker: &RabbitMq, poison: usize) -> anyhow::Result<Vec<String>> {
     let mut violations = Vec::new();
     let mut found = 0;
-    for (service, consumer) in crate::topology::CONSUMERS {
-        let error_queue = messaging::transport::error_queue_of(&broker.naming().queue(service, consumer));
+    for queue in consumer_queues(broker.naming()) {
+        let error_queue = messaging::transport::error_queue_of(&queue);
         for letter in broker.list(&error_queue).await? {
             if letter.message_id.is_none() && letter.body.contains("poison") {
                 found += 1;

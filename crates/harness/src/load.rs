@@ -1,4 +1,4 @@
-//! `shop load`: simulated customers drive orders through the HTTP APIs of running services,
+//! `harness load`: simulated customers drive orders through the HTTP APIs of running services,
 //! then the run waits for every order to end and checks the system's invariants through the
 //! same APIs.
 //!
@@ -9,7 +9,7 @@
 //!
 //! The customers tolerate failures the way a careful client would: they spread requests over
 //! every instance given, retry what failed in transit (and check before repeating anything that
-//! is not idempotent), so the same code drives the fault-injection runs of `shop chaos`.
+//! is not idempotent), so the same code drives the fault-injection runs of `harness chaos`.
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
@@ -432,7 +432,7 @@ impl Api {
         Ok(finals)
     }
 
-    /// The invariants of DESIGN.md, read through the APIs once the system is quiet. `finals`
+    /// The system's invariants, read through the APIs once the system is quiet. `finals`
     /// are the orders' last views: their lines are what was really ordered.
     pub async fn check_invariants(
         &self,

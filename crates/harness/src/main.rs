@@ -1,0 +1,48 @@
+//! `harness`: put order load on running services, or run them under injected faults, and check
+//! every invariant afterwards.
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "harness", version, about = "Load and fault injection for the shop's services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive orders through running services and check the invariants afterwards.
+    Load(harness::load::LoadArgs),
+    /// Run services as processes, inject faults under load, then check every invariant.
+    Chaos(harness::chaos::ChaosArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The broker and database clients warn here when a fault cuts them off.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let outcome = match cli.command {
+        Command::Load(args) => harness::load::run(args).await,
+        Command::Chaos(args) => harness::chaos::run(args).await,
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
