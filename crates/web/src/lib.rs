@@ -6,7 +6,9 @@
 //! - [`RequestTrace`] and [`trace_layer`]: the W3C trace context of a request, and a span per
 //!   request carrying its trace id.
 //! - [`operations_router`]: `/health/live`, `/health/ready`, `/metrics`.
+//! - [`auth`]: bearer tokens, who is calling, and minting tokens with the local key.
 
+pub mod auth;
 mod extract;
 mod operations;
 mod problem;

@@ -45,6 +45,7 @@ impl<B> MakeSpan<B> for RequestSpan {
             method = %request.method(),
             path = %request.uri().path(),
             trace_id = %trace,
+            caller = tracing::field::Empty,
         )
     }
 }
