@@ -7,6 +7,7 @@
 //! messages already delivered, and publishes poison messages. Then it waits for the system to
 //! go quiet and checks every invariant of DESIGN.md, through the APIs and in the databases.
 
+use crate::config::{AuthSettings, DataDir};
 use crate::load::{Api, LoadArgs, summarize};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -172,6 +173,10 @@ impl Cluster {
             ("SHOP_QUEUE_PREFIX".into(), naming.prefix().to_owned()),
             ("SHOP_RESERVATION_TIMEOUT".into(), humantime::format_duration(args.reservation_timeout).to_string()),
             ("SHOP_DB_POOL_SIZE".into(), "6".into()),
+            // The run's own signing key (created by whichever process needs it first).
+            ("SHOP_DATA_DIR".into(), logs.display().to_string()),
+            ("SHOP_AUTH_ISSUER".into(), crate::config::DEFAULT_ISSUER.into()),
+            ("SHOP_AUTH_AUDIENCE".into(), crate::config::DEFAULT_AUDIENCE.into()),
             ("RUST_LOG".into(), "info,sqlx=warn,lapin=error".into()),
         ];
         let mut instances = Vec::new();
@@ -197,6 +202,9 @@ impl Cluster {
             .args(["serve", instance.service])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(addr_variable, format!("127.0.0.1:{}", instance.port))
+            .env_remove("SHOP_AUTH_SIGNING_KEY_FILE")
+            .env_remove("SHOP_AUTH_PUBLIC_KEY_FILE")
+            .env_remove("SHOP_AUTH_JWKS_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -306,9 +314,9 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
             cluster.start(index)?;
         }
     }
-    let (order_urls, inventory_urls, naming) = {
+    let (order_urls, inventory_urls, naming, data_dir) = {
         let cluster = cluster.lock().await;
-        (cluster.urls("order"), cluster.urls("inventory"), cluster.naming.clone())
+        (cluster.urls("order"), cluster.urls("inventory"), cluster.naming.clone(), cluster.logs.clone())
     };
     let supervisor = tokio::spawn(supervise(cluster.clone()));
     wait_ready(&inventory_urls, Duration::from_secs(60)).await?;
@@ -332,6 +340,8 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         settle_timeout: args.quiescence_timeout,
         json: None,
         quiet: true,
+        auth: AuthSettings::default(),
+        data: DataDir { data_dir: Some(data_dir) },
     };
     let api = Api::new(&load)?;
     let catalog = api.seed_catalog(&load).await?;

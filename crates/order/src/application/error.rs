@@ -12,6 +12,11 @@ pub enum AppError {
     Rule(#[from] OrderError),
     #[error("the Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
+    /// The caller's role may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("customerId: required when an admin creates an order")]
+    CustomerRequired,
     /// The store was in the way (still conflicting after the retries, unreachable, ...).
     #[error(transparent)]
     Storage(#[from] SaveError),
