@@ -22,7 +22,8 @@ pub struct System {
     pub http: Client,
     pub inventory_db: TestDatabase,
     pub orders_db: TestDatabase,
-    /// Signs tokens the services trust.
+    /// The key the services trust, and a signer with it.
+    pub key: LocalKey,
     pub signer: Signer,
     pub admin: String,
     /// The customer whose token `new_order`, `add` and `command` use.
@@ -68,6 +69,7 @@ impl System {
             http: Client::new(),
             inventory_db,
             orders_db,
+            key,
             signer,
             admin,
             customer,
