@@ -204,7 +204,7 @@ impl AuthSettings {
 
     fn local_key(&self, data: &DataDir) -> anyhow::Result<LocalKey> {
         Ok(match &self.signing_key_file {
-            Some(path) => LocalKey::load(path).context("see SHOP_AUTH_SIGNING_KEY_FILE")?,
+            Some(path) => LocalKey::load(path).context("SHOP_AUTH_SIGNING_KEY_FILE names no usable key")?,
             None => LocalKey::load_or_create(&data.path()?.join(LocalKey::PATH_IN_DATA_DIR))?,
         })
     }
