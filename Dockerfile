@@ -13,10 +13,14 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home shop
+    && useradd --system --uid 10001 --no-create-home shop \
+    && install -d -o shop -m 0700 /var/lib/shop
 COPY --from=build /usr/local/bin/shop /usr/local/bin/shop
 USER shop
-ENV SHOP_LOG_FORMAT=json \
+# The data directory holds the local signing key (auth/signing-key.pem); mount one volume there
+# in every container that must trust the same tokens.
+ENV SHOP_DATA_DIR=/var/lib/shop \
+    SHOP_LOG_FORMAT=json \
     SHOP_ORDERS_HTTP_ADDR=0.0.0.0:8081 \
     SHOP_INVENTORY_HTTP_ADDR=0.0.0.0:8082
 EXPOSE 8081 8082

@@ -62,6 +62,10 @@ INVENTORY_DB=bench_inventory
 QUEUE_PREFIX=bench-$(date -u +%Y%m%d%H%M%S)-$$
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shop-bench.XXXXXX")
+# `shop up` and `harness load` share this run's signing key: the services trust the tokens the load
+# signs (and nothing configured for an identity provider gets in the way).
+export SHOP_DATA_DIR=$WORK/data
+unset SHOP_AUTH_SIGNING_KEY_FILE SHOP_AUTH_PUBLIC_KEY_FILE SHOP_AUTH_JWKS_URL SHOP_AUTH_ISSUER SHOP_AUTH_AUDIENCE
 SHOP_PID=""
 SHOP_STARTED=0
 PG_REACHABLE=0

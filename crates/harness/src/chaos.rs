@@ -16,6 +16,7 @@ use messaging::Envelope;
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::transport::{DeadLetters, Naming, QueueSpec, Transport};
 use serde::Serialize;
+use shop::config::{AuthSettings, DataDir};
 use sqlx::{Connection as _, PgConnection};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -194,6 +195,10 @@ impl Cluster {
             ("SHOP_QUEUE_PREFIX".into(), naming.prefix().to_owned()),
             ("SHOP_RESERVATION_TIMEOUT".into(), humantime::format_duration(args.reservation_timeout).to_string()),
             ("SHOP_DB_POOL_SIZE".into(), "6".into()),
+            // The run's own signing key (created by whichever process needs it first).
+            ("SHOP_DATA_DIR".into(), logs.display().to_string()),
+            ("SHOP_AUTH_ISSUER".into(), shop::config::DEFAULT_ISSUER.into()),
+            ("SHOP_AUTH_AUDIENCE".into(), shop::config::DEFAULT_AUDIENCE.into()),
             ("RUST_LOG".into(), "info,sqlx=warn,lapin=error".into()),
         ];
         let mut instances = Vec::new();
@@ -219,6 +224,9 @@ impl Cluster {
             .args(["serve", instance.service])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(addr_variable, format!("127.0.0.1:{}", instance.port))
+            .env_remove("SHOP_AUTH_SIGNING_KEY_FILE")
+            .env_remove("SHOP_AUTH_PUBLIC_KEY_FILE")
+            .env_remove("SHOP_AUTH_JWKS_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -331,9 +339,9 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
             cluster.start(index)?;
         }
     }
-    let (order_urls, inventory_urls, naming) = {
+    let (order_urls, inventory_urls, naming, data_dir) = {
         let cluster = cluster.lock().await;
-        (cluster.urls("order"), cluster.urls("inventory"), cluster.naming.clone())
+        (cluster.urls("order"), cluster.urls("inventory"), cluster.naming.clone(), cluster.logs.clone())
     };
     let supervisor = tokio::spawn(supervise(cluster.clone()));
     wait_ready(&inventory_urls, Duration::from_secs(60)).await?;
@@ -357,6 +365,8 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         settle_timeout: args.quiescence_timeout,
         json: None,
         quiet: true,
+        auth: AuthSettings::default(),
+        data: DataDir { data_dir: Some(data_dir) },
     };
     let api = Api::new(&load)?;
     let catalog = api.seed_catalog(&load).await?;

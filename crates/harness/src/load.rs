@@ -7,6 +7,9 @@
 //! confirmed order, or ship it. Place-to-decision latency is read from the order's own
 //! `placedAt`/`decidedAt`, so polling does not blur it.
 //!
+//! Each simulated customer has its own token (signed with the local key, as `shop token`
+//! does); products, shipping and the checks use an admin token.
+//!
 //! The customers tolerate failures the way a careful client would: they spread requests over
 //! every instance given, retry what failed in transit (and check before repeating anything that
 //! is not idempotent), so the same code drives the fault-injection runs of `harness chaos`.
@@ -18,11 +21,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{Client, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
+use shop::config::{AuthSettings, DataDir};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+use web::auth::{Role, Signer};
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
@@ -75,6 +80,11 @@ pub struct LoadArgs {
     /// No progress bar (for logs and scripts).
     #[arg(long)]
     pub quiet: bool,
+    /// The services' token settings: the run signs its tokens with the same local key.
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub data: DataDir,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -141,6 +151,8 @@ pub type Catalog = BTreeMap<i64, u32>;
 /// The services' HTTP APIs, with the retries of a careful client.
 pub struct Api {
     http: Client,
+    signer: Signer,
+    admin: String,
     orders: Vec<String>,
     inventory: Vec<String>,
     next: AtomicUsize,
@@ -152,6 +164,7 @@ struct Request {
     path: String,
     body: Option<Value>,
     idempotency_key: Option<String>,
+    token: String,
 }
 
 #[derive(Clone, Copy)]
@@ -162,6 +175,9 @@ enum Service {
 
 /// Attempts before a request is given up; with the backoff, about 40 s of trying.
 const ATTEMPTS: u32 = 16;
+
+/// Long enough for any run.
+const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 
 impl Api {
     pub fn new(args: &LoadArgs) -> anyhow::Result<Arc<Self>> {
@@ -176,7 +192,11 @@ impl Api {
             |urls: &[String]| urls.iter().map(|url| url.trim().trim_end_matches('/').to_owned()).collect::<Vec<_>>();
         let (orders, inventory) = (trim(&args.orders_url), trim(&args.inventory_url));
         ensure!(!orders.is_empty() && !inventory.is_empty(), "give at least one URL per service");
+        let signer = args.auth.signer(&args.data)?;
+        let admin = signer.sign("shop-load", Role::Admin, TOKEN_TTL);
         Ok(Arc::new(Self {
+            signer,
+            admin,
             http: Client::builder()
                 .pool_max_idle_per_host(args.concurrency * 2)
                 .timeout(Duration::from_secs(30))
@@ -196,13 +216,13 @@ impl Api {
     /// One attempt on the next instance: `None` when there was no usable answer (no connection,
     /// a timeout, a 5xx), in which case the request may or may not have been applied.
     async fn attempt(&self, service: Service, request: &Request) -> Option<(StatusCode, Value)> {
-        let Request { method, path, body, idempotency_key } = request;
+        let Request { method, path, body, idempotency_key, token } = request;
         let instances = match service {
             Service::Orders => &self.orders,
             Service::Inventory => &self.inventory,
         };
         let base = &instances[self.next.fetch_add(1, Ordering::Relaxed) % instances.len()];
-        let mut request = self.http.request(method.clone(), format!("{base}{path}"));
+        let mut request = self.http.request(method.clone(), format!("{base}{path}")).bearer_auth(token);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -221,7 +241,7 @@ impl Api {
         }
     }
 
-    /// A request that is safe to repeat, repeated until it gets an answer.
+    /// A request that is safe to repeat, repeated until it gets an answer; as the admin.
     async fn call(
         &self,
         service: Service,
@@ -229,7 +249,19 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        self.send(service, &Request { method, path: path.to_owned(), body, idempotency_key: None }).await
+        self.call_as(&self.admin, service, method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        token: &str,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let request = Request { method, path: path.to_owned(), body, idempotency_key: None, token: token.to_owned() };
+        self.send(service, &request).await
     }
 
     async fn send(&self, service: Service, request: &Request) -> anyhow::Result<(StatusCode, Value)> {
@@ -305,10 +337,11 @@ impl Api {
             let (api, args, products, next, progress) =
                 (self.clone(), args.clone(), products.clone(), next.clone(), progress.clone());
             let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(customer as u64));
+            let token = api.signer.sign(&Uuid::now_v7().to_string(), Role::Customer, TOKEN_TTL);
             customers.spawn(async move {
                 let mut placed = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < args.orders {
-                    placed.push(api.one_order(&args, &products, &mut rng).await?);
+                    placed.push(api.one_order(&args, &products, &token, &mut rng).await?);
                     progress.inc(1);
                 }
                 Ok::<_, anyhow::Error>(placed)
@@ -322,13 +355,20 @@ impl Api {
         Ok(orders)
     }
 
-    async fn one_order(&self, args: &LoadArgs, products: &[i64], rng: &mut fastrand::Rng) -> anyhow::Result<String> {
+    async fn one_order(
+        &self,
+        args: &LoadArgs,
+        products: &[i64],
+        customer: &str,
+        rng: &mut fastrand::Rng,
+    ) -> anyhow::Result<String> {
         // The key makes the create safe to repeat after an attempt without an answer.
         let create = Request {
             method: Method::POST,
             path: "/api/orders".into(),
-            body: Some(json!({ "customerId": Uuid::now_v7(), "description": "load test" })),
+            body: Some(json!({ "description": "load test" })),
             idempotency_key: Some(Uuid::now_v7().to_string()),
+            token: customer.to_owned(),
         };
         let (status, created) = self.send(Service::Orders, &create).await?;
         ensure!(status == StatusCode::CREATED || status == StatusCode::OK, "create order: {status}: {created}");
@@ -337,23 +377,23 @@ impl Api {
         let mut chosen = products.to_vec();
         rng.shuffle(&mut chosen);
         for product in chosen.into_iter().take(rng.usize(args.min_lines..=args.max_lines)) {
-            self.add_line(&id, product, rng.u32(1..=args.max_quantity)).await?;
+            self.add_line(customer, &id, product, rng.u32(1..=args.max_quantity)).await?;
         }
-        self.transition(&id, "place", None).await?;
+        self.transition(customer, &id, "place", None).await?;
 
         // What this customer does after placing: cancel at once, cancel once confirmed, ship
         // once confirmed, or nothing.
         let roll = rng.f64();
         let ship = rng.f64() < args.ship_ratio;
         if roll < args.cancel_ratio / 2.0 {
-            self.transition(&id, "cancel", Some(json!({ "reason": "changed my mind right away" }))).await?;
+            self.transition(customer, &id, "cancel", Some(json!({ "reason": "changed my mind right away" }))).await?;
         } else if roll < args.cancel_ratio || ship || args.await_outcome {
             let outcome = self.wait_until_decided(&id, Duration::from_secs(60)).await?;
             if outcome["status"] == "confirmed" {
                 if roll < args.cancel_ratio {
-                    self.transition(&id, "cancel", Some(json!({ "reason": "found it cheaper" }))).await?;
+                    self.transition(customer, &id, "cancel", Some(json!({ "reason": "found it cheaper" }))).await?;
                 } else if ship {
-                    self.transition(&id, "ship", None).await?;
+                    self.transition(&self.admin, &id, "ship", None).await?;
                 }
             }
         }
@@ -361,12 +401,13 @@ impl Api {
     }
 
     /// Adds a line once: after an attempt without an answer, it looks before trying again.
-    async fn add_line(&self, order: &str, product: i64, quantity: u32) -> anyhow::Result<()> {
+    async fn add_line(&self, customer: &str, order: &str, product: i64, quantity: u32) -> anyhow::Result<()> {
         let add = Request {
             method: Method::POST,
             path: format!("/api/orders/{order}/items"),
             body: Some(json!({ "productId": product, "quantity": quantity })),
             idempotency_key: None,
+            token: customer.to_owned(),
         };
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -387,9 +428,9 @@ impl Api {
 
     /// Place, cancel or ship. A 409 after a retry is the first attempt's success showing; a
     /// 409 for a cancel or ship means the order ended otherwise meanwhile (rejected, say).
-    async fn transition(&self, order: &str, action: &str, body: Option<Value>) -> anyhow::Result<()> {
-        let (status, answer) =
-            self.call(Service::Orders, Method::POST, &format!("/api/orders/{order}/{action}"), body).await?;
+    async fn transition(&self, token: &str, order: &str, action: &str, body: Option<Value>) -> anyhow::Result<()> {
+        let path = format!("/api/orders/{order}/{action}");
+        let (status, answer) = self.call_as(token, Service::Orders, Method::POST, &path, body).await?;
         ensure!(status == StatusCode::OK || status == StatusCode::CONFLICT, "{action} {order}: {status}: {answer}");
         Ok(())
     }

@@ -1,9 +1,12 @@
 //! Configuration: every setting is a flag with an environment variable fallback and a default
 //! that works on a developer machine (PostgreSQL and RabbitMQ on localhost).
 
+use anyhow::{Context, bail};
 use clap::Args;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+use web::auth::{Issuance, JwksSettings, KeySource, LocalKey, Signer, Verifier};
 
 #[derive(Debug, Clone, Args)]
 pub struct OrderSettings {
@@ -90,5 +93,119 @@ impl Default for Tuning {
             relay_sweep: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// Where the system keeps its own files: the local signing key (`auth/signing-key.pem`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DataDir {
+    /// Directory of the system's own files [default: $XDG_DATA_HOME/shop, or ~/.local/share/shop].
+    #[arg(long = "data-dir", env = "SHOP_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let absolute = |variable: &str| std::env::var_os(variable).map(PathBuf::from).filter(|dir| dir.is_absolute());
+        if let Some(data_home) = absolute("XDG_DATA_HOME") {
+            return Ok(data_home.join("shop"));
+        }
+        match absolute("HOME") {
+            Some(home) => Ok(home.join(".local/share/shop")),
+            None => bail!("no data directory: set SHOP_DATA_DIR (or --data-dir), or HOME"),
+        }
+    }
+}
+
+pub const DEFAULT_ISSUER: &str = "shop";
+pub const DEFAULT_AUDIENCE: &str = "shop-api";
+
+/// Which tokens the APIs accept. By default they trust the local development key, which
+/// `shop token` signs with; with a public key or a JWKS URL they trust an identity provider
+/// instead, and only it.
+#[derive(Debug, Clone, Args)]
+pub struct AuthSettings {
+    /// The `iss` tokens must carry.
+    #[arg(long = "auth-issuer", env = "SHOP_AUTH_ISSUER", default_value = DEFAULT_ISSUER)]
+    pub issuer: String,
+    /// The `aud` tokens must carry.
+    #[arg(long = "auth-audience", env = "SHOP_AUTH_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+    /// The local Ed25519 signing key (PKCS#8 PEM) [default: <data dir>/auth/signing-key.pem,
+    /// created on first use].
+    #[arg(
+        long = "auth-signing-key-file",
+        env = "SHOP_AUTH_SIGNING_KEY_FILE",
+        value_name = "PATH",
+        conflicts_with_all = ["public_key_file", "jwks_url"]
+    )]
+    pub signing_key_file: Option<PathBuf>,
+    /// Trust only tokens signed by this PEM public key (Ed25519, RSA or EC), e.g. an identity
+    /// provider's.
+    #[arg(
+        long = "auth-public-key-file",
+        env = "SHOP_AUTH_PUBLIC_KEY_FILE",
+        value_name = "PATH",
+        conflicts_with = "jwks_url"
+    )]
+    pub public_key_file: Option<PathBuf>,
+    /// Trust only tokens signed by a key of this JWKS (an identity provider's), fetched when
+    /// needed and cached.
+    #[arg(long = "auth-jwks-url", env = "SHOP_AUTH_JWKS_URL", value_name = "URL")]
+    pub jwks_url: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            issuer: DEFAULT_ISSUER.into(),
+            audience: DEFAULT_AUDIENCE.into(),
+            signing_key_file: None,
+            public_key_file: None,
+            jwks_url: None,
+        }
+    }
+}
+
+impl AuthSettings {
+    pub fn issuance(&self) -> Issuance {
+        Issuance { issuer: self.issuer.clone(), audience: self.audience.clone() }
+    }
+
+    /// What the services check tokens with.
+    pub fn verifier(&self, data: &DataDir) -> anyhow::Result<Verifier> {
+        let source = match (&self.jwks_url, &self.public_key_file) {
+            (Some(url), _) => KeySource::Jwks(JwksSettings::new(url)),
+            (None, Some(path)) => KeySource::PublicKeyFile(path.clone()),
+            (None, None) => KeySource::Local(self.local_key(data)?),
+        };
+        Ok(Verifier::new(source, &self.issuance())?)
+    }
+
+    /// What `shop token` and `shop load` sign with: the local key, which the services trust
+    /// unless an identity provider's keys are configured.
+    pub fn signer(&self, data: &DataDir) -> anyhow::Result<Signer> {
+        let trusted = match (&self.jwks_url, &self.public_key_file) {
+            (Some(url), _) => Some(format!("SHOP_AUTH_JWKS_URL is set ({url})")),
+            (None, Some(path)) => Some(format!("SHOP_AUTH_PUBLIC_KEY_FILE is set ({})", path.display())),
+            (None, None) => None,
+        };
+        if let Some(trusted) = trusted {
+            bail!(
+                "{trusted}: the services trust only the identity provider's keys and would refuse a token signed \
+                 with the local key; get a token from the identity provider instead"
+            );
+        }
+        Ok(Signer::new(&self.local_key(data)?, self.issuance()))
+    }
+
+    fn local_key(&self, data: &DataDir) -> anyhow::Result<LocalKey> {
+        Ok(match &self.signing_key_file {
+            Some(path) => LocalKey::load(path).context("SHOP_AUTH_SIGNING_KEY_FILE names no usable key")?,
+            None => LocalKey::load_or_create(&data.path()?.join(LocalKey::PATH_IN_DATA_DIR))?,
+        })
     }
 }

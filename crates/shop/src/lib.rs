@@ -8,7 +8,7 @@ mod services;
 pub mod telemetry;
 pub mod topology;
 
-pub use config::{BrokerSettings, InventorySettings, OrderSettings, Tuning};
+pub use config::{AuthSettings, BrokerSettings, DataDir, InventorySettings, OrderSettings, Tuning};
 pub use services::{RunningService, Runtime, start_inventory, start_order};
 
 /// Creates both databases if needed and runs their migrations.

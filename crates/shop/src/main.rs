@@ -7,8 +7,10 @@ use messaging::transport::memory::MemoryTransport;
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::{Naming, Transport};
 use shop::telemetry::{LogFormat, SpanExport, init_metrics};
-use shop::{BrokerSettings, InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
+use shop::{AuthSettings, BrokerSettings, DataDir, InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
 use std::sync::Arc;
+use std::time::Duration;
+use web::auth::{Role, Verifier};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +39,10 @@ enum Command {
         broker: BrokerSettings,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        auth: AuthSettings,
+        #[command(flatten)]
+        data: DataDir,
         /// `memory` runs without RabbitMQ (messages stay in this process).
         #[arg(long, env = "SHOP_TRANSPORT", value_enum, default_value = "rabbitmq")]
         transport: TransportKind,
@@ -60,6 +66,9 @@ enum Command {
         #[command(flatten)]
         broker: BrokerSettings,
     },
+    /// Print a token signed with the local key, which the services trust when started with the
+    /// same settings (e.g. `curl -H "Authorization: Bearer $(shop token --admin)" ...`).
+    Token(TokenArgs),
 }
 
 #[derive(Subcommand)]
@@ -72,6 +81,10 @@ enum Service {
         broker: BrokerSettings,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        auth: AuthSettings,
+        #[command(flatten)]
+        data: DataDir,
     },
     /// The inventory service.
     Inventory {
@@ -81,7 +94,38 @@ enum Service {
         broker: BrokerSettings,
         #[command(flatten)]
         tuning: Tuning,
+        #[command(flatten)]
+        auth: AuthSettings,
+        #[command(flatten)]
+        data: DataDir,
     },
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    holder: TokenHolder,
+    /// The `sub` of an admin token: who the admin is.
+    #[arg(long, default_value = "admin", requires = "admin")]
+    subject: String,
+    /// How long the token is valid (e.g. 15m, 1h, 7d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    #[command(flatten)]
+    auth: AuthSettings,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct TokenHolder {
+    /// A customer's token: it acts on that customer's orders only.
+    #[arg(long, value_name = "UUID")]
+    customer: Option<uuid::Uuid>,
+    /// An admin's token: it may do everything.
+    #[arg(long)]
+    admin: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,14 +157,15 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Up { orders, inventory, broker, tuning, transport } => {
+        Command::Up { orders, inventory, broker, tuning, auth, data, transport } => {
             let metrics = Some(init_metrics()?);
+            let verifier = verifier(&auth, &data)?;
             let naming = Naming::new(&broker.queue_prefix);
             let transport: Arc<dyn Transport> = match transport {
                 TransportKind::Rabbitmq => Arc::new(rabbitmq(&broker, "shop").await?),
                 TransportKind::Memory => Arc::new(MemoryTransport::new()),
             };
-            let runtime = Runtime { transport, naming, tuning, metrics };
+            let runtime = Runtime { transport, naming, tuning, metrics, verifier };
             let inventory = shop::start_inventory(&inventory, &runtime).await?;
             let orders = shop::start_order(&orders, &runtime).await?;
             print_ready(&[&orders, &inventory]);
@@ -128,20 +173,23 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Serve { service } => {
             let metrics = Some(init_metrics()?);
-            let runtime = |broker: &BrokerSettings, transport: RabbitMq, tuning: Tuning| Runtime {
+            let runtime = |broker: &BrokerSettings, transport: RabbitMq, tuning: Tuning, verifier| Runtime {
                 transport: Arc::new(transport),
                 naming: Naming::new(&broker.queue_prefix),
                 tuning,
                 metrics,
+                verifier,
             };
             let running = match service {
-                Service::Order { settings, broker, tuning } => {
+                Service::Order { settings, broker, tuning, auth, data } => {
+                    let verifier = verifier(&auth, &data)?;
                     let transport = rabbitmq(&broker, "shop-order").await?;
-                    shop::start_order(&settings, &runtime(&broker, transport, tuning)).await?
+                    shop::start_order(&settings, &runtime(&broker, transport, tuning, verifier)).await?
                 }
-                Service::Inventory { settings, broker, tuning } => {
+                Service::Inventory { settings, broker, tuning, auth, data } => {
+                    let verifier = verifier(&auth, &data)?;
                     let transport = rabbitmq(&broker, "shop-inventory").await?;
-                    shop::start_inventory(&settings, &runtime(&broker, transport, tuning)).await?
+                    shop::start_inventory(&settings, &runtime(&broker, transport, tuning, verifier)).await?
                 }
             };
             print_ready(&[&running]);
@@ -157,7 +205,23 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             shop::dead_letters::run(action, &transport).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Token(args) => {
+            anyhow::ensure!(!args.ttl.is_zero(), "--ttl must be longer than 0s");
+            let signer = args.auth.signer(&args.data)?;
+            let token = match args.holder.customer {
+                Some(customer) => signer.sign(&customer.to_string(), Role::Customer, args.ttl),
+                None => signer.sign(&args.subject, Role::Admin, args.ttl),
+            };
+            println!("{token}");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     }
+}
+
+fn verifier(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<Arc<Verifier>> {
+    let verifier = auth.verifier(data)?;
+    tracing::info!("the APIs accept tokens signed by {}", verifier.describe());
+    Ok(Arc::new(verifier))
 }
 
 async fn rabbitmq(broker: &BrokerSettings, connection_name: &str) -> anyhow::Result<RabbitMq> {

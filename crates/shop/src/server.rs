@@ -4,15 +4,19 @@
 use axum::Router;
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
 use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa_swagger_ui::SwaggerUi;
+use web::auth::Verifier;
 use web::{Problem, ReadinessCheck};
 
 pub struct HttpApp {
     pub service: &'static str,
     pub api: Router,
+    /// Checks the bearer token of every API request (not of the docs, health or metrics).
+    pub verifier: Arc<Verifier>,
     pub openapi: utoipa::openapi::OpenApi,
     pub checks: Vec<Box<dyn ReadinessCheck>>,
     pub metrics: Option<PrometheusHandle>,
@@ -20,11 +24,11 @@ pub struct HttpApp {
 }
 
 impl HttpApp {
-    /// The full router: API, `/docs` (Swagger UI, served from the binary), `/api-docs/openapi.json`,
+    /// The full router: API (behind the token check), `/docs` (Swagger UI, served from the binary), `/api-docs/openapi.json`,
     /// `/health/*`, `/metrics`; unknown routes and methods answer with problems.
     pub fn into_router(self) -> Router {
         Router::new()
-            .merge(self.api)
+            .merge(web::auth::require_token(self.api, self.verifier))
             .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", self.openapi))
             .merge(web::operations_router(self.checks, self.metrics))
             .fallback(web::not_found)

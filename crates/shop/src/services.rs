@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use web::ReadinessCheck;
+use web::auth::Verifier;
 
 /// A service running in this process. Stop it with [`RunningService::stop`].
 pub struct RunningService {
@@ -33,13 +34,15 @@ impl RunningService {
     }
 }
 
-/// What the services of one process share: the broker and its names, the tuning, the metrics.
+/// What the services of one process share: the broker and its names, the tuning, the metrics,
+/// and the verifier of the tokens their APIs accept.
 #[derive(Clone)]
 pub struct Runtime {
     pub transport: Arc<dyn Transport>,
     pub naming: Naming,
     pub tuning: Tuning,
     pub metrics: Option<PrometheusHandle>,
+    pub verifier: Arc<Verifier>,
 }
 
 /// What makes one service, as the generic runner needs it.
@@ -133,10 +136,11 @@ pub async fn database(
 
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
     let ServiceParts { name, pool, consumers, api, openapi, http_addr } = parts;
-    let Runtime { transport, tuning, metrics, .. } = runtime.clone();
+    let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
     let http = HttpApp {
         service: name,
         api,
+        verifier,
         openapi,
         checks: vec![Box::new(DatabaseCheck(pool.clone())), Box::new(BrokerCheck(transport.clone()))],
         metrics,

@@ -98,3 +98,73 @@ fn bad_flags_are_refused_with_a_hint() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output).contains("--reservation-timeout"), "{}", text(&output));
 }
+
+/// What the services started with `SHOP_DATA_DIR=dir` would check tokens with.
+fn services_verifier(dir: &std::path::Path) -> web::auth::Verifier {
+    let data = shop::DataDir { data_dir: Some(dir.to_owned()) };
+    shop::AuthSettings::default().verifier(&data).expect("the services load the key")
+}
+
+#[tokio::test]
+async fn shop_token_signs_with_the_key_the_services_load_from_the_same_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    use web::auth::Caller;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("SHOP_DATA_DIR", dir.path().display().to_string())];
+    let customer = uuid::Uuid::now_v7();
+    let minted = shop(&["token", "--customer", &customer.to_string(), "--ttl", "10m"], &env);
+    assert!(minted.status.success(), "{}", text(&minted));
+    let token = String::from_utf8(minted.stdout).unwrap();
+    let key = dir.path().join("auth/signing-key.pem");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let verifier = services_verifier(dir.path());
+    assert_eq!(verifier.verify(token.trim()).await, Ok(Caller::Customer(customer)));
+    let admin = shop(&["token", "--admin", "--subject", "ops"], &env);
+    let admin = String::from_utf8(admin.stdout).unwrap();
+    assert_eq!(verifier.verify(admin.trim()).await, Ok(Caller::Admin { subject: "ops".into() }));
+    // Another data dir is another key.
+    let elsewhere = tempfile::tempdir().unwrap();
+    assert!(services_verifier(elsewhere.path()).verify(token.trim()).await.is_err());
+}
+
+#[tokio::test]
+async fn processes_starting_at_once_on_a_new_data_dir_share_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_text = dir.path().display().to_string();
+    let minting: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_shop"))
+                .args(["token", "--admin"])
+                .env("SHOP_DATA_DIR", &dir_text)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("shop runs")
+        })
+        .collect();
+    let verifier = services_verifier(dir.path());
+    for process in minting {
+        let output = process.wait_with_output().unwrap();
+        assert!(output.status.success());
+        let token = String::from_utf8(output.stdout).unwrap();
+        assert!(verifier.verify(token.trim()).await.is_ok(), "a process signed with a key that lost the race");
+    }
+}
+
+#[test]
+fn shop_token_refuses_when_the_services_trust_an_identity_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SHOP_DATA_DIR", dir.path().display().to_string()),
+        ("SHOP_AUTH_JWKS_URL", "https://idp.example/.well-known/jwks.json".to_owned()),
+    ];
+    let output = shop(&["token", "--admin"], &env);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(message.contains("SHOP_AUTH_JWKS_URL is set") && message.contains("identity provider"), "{message}");
+    assert!(output.stdout.is_empty(), "printed a token anyway");
+    let usage = shop(&["token"], &[]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(text(&usage).contains("--customer") && text(&usage).contains("--admin"), "{}", text(&usage));
+}

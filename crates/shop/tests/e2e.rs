@@ -144,7 +144,7 @@ async fn shipping_a_confirmed_order_deducts_its_stock() {
     let product = system.product("Chair", "45.00", 6).await;
     let order = system.placed_order(&[(product, 4)]).await;
     assert_eq!(system.settled(&order).await["status"], "confirmed");
-    let (status, shipped) = system.command(&order, "ship", None).await;
+    let (status, shipped) = system.ship(&order).await;
     assert_eq!((status, shipped["status"].clone()), (StatusCode::OK, json!("shipped")));
     system.reservation_in(&order, "shipped").await;
     eventually(Duration::from_secs(10), "stock deducted", async || system.stock_of(product).await == (2, 0, 2)).await;
@@ -171,7 +171,8 @@ async fn a_damaged_saga_row_answers_500_and_its_next_message_is_dead_lettered_at
     .await
     .unwrap();
 
-    let response = system.http.get(system.inventory_url(&format!("/api/reservations/{order}"))).send().await.unwrap();
+    let url = system.inventory_url(&format!("/api/reservations/{order}"));
+    let response = system.http.get(url).bearer_auth(&system.admin).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem: Value = response.json().await.unwrap();
@@ -181,7 +182,7 @@ async fn a_damaged_saga_row_answers_500_and_its_next_message_is_dead_lettered_at
     );
     assert_eq!(problem["detail"], "an unexpected error occurred", "the cause stays in the log");
 
-    let (status, _) = system.command(&order, "ship", None).await;
+    let (status, _) = system.ship(&order).await;
     assert_eq!(status, StatusCode::OK);
     let mut letters = Vec::new();
     eventually(Duration::from_secs(10), "the saga's order.shipped is dead-lettered", async || {
@@ -241,11 +242,12 @@ async fn prices_come_from_the_catalog_and_follow_its_changes() {
 #[tokio::test]
 async fn an_idempotency_key_makes_order_creation_safe_to_retry() {
     let system = System::start().await;
-    let customer = Uuid::now_v7();
+    let customer = system.customer;
     let create = |key: &'static str, description: &'static str| {
         system
             .http
             .post(system.order_url("/api/orders"))
+            .bearer_auth(&system.customer_token)
             .header("Idempotency-Key", key)
             .json(&json!({ "customerId": customer, "description": description }))
             .send()
@@ -268,7 +270,7 @@ async fn an_idempotency_key_makes_order_creation_safe_to_retry() {
 async fn orders_are_listed_by_customer_and_status_a_page_at_a_time() {
     let system = System::start().await;
     let product = system.product("Pen", "1.00", 100).await;
-    let customer = Uuid::now_v7();
+    let customer = system.customer;
     let mut ids = Vec::new();
     for _ in 0..5 {
         let (_, order) =
@@ -422,7 +424,7 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500() {
         (Method::PATCH, format!("{o}/api/orders"), None, StatusCode::METHOD_NOT_ALLOWED),
     ];
     for (method, url, body, expected) in cases {
-        let mut request = system.http.request(method.clone(), &url);
+        let mut request = system.http.request(method.clone(), &url).bearer_auth(&system.admin);
         if let Some(body) = &body {
             request = request.header("content-type", "application/json").body(body.clone());
         }
@@ -436,7 +438,8 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500() {
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{method} {url}: {problem}");
     }
     // A body that is not JSON at all, and one without a content type.
-    let no_type = system.http.post(format!("{o}/api/orders")).body("{}").send().await.unwrap();
+    let no_type =
+        system.http.post(format!("{o}/api/orders")).bearer_auth(&system.admin).body("{}").send().await.unwrap();
     assert_eq!(no_type.status(), StatusCode::BAD_REQUEST);
     // Nothing above changed the draft.
     assert_eq!(system.order(&draft).await["lines"], json!([]));

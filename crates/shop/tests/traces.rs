@@ -110,6 +110,7 @@ async fn the_spans_of_one_order_form_one_trace_across_both_services() {
         .http
         .post(system.order_url(&format!("/api/orders/{order}/place")))
         .header("traceparent", caller.to_string())
+        .bearer_auth(&system.customer_token)
         .send()
         .await
         .unwrap();

@@ -6,7 +6,9 @@
 //! - [`RequestTrace`] and [`trace_request`]: a span per request, named by its route, continuing
 //!   the caller's W3C trace context, and that context for the commands the request runs.
 //! - [`operations_router`]: `/health/live`, `/health/ready`, `/metrics`.
+//! - [`auth`]: bearer tokens, who is calling, and minting tokens with the local key.
 
+pub mod auth;
 mod extract;
 mod operations;
 mod problem;

@@ -46,6 +46,11 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, "invalid-input", "Invalid input", detail)
     }
 
+    /// 403: the caller is known, but its role may not do this.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
     /// 404: the resource does not exist.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)

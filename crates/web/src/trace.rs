@@ -56,6 +56,7 @@ pub async fn trace_request(State(service): State<&'static str>, mut request: Req
         url.path = %request.uri().path(),
         http.response.status_code = Empty,
         trace_id = Empty,
+        caller = Empty,
     );
     let trace = messaging::trace::continue_trace(&span, caller(request.headers()));
     span.record("trace_id", trace.trace_id_hex());

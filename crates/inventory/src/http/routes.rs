@@ -11,6 +11,7 @@ use axum::routing::{get, post, put};
 use std::sync::Arc;
 use utoipa::OpenApi;
 use uuid::Uuid;
+use web::auth::{Admin, BearerAuth};
 use web::{Json, Path, Problem, Query, RequestTrace};
 
 #[derive(OpenApi)]
@@ -18,11 +19,14 @@ use web::{Json, Path, Problem, Query, RequestTrace};
     info(title = "Inventory service", description = "Products, their stock, and the stock reservations of orders."),
     paths(list_products, get_product, create_product, restock, change_price, get_reservation),
     components(schemas(Problem)),
+    modifiers(&BearerAuth),
     tags((name = "products"), (name = "reservations", description = "The ReserveStocks saga's record of each order"))
 )]
 pub struct ApiDoc;
 
 /// The inventory API's routes (without operational endpoints, which the composition root adds).
+/// They expect to be behind `web::auth::require_token`: anyone signed in reads products; only
+/// admins change them or read reservations.
 pub fn router(products: Arc<ProductService>) -> Router {
     Router::new()
         .route("/api/products", get(list_products).post(create_product))
@@ -80,16 +84,19 @@ async fn get_product(
 }
 
 /// Adds a product to the catalog with its initial stock; the order service learns of it.
+/// Admins only.
 #[utoipa::path(
     post, path = "/api/products", tag = "products",
     request_body = CreateProductRequest,
     responses(
         (status = 201, body = ProductResponse),
         (status = 400, description = "Invalid name, price or stock", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_product(
     State(products): State<Arc<ProductService>>,
+    _: Admin,
     RequestTrace(trace): RequestTrace,
     Json(request): Json<CreateProductRequest>,
 ) -> ApiResult<Response> {
@@ -103,7 +110,7 @@ async fn create_product(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(ProductResponse::from(&product))).into_response())
 }
 
-/// Adds units to a product's stock.
+/// Adds units to a product's stock. Admins only.
 #[utoipa::path(
     post, path = "/api/products/{id}/restock", tag = "products",
     params(("id" = i64, Path, description = "Product id")),
@@ -111,11 +118,13 @@ async fn create_product(
     responses(
         (status = 200, body = ProductResponse),
         (status = 400, description = "Quantity not positive", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn restock(
     State(products): State<Arc<ProductService>>,
+    _: Admin,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<i64>,
     Json(request): Json<RestockRequest>,
@@ -125,7 +134,7 @@ async fn restock(
     Ok(Json(ProductResponse::from(&products.restock(id, quantity, trace).await?)))
 }
 
-/// Sets a product's price; the order service's catalog follows.
+/// Sets a product's price; the order service's catalog follows. Admins only.
 #[utoipa::path(
     put, path = "/api/products/{id}/price", tag = "products",
     params(("id" = i64, Path, description = "Product id")),
@@ -133,11 +142,13 @@ async fn restock(
     responses(
         (status = 200, body = ProductResponse),
         (status = 400, description = "Invalid price", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn change_price(
     State(products): State<Arc<ProductService>>,
+    _: Admin,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<i64>,
     Json(request): Json<ChangePriceRequest>,
@@ -147,17 +158,20 @@ async fn change_price(
 }
 
 /// The ReserveStocks saga's record for an order: its state and each line's reservation.
+/// Admins only.
 #[utoipa::path(
     get, path = "/api/reservations/{order_id}", tag = "reservations",
     params(("order_id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, body = ReservationResponse),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Inventory has not heard of this order", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_reservation(
     State(products): State<Arc<ProductService>>,
+    _: Admin,
     Path(order_id): Path<Uuid>,
 ) -> ApiResult<Json<ReservationResponse>> {
     Ok(Json(products.reservation(OrderId::from_uuid(order_id)).await?.into()))

@@ -9,18 +9,46 @@ use crate::domain::{CatalogItem, CustomerId, Order, OrderError, OrderId, OrderSt
 use messaging::{Causation, Effects, SaveError, TraceParent, retry_on_conflict};
 use std::sync::Arc;
 
-/// What a client asks for when it creates an order.
+/// Who asks: a customer acts on its own orders only (anyone else's do not exist for it); an
+/// admin acts on every order, and alone ships them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Customer(CustomerId),
+    Admin,
+}
+
+impl Actor {
+    fn may_see(self, order: &Order) -> bool {
+        match self {
+            Actor::Customer(customer) => order.customer_id() == customer,
+            Actor::Admin => true,
+        }
+    }
+}
+
+/// What a client asks for when it creates an order. A customer's order is its own (naming
+/// another customer is refused); an admin names the customer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewOrder {
-    pub customer_id: CustomerId,
+    pub customer_id: Option<CustomerId>,
     pub description: Option<String>,
 }
 
 impl NewOrder {
-    /// Two requests under one idempotency key must agree on this.
-    fn fingerprint(&self) -> String {
-        format!("{}|{}", self.customer_id, self.description.as_deref().unwrap_or_default())
+    fn customer(&self, actor: Actor) -> Result<CustomerId, AppError> {
+        match (actor, self.customer_id) {
+            (Actor::Customer(own), None) => Ok(own),
+            (Actor::Customer(own), Some(named)) if named == own => Ok(own),
+            (Actor::Customer(_), Some(_)) => Err(AppError::Forbidden("a customer creates orders for itself only")),
+            (Actor::Admin, Some(named)) => Ok(named),
+            (Actor::Admin, None) => Err(AppError::CustomerRequired),
+        }
     }
+}
+
+/// Two requests under one idempotency key must agree on this.
+fn fingerprint(customer: CustomerId, description: Option<&str>) -> String {
+    format!("{customer}|{}", description.unwrap_or_default())
 }
 
 /// A client-chosen key that makes order creation safe to retry.
@@ -52,11 +80,13 @@ impl OrderService {
     /// returns the order created then (and `false`) instead of creating another.
     pub async fn create(
         &self,
+        actor: Actor,
         new: NewOrder,
         key: Option<IdempotencyKey>,
         trace: TraceParent,
     ) -> Result<(Order, bool), AppError> {
-        let fingerprint = new.fingerprint();
+        let customer = new.customer(actor)?;
+        let fingerprint = fingerprint(customer, new.description.as_deref());
         retry_on_conflict(|| async {
             if let Some(IdempotencyKey(key)) = &key
                 && let Some((id, used_for)) = self.orders.find_by_idempotency_key(key).await?
@@ -64,10 +94,9 @@ impl OrderService {
                 if used_for != fingerprint {
                     return Err(AppError::IdempotencyKeyReused);
                 }
-                return Ok((self.get(id).await?, false));
+                return Ok((self.get(actor, id).await?, false));
             }
-            let mut order =
-                Order::create(OrderId::generate(), new.customer_id, new.description.clone(), kernel::now())?;
+            let mut order = Order::create(OrderId::generate(), customer, new.description.clone(), kernel::now())?;
             let idempotency = key.as_ref().map(|IdempotencyKey(key)| (key.as_str(), fingerprint.as_str()));
             let causation = Causation::root(order.id().to_string(), trace);
             save(&*self.orders, &mut order, None, idempotency, &causation, &mut Effects::new()).await?;
@@ -79,37 +108,67 @@ impl OrderService {
     /// Adds a product from the catalog, at the catalog's price.
     pub async fn add_item(
         &self,
+        actor: Actor,
         id: OrderId,
         product_id: ProductId,
         quantity: Quantity,
         trace: TraceParent,
     ) -> Result<Order, AppError> {
         let item = self.catalog.find(product_id).await?.ok_or(AppError::UnknownProduct(product_id))?;
-        self.update(id, trace, |order| order.add_line(&item, quantity)).await
+        self.update(actor, id, trace, |order| order.add_line(&item, quantity)).await
     }
 
-    pub async fn remove_item(&self, id: OrderId, product_id: ProductId, trace: TraceParent) -> Result<Order, AppError> {
-        self.update(id, trace, |order| order.remove_line(product_id)).await
+    pub async fn remove_item(
+        &self,
+        actor: Actor,
+        id: OrderId,
+        product_id: ProductId,
+        trace: TraceParent,
+    ) -> Result<Order, AppError> {
+        self.update(actor, id, trace, |order| order.remove_line(product_id)).await
     }
 
-    pub async fn place(&self, id: OrderId, trace: TraceParent) -> Result<Order, AppError> {
-        self.update(id, trace, |order| order.place(kernel::now())).await
+    pub async fn place(&self, actor: Actor, id: OrderId, trace: TraceParent) -> Result<Order, AppError> {
+        self.update(actor, id, trace, |order| order.place(kernel::now())).await
     }
 
-    pub async fn cancel(&self, id: OrderId, reason: Reason, trace: TraceParent) -> Result<Order, AppError> {
-        self.update(id, trace, |order| order.cancel(reason.clone())).await
+    pub async fn cancel(
+        &self,
+        actor: Actor,
+        id: OrderId,
+        reason: Reason,
+        trace: TraceParent,
+    ) -> Result<Order, AppError> {
+        self.update(actor, id, trace, |order| order.cancel(reason.clone())).await
     }
 
-    pub async fn ship(&self, id: OrderId, trace: TraceParent) -> Result<Order, AppError> {
-        self.update(id, trace, Order::ship).await
+    /// Only an admin ships (the warehouse, not the customer, says the parcel left).
+    pub async fn ship(&self, actor: Actor, id: OrderId, trace: TraceParent) -> Result<Order, AppError> {
+        if actor != Actor::Admin {
+            return Err(AppError::Forbidden("only an admin ships orders"));
+        }
+        self.update(actor, id, trace, Order::ship).await
     }
 
-    pub async fn get(&self, id: OrderId) -> Result<Order, AppError> {
-        self.orders.load(id).await?.ok_or(AppError::OrderNotFound(id))
+    /// The order, if `actor` may see it: another customer's order does not exist for a customer.
+    pub async fn get(&self, actor: Actor, id: OrderId) -> Result<Order, AppError> {
+        match self.orders.load(id).await? {
+            Some(order) if actor.may_see(&order) => Ok(order),
+            Some(_) | None => Err(AppError::OrderNotFound(id)),
+        }
     }
 
-    pub async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, AppError> {
-        Ok(self.orders.list(filter).await?)
+    /// A customer lists its own orders only (naming another customer is refused); an admin
+    /// lists anyone's.
+    pub async fn list(&self, actor: Actor, filter: OrderFilter) -> Result<OrderPage, AppError> {
+        let filter = match (actor, filter.customer_id) {
+            (Actor::Customer(own), None) => OrderFilter { customer_id: Some(own), ..filter },
+            (Actor::Customer(own), Some(named)) if named != own => {
+                return Err(AppError::Forbidden("a customer lists its own orders only"));
+            }
+            (Actor::Customer(_) | Actor::Admin, _) => filter,
+        };
+        Ok(self.orders.list(&filter).await?)
     }
 
     /// The products orders can be made of.
@@ -119,12 +178,13 @@ impl OrderService {
 
     async fn update(
         &self,
+        actor: Actor,
         id: OrderId,
         trace: TraceParent,
         command: impl Fn(&mut Order) -> Result<(), OrderError>,
     ) -> Result<Order, AppError> {
         retry_on_conflict(|| async {
-            let mut order = self.get(id).await?;
+            let mut order = self.get(actor, id).await?;
             let before = order.status();
             command(&mut order)?;
             let causation = Causation::root(id.to_string(), trace);

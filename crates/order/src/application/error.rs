@@ -12,6 +12,11 @@ pub enum AppError {
     Rule(#[from] OrderError),
     #[error("the Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
+    /// The caller's role may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("customerId: required when an admin creates an order")]
+    CustomerRequired,
     /// The store could not be read (unreachable), or holds what cannot be read back (corrupt).
     #[error(transparent)]
     Load(#[from] LoadError),
@@ -35,7 +40,9 @@ impl IsTransient for AppError {
             AppError::OrderNotFound(_)
             | AppError::UnknownProduct(_)
             | AppError::Rule(_)
-            | AppError::IdempotencyKeyReused => false,
+            | AppError::IdempotencyKeyReused
+            | AppError::Forbidden(_)
+            | AppError::CustomerRequired => false,
         }
     }
 }

@@ -7,7 +7,7 @@ mod handlers;
 mod messages;
 pub mod ports;
 
-pub use commands::{IdempotencyKey, NewOrder, OrderService};
+pub use commands::{Actor, IdempotencyKey, NewOrder, OrderService};
 pub use error::AppError;
 pub use handlers::{CatalogHandler, ProductNews, ReservationOutcome, ReservationOutcomeHandler};
 pub use ports::{Catalog, OrderFilter, OrderPage, OrderStore, OrderSummary};

@@ -10,7 +10,9 @@ use uuid::Uuid;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateOrderRequest {
-    pub customer_id: Uuid,
+    /// The customer the order is for: a customer's token decides it (naming another customer
+    /// is refused); an admin must name one.
+    pub customer_id: Option<Uuid>,
     #[schema(example = "Birthday presents")]
     pub description: Option<String>,
 }
@@ -35,6 +37,7 @@ pub struct CancelRequest {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct ListOrdersQuery {
+    /// Whose orders; a customer always gets its own (naming another customer is refused).
     pub customer_id: Option<Uuid>,
     /// One of draft, placed, confirmed, rejected, shipped, cancelled.
     pub status: Option<String>,

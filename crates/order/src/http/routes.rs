@@ -2,16 +2,18 @@ use super::dto::{
     AddItemRequest, CancelRequest, CatalogItemResponse, CreateOrderRequest, ListOrdersQuery, OrderPageResponse,
     OrderResponse, parse_status,
 };
-use crate::application::{IdempotencyKey, NewOrder, OrderFilter, OrderService};
+use crate::application::{Actor, IdempotencyKey, NewOrder, OrderFilter, OrderService};
 use crate::domain::{CustomerId, OrderId, ProductId, Quantity, Reason};
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use std::sync::Arc;
 use utoipa::OpenApi;
 use uuid::Uuid;
+use web::auth::{BearerAuth, Caller};
 use web::{Json, Path, Problem, Query, RequestTrace};
 
 #[derive(Clone)]
@@ -24,11 +26,13 @@ struct AppState {
     info(title = "Order service", description = "Customer orders: drafts, lines, placing, cancelling, shipping."),
     paths(create_order, get_order, list_orders, add_item, remove_item, place_order, cancel_order, ship_order, list_catalog),
     components(schemas(Problem)),
+    modifiers(&BearerAuth),
     tags((name = "orders"), (name = "catalog", description = "The order service's copy of inventory's catalog"))
 )]
 pub struct ApiDoc;
 
 /// The order API's routes (without operational endpoints, which the composition root adds).
+/// They expect to be behind `web::auth::require_token`: every handler acts as its caller.
 pub fn router(orders: Arc<OrderService>) -> Router {
     Router::new()
         .route("/api/orders", post(create_order).get(list_orders))
@@ -43,6 +47,18 @@ pub fn router(orders: Arc<OrderService>) -> Router {
 }
 
 type ApiResult<T> = Result<T, Problem>;
+
+/// The caller, as the application knows it.
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(match Caller::from_request_parts(parts, state).await? {
+            Caller::Customer(id) => Actor::Customer(CustomerId::from_uuid(id)),
+            Caller::Admin { .. } => Actor::Admin,
+        })
+    }
+}
 
 fn order_id(id: Uuid) -> OrderId {
     OrderId::from_uuid(id)
@@ -63,12 +79,14 @@ fn product_id(id: i64) -> ApiResult<ProductId> {
     responses(
         (status = 201, description = "Created", body = OrderResponse),
         (status = 200, description = "Already created under this Idempotency-Key", body = OrderResponse),
-        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid input, or an admin named no customer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A customer named another customer", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_order(
     State(state): State<AppState>,
+    actor: Actor,
     RequestTrace(trace): RequestTrace,
     headers: HeaderMap,
     Json(request): Json<CreateOrderRequest>,
@@ -80,8 +98,9 @@ async fn create_order(
         }
         None => None,
     };
-    let new = NewOrder { customer_id: CustomerId::from_uuid(request.customer_id), description: request.description };
-    let (order, created) = state.orders.create(new, key, trace).await?;
+    let new =
+        NewOrder { customer_id: request.customer_id.map(CustomerId::from_uuid), description: request.description };
+    let (order, created) = state.orders.create(actor, new, key, trace).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id())).expect("ids are ASCII");
     Ok((status, [(header::LOCATION, location)], Json(OrderResponse::from(&order))).into_response())
@@ -94,25 +113,32 @@ async fn create_order(
     responses(
         (status = 200, body = OrderResponse),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn get_order(State(state): State<AppState>, Path(id): Path<Uuid>) -> ApiResult<Json<OrderResponse>> {
-    let order = state.orders.get(order_id(id)).await?;
+async fn get_order(
+    State(state): State<AppState>,
+    actor: Actor,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<OrderResponse>> {
+    let order = state.orders.get(actor, order_id(id)).await?;
     Ok(Json(OrderResponse::from(&order)))
 }
 
-/// Orders, newest first, filtered by customer and status, a page at a time.
+/// Orders, newest first, filtered by customer and status, a page at a time. A customer sees
+/// its own orders only.
 #[utoipa::path(
     get, path = "/api/orders", tag = "orders",
     params(ListOrdersQuery),
     responses(
         (status = 200, body = OrderPageResponse),
         (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A customer named another customer", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn list_orders(
     State(state): State<AppState>,
+    actor: Actor,
     Query(query): Query<ListOrdersQuery>,
 ) -> ApiResult<Json<OrderPageResponse>> {
     let status = match query.status.as_deref() {
@@ -133,7 +159,7 @@ async fn list_orders(
         after: query.after.map(OrderId::from_uuid),
         limit,
     };
-    Ok(Json(state.orders.list(&filter).await?.into()))
+    Ok(Json(state.orders.list(actor, filter).await?.into()))
 }
 
 /// Adds a catalog product to a draft order; a product already on it gets its quantity raised.
@@ -145,20 +171,21 @@ async fn list_orders(
     responses(
         (status = 200, body = OrderResponse),
         (status = 400, description = "Invalid quantity or product id", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is no longer a draft", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn add_item(
     State(state): State<AppState>,
+    actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
     Json(request): Json<AddItemRequest>,
 ) -> ApiResult<Json<OrderResponse>> {
     let product = product_id(request.product_id)?;
     let quantity = Quantity::new(request.quantity).map_err(|e| Problem::invalid_input(format!("quantity: {e}")))?;
-    let order = state.orders.add_item(order_id(id), product, quantity, trace).await?;
+    let order = state.orders.add_item(actor, order_id(id), product, quantity, trace).await?;
     Ok(Json(OrderResponse::from(&order)))
 }
 
@@ -168,16 +195,17 @@ async fn add_item(
     params(("id" = Uuid, Path, description = "Order id"), ("product_id" = i64, Path, description = "Product id")),
     responses(
         (status = 200, body = OrderResponse),
-        (status = 404, description = "No such order or line", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's) or line", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is no longer a draft", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn remove_item(
     State(state): State<AppState>,
+    actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path((id, product)): Path<(Uuid, i64)>,
 ) -> ApiResult<Json<OrderResponse>> {
-    let order = state.orders.remove_item(order_id(id), product_id(product)?, trace).await?;
+    let order = state.orders.remove_item(actor, order_id(id), product_id(product)?, trace).await?;
     Ok(Json(OrderResponse::from(&order)))
 }
 
@@ -188,17 +216,18 @@ async fn remove_item(
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, body = OrderResponse),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not a draft", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The order has no lines", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn place_order(
     State(state): State<AppState>,
+    actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<OrderResponse>> {
-    Ok(Json(OrderResponse::from(&state.orders.place(order_id(id), trace).await?)))
+    Ok(Json(OrderResponse::from(&state.orders.place(actor, order_id(id), trace).await?)))
 }
 
 /// Cancels a draft, placed or confirmed order; stock held for it is released.
@@ -209,36 +238,39 @@ async fn place_order(
     responses(
         (status = 200, body = OrderResponse),
         (status = 400, description = "Missing reason", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already rejected, shipped or cancelled", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn cancel_order(
     State(state): State<AppState>,
+    actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
     Json(request): Json<CancelRequest>,
 ) -> ApiResult<Json<OrderResponse>> {
     let reason = Reason::new(request.reason).map_err(|e| Problem::invalid_input(format!("reason: {e}")))?;
-    Ok(Json(OrderResponse::from(&state.orders.cancel(order_id(id), reason, trace).await?)))
+    Ok(Json(OrderResponse::from(&state.orders.cancel(actor, order_id(id), reason, trace).await?)))
 }
 
-/// Ships a confirmed order: its reserved stock leaves the warehouse.
+/// Ships a confirmed order: its reserved stock leaves the warehouse. Admins only.
 #[utoipa::path(
     post, path = "/api/orders/{id}/ship", tag = "orders",
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, body = OrderResponse),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not confirmed", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn ship_order(
     State(state): State<AppState>,
+    actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<OrderResponse>> {
-    Ok(Json(OrderResponse::from(&state.orders.ship(order_id(id), trace).await?)))
+    Ok(Json(OrderResponse::from(&state.orders.ship(actor, order_id(id), trace).await?)))
 }
 
 /// The products orders can be made of, as inventory last announced them.

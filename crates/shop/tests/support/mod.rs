@@ -1,6 +1,7 @@
 //! A whole system for end-to-end tests: both services on ephemeral ports in this process, each
 //! with a fresh database, talking through the real RabbitMQ under names no other test uses.
-//! Tests drive it through its HTTP APIs only.
+//! Tests drive it through its HTTP APIs only, with tokens of the system's own signing key: an
+//! admin's, and one customer's (the customer of `new_order` and friends).
 #![allow(dead_code)]
 
 use messaging::Naming;
@@ -14,6 +15,7 @@ use shop::{InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
+use web::auth::{Issuance, KeySource, LocalKey, Role, Signer, Verifier};
 
 pub struct System {
     pub orders_url: String,
@@ -21,6 +23,13 @@ pub struct System {
     pub http: Client,
     pub inventory_db: TestDatabase,
     pub orders_db: TestDatabase,
+    /// The key the services trust, and a signer with it.
+    pub key: LocalKey,
+    pub signer: Signer,
+    pub admin: String,
+    /// The customer whose token `new_order`, `add` and `command` use.
+    pub customer: Uuid,
+    pub customer_token: String,
     transport: RabbitMq,
     naming: Naming,
     services: Vec<RunningService>,
@@ -36,11 +45,15 @@ impl System {
         let (orders_db, inventory_db) = (TestDatabase::empty().await, TestDatabase::empty().await);
         let naming = unique_naming();
         let transport = RabbitMq::connect(&amqp_url(), naming.clone(), "e2e").await.expect("RabbitMQ reachable");
+        let key = LocalKey::generate();
+        let verifier = Verifier::new(KeySource::Local(key.clone()), &issuance()).expect("the key is usable");
+        let signer = Signer::new(&key, issuance());
         let runtime = Runtime {
             transport: Arc::new(transport.clone()),
             naming: naming.clone(),
             tuning: Tuning { db_pool_size: 8, ..Tuning::default() },
             metrics: None,
+            verifier: Arc::new(verifier),
         };
         let ephemeral = || "127.0.0.1:0".parse().unwrap();
         let inventory_settings =
@@ -48,12 +61,20 @@ impl System {
         let inventory = shop::start_inventory(&inventory_settings, &runtime).await.expect("inventory starts");
         let order_settings = OrderSettings { database_url: orders_db.url.clone(), http_addr: ephemeral() };
         let orders = shop::start_order(&order_settings, &runtime).await.expect("orders start");
+        let admin = signer.sign("e2e-admin", Role::Admin, TOKEN_TTL);
+        let customer = Uuid::now_v7();
+        let customer_token = signer.sign(&customer.to_string(), Role::Customer, TOKEN_TTL);
         Self {
             orders_url: format!("http://{}", orders.http_addr),
             inventory_url: format!("http://{}", inventory.http_addr),
             http: Client::new(),
             inventory_db,
             orders_db,
+            key,
+            signer,
+            admin,
+            customer,
+            customer_token,
             transport,
             naming,
             services: vec![orders, inventory],
@@ -73,9 +94,23 @@ impl System {
         self.transport.list(&error_queue).await.expect("error queue readable")
     }
 
-    /// Sends a request with an optional JSON body; returns the status and the JSON answer.
+    /// A customer's token, valid for the rest of the test.
+    pub fn token_of(&self, customer: Uuid) -> String {
+        self.signer.sign(&customer.to_string(), Role::Customer, TOKEN_TTL)
+    }
+
+    /// Sends a request as the admin, with an optional JSON body; returns the status and the
+    /// JSON answer.
     pub async fn call(&self, method: Method, url: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_as(&self.admin, method, url, body).await
+    }
+
+    /// Sends a request with `token` (none if empty).
+    pub async fn call_as(&self, token: &str, method: Method, url: &str, body: Option<Value>) -> (StatusCode, Value) {
         let mut request = self.http.request(method, url);
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -115,20 +150,30 @@ impl System {
         (n("stock"), n("reserved"), n("available"))
     }
 
+    /// A new draft of the customer's.
     pub async fn new_order(&self) -> String {
-        let body = json!({ "customerId": Uuid::now_v7() });
-        let (status, order) = self.call(Method::POST, &self.order_url("/api/orders"), Some(body)).await;
+        let (status, order) =
+            self.call_as(&self.customer_token, Method::POST, &self.order_url("/api/orders"), Some(json!({}))).await;
         assert_eq!(status, StatusCode::CREATED, "{order}");
         order["id"].as_str().unwrap().to_owned()
     }
 
+    /// Adds a line as the customer.
     pub async fn add(&self, order: &str, product: i64, quantity: i64) -> (StatusCode, Value) {
         let body = json!({ "productId": product, "quantity": quantity });
-        self.call(Method::POST, &self.order_url(&format!("/api/orders/{order}/items")), Some(body)).await
+        let url = self.order_url(&format!("/api/orders/{order}/items"));
+        self.call_as(&self.customer_token, Method::POST, &url, Some(body)).await
     }
 
+    /// Places or cancels as the customer.
     pub async fn command(&self, order: &str, action: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.call(Method::POST, &self.order_url(&format!("/api/orders/{order}/{action}")), body).await
+        let url = self.order_url(&format!("/api/orders/{order}/{action}"));
+        self.call_as(&self.customer_token, Method::POST, &url, body).await
+    }
+
+    /// Ships as the admin.
+    pub async fn ship(&self, order: &str) -> (StatusCode, Value) {
+        self.call(Method::POST, &self.order_url(&format!("/api/orders/{order}/ship")), None).await
     }
 
     /// An order with `lines` (product, quantity), placed.
@@ -176,4 +221,10 @@ impl System {
         .await;
         last
     }
+}
+
+pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+pub fn issuance() -> Issuance {
+    Issuance { issuer: shop::config::DEFAULT_ISSUER.into(), audience: shop::config::DEFAULT_AUDIENCE.into() }
 }

@@ -1,0 +1,121 @@
+//! Who may do what to an order, as the application decides it (over the real stores): another
+//! customer's order does not exist for a customer, lists are the customer's own, and only an
+//! admin ships.
+
+use messaging::testing::TestDatabase;
+use messaging::{Effects, TraceParent};
+use order::application::{Actor, AppError, Catalog, IdempotencyKey, NewOrder, OrderFilter, OrderService};
+use order::domain::{CatalogItem, CustomerId, OrderError, ProductId, Quantity, Reason};
+use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
+use std::sync::Arc;
+use uuid::Uuid;
+
+struct Setup {
+    service: OrderService,
+    product: ProductId,
+    /// Dropped (and the database with it) when the test ends.
+    _db: TestDatabase,
+}
+
+async fn setup() -> Setup {
+    let db = TestDatabase::empty().await;
+    migrator().run(&db.pool).await.unwrap();
+    let catalog = Arc::new(PgCatalog::new(db.pool.clone()));
+    let product = ProductId::new(1).unwrap();
+    let item = CatalogItem { product_id: product, name: "Kettle".into(), price: "24.90".parse().unwrap() };
+    catalog.upsert(&item, 1, &Effects::new()).await.unwrap();
+    let service = OrderService::new(Arc::new(PgOrderStore::new(db.pool.clone())), catalog);
+    Setup { service, product, _db: db }
+}
+
+fn customer() -> (CustomerId, Actor) {
+    let id = CustomerId::from_uuid(Uuid::now_v7());
+    (id, Actor::Customer(id))
+}
+
+fn trace() -> TraceParent {
+    TraceParent::new_root()
+}
+
+fn new(customer_id: Option<CustomerId>) -> NewOrder {
+    NewOrder { customer_id, description: None }
+}
+
+#[tokio::test]
+async fn a_customer_orders_for_itself_and_an_admin_names_the_customer() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let (alice, as_alice) = customer();
+    let (bob, _) = customer();
+    let (order, created) = service.create(as_alice, new(None), None, trace()).await.unwrap();
+    assert!(created);
+    assert_eq!(order.customer_id(), alice);
+    assert_eq!(service.create(as_alice, new(Some(alice)), None, trace()).await.unwrap().0.customer_id(), alice);
+    let refused = service.create(as_alice, new(Some(bob)), None, trace()).await;
+    assert!(matches!(refused, Err(AppError::Forbidden(_))), "{refused:?}");
+    assert_eq!(service.create(Actor::Admin, new(Some(bob)), None, trace()).await.unwrap().0.customer_id(), bob);
+    let unnamed = service.create(Actor::Admin, new(None), None, trace()).await;
+    assert!(matches!(unnamed, Err(AppError::CustomerRequired)), "{unnamed:?}");
+}
+
+#[tokio::test]
+async fn another_customers_order_does_not_exist_for_a_customer() {
+    let setup = setup().await;
+    let (service, product) = (&setup.service, setup.product);
+    let (_, as_alice) = customer();
+    let (_, as_bob) = customer();
+    let one = Quantity::new(1).unwrap();
+    let order = service.create(as_alice, new(None), None, trace()).await.unwrap().0.id();
+    service.add_item(as_alice, order, product, one, trace()).await.unwrap();
+
+    let not_found = |result: Result<_, AppError>| matches!(result, Err(AppError::OrderNotFound(id)) if id == order);
+    assert!(not_found(service.get(as_bob, order).await));
+    assert!(not_found(service.add_item(as_bob, order, product, one, trace()).await));
+    assert!(not_found(service.remove_item(as_bob, order, product, trace()).await));
+    assert!(not_found(service.place(as_bob, order, trace()).await));
+    assert!(not_found(service.cancel(as_bob, order, Reason::new("mine now").unwrap(), trace()).await));
+    // Nor under alice's idempotency key: bob's request differs, so it is not a repeat.
+    let key = || Some(IdempotencyKey::new("checkout-7").unwrap());
+    let first = service.create(as_alice, new(None), key(), trace()).await.unwrap().0;
+    let reused = service.create(as_bob, new(None), key(), trace()).await;
+    assert!(matches!(reused, Err(AppError::IdempotencyKeyReused)), "{reused:?}");
+    assert_eq!(service.create(as_alice, new(None), key(), trace()).await.unwrap(), (first, false));
+
+    let seen = service.get(as_alice, order).await.unwrap();
+    assert_eq!(seen.lines().len(), 1, "a refused command changed the order");
+    assert_eq!(service.get(Actor::Admin, order).await.unwrap(), seen);
+    service.place(as_alice, order, trace()).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_an_admin_ships() {
+    let setup = setup().await;
+    let (service, product) = (&setup.service, setup.product);
+    let (_, as_alice) = customer();
+    let order = service.create(as_alice, new(None), None, trace()).await.unwrap().0.id();
+    service.add_item(as_alice, order, product, Quantity::new(1).unwrap(), trace()).await.unwrap();
+    let refused = service.ship(as_alice, order, trace()).await;
+    assert!(matches!(refused, Err(AppError::Forbidden(_))), "{refused:?}");
+    // An admin gets as far as the order's own rule: a draft is not shipped.
+    let draft = service.ship(Actor::Admin, order, trace()).await;
+    assert!(matches!(draft, Err(AppError::Rule(OrderError::TransitionRefused { .. }))), "{draft:?}");
+}
+
+#[tokio::test]
+async fn a_customer_lists_its_own_orders_only() {
+    let setup = setup().await;
+    let service = &setup.service;
+    let (alice, as_alice) = customer();
+    let (bob, as_bob) = customer();
+    let mine = service.create(as_alice, new(None), None, trace()).await.unwrap().0.id();
+    let theirs = service.create(as_bob, new(None), None, trace()).await.unwrap().0.id();
+    let filter = |customer_id| OrderFilter { customer_id, status: None, after: None, limit: 10 };
+    let ids = |page: order::application::OrderPage| page.orders.into_iter().map(|o| o.id).collect::<Vec<_>>();
+
+    assert_eq!(ids(service.list(as_alice, filter(None)).await.unwrap()), vec![mine]);
+    assert_eq!(ids(service.list(as_alice, filter(Some(alice))).await.unwrap()), vec![mine]);
+    let refused = service.list(as_alice, filter(Some(bob))).await;
+    assert!(matches!(refused, Err(AppError::Forbidden(_))), "{refused:?}");
+    assert_eq!(ids(service.list(Actor::Admin, filter(None)).await.unwrap()), vec![theirs, mine]);
+    assert_eq!(ids(service.list(Actor::Admin, filter(Some(bob))).await.unwrap()), vec![theirs]);
+}

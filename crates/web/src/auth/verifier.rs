@@ -1,0 +1,194 @@
+use super::jwks::{Jwks, JwksSettings};
+use super::{AuthError, Caller, Issuance, KeyError, LocalKey};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How far a token's `exp` (and `nbf`) may be off, for clocks that disagree a little.
+pub const LEEWAY: Duration = Duration::from_secs(30);
+
+/// Every algorithm a token may be signed with: asymmetric ones only. A shared-secret (HS*)
+/// token or an unsigned one (`alg: none`) is refused whatever the keys.
+const ACCEPTED: [Algorithm; 9] = [
+    Algorithm::EdDSA,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+const RSA: [Algorithm; 6] =
+    [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS384, Algorithm::PS512];
+
+/// The keys a [`Verifier`] trusts.
+#[derive(Debug)]
+pub enum KeySource {
+    /// The public half of the local development key.
+    Local(LocalKey),
+    /// A PEM public key file (Ed25519, RSA, or EC P-256/P-384), e.g. an identity provider's.
+    PublicKeyFile(PathBuf),
+    /// An identity provider's JWKS, fetched when needed and cached.
+    Jwks(JwksSettings),
+}
+
+/// Checks bearer tokens: signature (with an algorithm fixed by the key), issuer, audience,
+/// expiry; names the caller.
+pub struct Verifier {
+    keys: Keys,
+    description: String,
+}
+
+enum Keys {
+    Fixed(TrustedKey),
+    Jwks(Jwks),
+}
+
+/// A key and what a token signed with it must satisfy.
+pub(crate) struct TrustedKey {
+    pub(crate) kid: Option<String>,
+    key: DecodingKey,
+    pub(crate) validation: Validation,
+}
+
+impl TrustedKey {
+    /// `algorithms`: those of the key's kind, so no token can choose another kind of check.
+    pub(crate) fn new(kid: Option<String>, key: DecodingKey, algorithms: Vec<Algorithm>, issuance: &Issuance) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = algorithms;
+        validation.leeway = LEEWAY.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&issuance.issuer]);
+        validation.set_audience(&[&issuance.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Self { kid, key, validation }
+    }
+}
+
+/// The claims a verified token is read for; `jsonwebtoken` checks the others.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    role: Option<String>,
+}
+
+impl Verifier {
+    pub fn new(source: KeySource, issuance: &Issuance) -> Result<Self, KeyError> {
+        let (keys, description) = match source {
+            KeySource::Local(key) => (
+                Keys::Fixed(TrustedKey::new(None, key.decoding_key(), vec![Algorithm::EdDSA], issuance)),
+                "the local signing key".to_owned(),
+            ),
+            KeySource::PublicKeyFile(path) => {
+                let pem = std::fs::read(&path).map_err(|source| KeyError::Read { path: path.clone(), source })?;
+                let (key, algorithms) =
+                    public_key(&pem).ok_or_else(|| KeyError::NotPublicKey { path: path.clone() })?;
+                let description = format!("the public key {} ({algorithms:?})", path.display());
+                (Keys::Fixed(TrustedKey::new(None, key, algorithms, issuance)), description)
+            }
+            KeySource::Jwks(settings) => {
+                let description = format!("the JWKS at {}", settings.url);
+                (Keys::Jwks(Jwks::new(settings, issuance.clone())?), description)
+            }
+        };
+        Ok(Self {
+            keys,
+            description: format!("{description}, issuer {:?}, audience {:?}", issuance.issuer, issuance.audience),
+        })
+    }
+
+    /// Which keys, issuer and audience this verifier trusts (no key material), for logs.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// The caller a token names, if it is valid here.
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|error| AuthError::from_jwt(&error))?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(AuthError::WrongAlgorithm(header.alg));
+        }
+        let fetched;
+        let key = match &self.keys {
+            Keys::Fixed(key) => key,
+            Keys::Jwks(jwks) => {
+                fetched = jwks.key_for(header.kid.as_deref(), header.alg).await?;
+                &*fetched
+            }
+        };
+        if !key.validation.algorithms.contains(&header.alg) {
+            return Err(AuthError::WrongAlgorithm(header.alg));
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+            .map_err(|error| AuthError::from_jwt(&error))?
+            .claims;
+        match claims.role.as_deref() {
+            Some("customer") => Uuid::parse_str(&claims.sub)
+                .map(Caller::Customer)
+                .map_err(|_| AuthError::Malformed("a customer token's sub must be the customer's id (a UUID)".into())),
+            Some("admin") => Ok(Caller::Admin { subject: claims.sub }),
+            Some(_) | None => Err(AuthError::Malformed("the role claim must be \"customer\" or \"admin\"".into())),
+        }
+    }
+}
+
+/// A PEM public key and the algorithms of its kind.
+fn public_key(pem: &[u8]) -> Option<(DecodingKey, Vec<Algorithm>)> {
+    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+        // The EdDSA check slices 32 bytes off the key: anything shorter is no Ed25519 key.
+        return (key.try_get_as_bytes().ok()?.len() == 32).then_some((key, vec![Algorithm::EdDSA]));
+    }
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Some((key, RSA.to_vec()));
+    }
+    let key = DecodingKey::from_ec_pem(pem).ok()?;
+    // An uncompressed point: 65 bytes on P-256, 97 on P-384.
+    let algorithm = match key.try_get_as_bytes().ok()?.len() {
+        65 => Algorithm::ES256,
+        97 => Algorithm::ES384,
+        _ => return None,
+    };
+    Some((key, vec![algorithm]))
+}
+
+/// The algorithms a JWK's kind allows, narrowed to its `alg` when it names one.
+pub(crate) fn jwk_algorithms(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Vec<Algorithm>> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
+    if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+        return None;
+    }
+    let of_kind = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => RSA.to_vec(),
+        AlgorithmParameters::EllipticCurve(params) => match params.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(params) if params.curve == EllipticCurve::Ed25519 => vec![Algorithm::EdDSA],
+        // A shared secret (`oct`) in a published key set would let anyone sign; other curves
+        // and kinds of key sign no algorithm accepted here.
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(of_kind),
+        Some(named) => {
+            let named: Algorithm = named.to_string().parse().ok()?;
+            of_kind.contains(&named).then(|| vec![named])
+        }
+    }
+}
+
+/// A JWK's key, if it is one a token can be checked with.
+pub(crate) fn jwk_key(jwk: &jsonwebtoken::jwk::Jwk, issuance: &Issuance) -> Option<TrustedKey> {
+    let algorithms = jwk_algorithms(jwk)?;
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    if algorithms == [Algorithm::EdDSA] && key.try_get_as_bytes().ok()?.len() != 32 {
+        return None;
+    }
+    Some(TrustedKey::new(jwk.common.key_id.clone(), key, algorithms, issuance))
+}
