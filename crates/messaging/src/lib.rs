@@ -2,11 +2,14 @@
 //!
 //! - [`Envelope`] and [`Causation`]: the metadata every message carries.
 //! - [`Effects`]: what a unit of work commits beside its aggregate (outbox rows, scheduled-message
-//!   cancellations, the inbox record), committed atomically by [`postgres::commit`].
-//! - [`postgres::Relay`]: publishes committed outbox rows through a [`Transport`].
+//!   cancellations, the inbox record), committed atomically by [`postgres::commit`] or
+//!   [`sqlite::commit`].
+//! - [`relay::Relay`]: publishes committed outbox rows through a [`Transport`]; one loop over the
+//!   [`relay::OutboxStore`] port, which [`postgres::PgOutbox`] and [`sqlite::SqliteOutbox`]
+//!   implement.
 //! - [`Inbound`], [`Handler`] and [`BatchHandler`]: what application code implements to consume
 //!   messages; [`Consumer`] runs one with retries and dead letters.
-//! - [`transport`]: the port and its RabbitMQ and in-memory adapters.
+//! - [`transport`]: the port and its RabbitMQ, SQLite (embedded broker) and in-memory adapters.
 //! - [`trace`]: spans that continue the trace a message or request carries.
 //! - [`Backoff`]: how every retry loop waits.
 #![warn(missing_docs)]
@@ -16,6 +19,9 @@ pub mod consumer;
 pub mod envelope;
 pub mod handler;
 pub mod postgres;
+pub mod relay;
+mod sql;
+pub mod sqlite;
 pub mod trace;
 pub mod transport;
 pub mod unit_of_work;

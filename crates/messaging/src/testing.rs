@@ -1,5 +1,5 @@
-//! Test support: a fresh PostgreSQL database per test and unique broker names per test, both
-//! removed when the test ends, so tests run in parallel against the real servers.
+//! Test support: a fresh PostgreSQL database (or SQLite file) per test and unique broker names
+//! per test, all removed when the test ends, so tests run in parallel against the real servers.
 
 use crate::transport::Naming;
 use sqlx::PgPool;
@@ -63,6 +63,30 @@ impl Drop for TestDatabase {
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!("could not drop test database {}", self.name);
         }
+    }
+}
+
+/// A SQLite database in a directory of its own; both are removed when this value is dropped.
+pub struct TestSqlite {
+    /// The database.
+    pub db: crate::sqlite::Database,
+    /// Its directory (the file is `db.sqlite` in it).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestSqlite {
+    /// Creates a database and runs `migrator` (with the messaging tables) on it.
+    pub async fn new(migrator: &Migrator) -> Self {
+        let test = Self::empty().await;
+        test.db.migrate(&crate::sqlite::with_messaging_migrations(migrator)).await.expect("migrations run");
+        test
+    }
+
+    /// Creates an empty database, for tests that run the migrations themselves.
+    pub async fn empty() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = crate::sqlite::Database::open(&dir.path().join("db.sqlite"), 4).await.expect("SQLite file opened");
+        Self { db, dir }
     }
 }
 

@@ -1,6 +1,6 @@
 //! What a handler hands its store to commit atomically beside the aggregate: the messages it
 //! produced (the outbox side), the scheduled messages it cancels, and the message it consumed
-//! (the inbox side). No I/O here; the PostgreSQL adapter is [`crate::postgres`].
+//! (the inbox side). No I/O here; the adapters are [`crate::postgres`] and [`crate::sqlite`].
 
 use crate::backoff::{Backoff, Jitter};
 use crate::envelope::Envelope;

@@ -1,29 +1,54 @@
-//! The outbox, inbox, scheduled messages and relay against the real PostgreSQL, each test in its
-//! own database, publishing to the in-memory transport.
+//! The contracts of the messaging tables, written once and run against PostgreSQL and SQLite
+//! (each test on a database of its own), publishing to the in-memory transport: the outbox
+//! commits and rolls back with the state, the relay publishes every committed message exactly
+//! once, the inbox applies each message once, and scheduled messages wait for their time.
+
+mod common;
 
 use chrono::{Duration as ChronoDuration, Utc};
+use common::stores::Store;
 use contracts::order::OrderShipped;
 use futures::StreamExt;
-use messaging::postgres::{Relay, RelayConfig, commit};
-use messaging::testing::TestDatabase;
+use messaging::relay::{Relay, RelayConfig};
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::{Deliveries, QueueSpec};
 use messaging::{Causation, Effects, Envelope, SaveError, TraceParent, Transport};
-use sqlx::migrate::Migrator;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// A stand-in aggregate table, so that the tests commit state beside the outbox rows.
-static MIGRATOR: Migrator = Migrator::DEFAULT;
-
-async fn database() -> TestDatabase {
-    let db = TestDatabase::new(&MIGRATOR).await;
-    sqlx::query("CREATE TABLE counters (id int PRIMARY KEY, value int NOT NULL)").execute(&db.pool).await.unwrap();
-    db
+/// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test::<super::common::stores::Postgres>().await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test::<super::common::stores::Sqlite>().await;
+            })*
+        }
+    };
 }
+
+contract!(
+    outbox_rows_commit_with_the_state,
+    outbox_rows_roll_back_with_the_state,
+    two_relays_publish_every_committed_message_exactly_once,
+    a_failed_publish_is_retried_and_marks_nothing_sent,
+    the_relay_is_woken_at_commit_not_by_its_sweep,
+    sent_rows_and_old_inbox_records_are_cleaned_up,
+    a_consumed_message_is_applied_once,
+    a_batch_with_one_message_already_applied_applies_nothing,
+    the_inbox_tells_which_consumer_applied_what,
+    a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes,
+);
 
 fn message() -> Envelope {
     Causation::root("order-1", TraceParent::new_root()).envelope(&OrderShipped { order_id: Uuid::now_v7() })
@@ -34,81 +59,42 @@ async fn subscribe(transport: &MemoryTransport) -> Deliveries {
     transport.consume(&spec).await.unwrap()
 }
 
-async fn outbox_count(db: &TestDatabase, condition: &'static str) -> i64 {
-    let sql = format!("SELECT count(*) FROM outbox WHERE {condition}");
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&db.pool).await.unwrap()
+fn relay<S: Store>(store: &S, transport: &MemoryTransport, config: RelayConfig) -> Relay<S::Outbox> {
+    Relay::new("test", store.outbox(), Arc::new(transport.clone()), config)
 }
 
-async fn set_counter(db: &TestDatabase, effects: &Effects<'_>, value: i32) -> Result<(), SaveError> {
-    commit(&db.pool, effects, async |tx| {
-        sqlx::query("INSERT INTO counters VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET value = $1")
-            .bind(value)
-            .execute(tx)
-            .await
-            .map_err(messaging::postgres::save_error)?;
-        Ok(())
-    })
-    .await
+fn quick(batch_size: i64) -> RelayConfig {
+    RelayConfig { batch_size, sweep_interval: Duration::from_millis(200), ..RelayConfig::default() }
 }
 
-fn relay(db: &TestDatabase, transport: &MemoryTransport, batch_size: i64) -> Relay {
-    let config = RelayConfig { batch_size, sweep_interval: Duration::from_millis(200), ..RelayConfig::default() };
-    Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), config)
-}
+// --- outbox and relay ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn outbox_rows_commit_with_the_state() {
-    let db = database().await;
+async fn outbox_rows_commit_with_the_state<S: Store>() {
+    let store = S::new().await;
     let mut effects = Effects::new();
     effects.send(message()).send(message());
-    set_counter(&db, &effects, 7).await.unwrap();
-    assert_eq!(outbox_count(&db, "sent_at IS NULL").await, 2);
-    let value: i32 = sqlx::query_scalar("SELECT value FROM counters").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(value, 7);
+    store.set_counter(&effects, 7).await.unwrap();
+    assert_eq!(store.outbox_rows().await, (2, 2));
+    assert_eq!(store.counter().await, Some(7));
 }
 
-#[tokio::test]
-async fn outbox_rows_roll_back_with_the_state() {
-    let db = database().await;
+async fn outbox_rows_roll_back_with_the_state<S: Store>() {
+    let store = S::new().await;
     let mut effects = Effects::new();
     effects.send(message());
-    let failed = commit(&db.pool, &effects, async |tx| {
-        sqlx::query("INSERT INTO counters VALUES (1, 1)").execute(&mut *tx).await.unwrap();
-        Err(SaveError::Conflict)
-    })
-    .await;
-    assert!(matches!(failed, Err(SaveError::Conflict)));
-    assert_eq!(outbox_count(&db, "true").await, 0);
-    let counters: i64 = sqlx::query_scalar("SELECT count(*) FROM counters").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(counters, 0);
+    let failed = store.write_then_conflict(&effects).await;
+    assert!(matches!(failed, Err(SaveError::Conflict)), "{failed:?}");
+    assert_eq!(store.outbox_rows().await, (0, 0));
+    assert_eq!(store.counter().await, None);
 }
 
-#[tokio::test]
-async fn a_consumed_message_is_applied_once() {
-    let db = database().await;
-    let message_id = Uuid::now_v7();
-    let mut first = Effects::consuming("counter", message_id);
-    first.send(message());
-    set_counter(&db, &first, 1).await.unwrap();
-
-    let mut copy = Effects::consuming("counter", message_id);
-    copy.send(message());
-    assert!(matches!(set_counter(&db, &copy, 2).await, Err(SaveError::AlreadyConsumed)));
-    let value: i32 = sqlx::query_scalar("SELECT value FROM counters").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(value, 1, "the copy changed the state");
-    assert_eq!(outbox_count(&db, "true").await, 1, "the copy wrote messages");
-
-    // Another consumer may apply the same message on its own account.
-    set_counter(&db, &Effects::consuming("other", message_id), 3).await.unwrap();
-}
-
-#[tokio::test]
-async fn two_relays_publish_every_committed_message_exactly_once() {
-    let db = database().await;
+async fn two_relays_publish_every_committed_message_exactly_once<S: Store>() {
+    let store = S::new().await;
     let transport = MemoryTransport::new();
     let mut observed = subscribe(&transport).await;
     let shutdown = CancellationToken::new();
-    let relays: Vec<_> = (0..2).map(|_| tokio::spawn(relay(&db, &transport, 7).run(shutdown.clone()))).collect();
+    let relays: Vec<_> =
+        (0..2).map(|_| tokio::spawn(relay(&store, &transport, quick(7)).run(shutdown.clone()))).collect();
 
     // Writers commit while both relays run.
     let mut expected = HashSet::new();
@@ -116,14 +102,14 @@ async fn two_relays_publish_every_committed_message_exactly_once() {
     for _ in 0..8 {
         let batch: Vec<Envelope> = (0..25).map(|_| message()).collect();
         expected.extend(batch.iter().map(|m| m.message_id));
-        let pool = db.pool.clone();
+        let store = store.clone();
         writers.push(tokio::spawn(async move {
             for chunk in batch.chunks(5) {
                 let mut effects = Effects::new();
                 for envelope in chunk {
                     effects.send(envelope.clone());
                 }
-                commit(&pool, &effects, async |_| Ok(())).await.unwrap();
+                store.commit(&effects).await.unwrap();
             }
         }));
     }
@@ -145,42 +131,135 @@ async fn two_relays_publish_every_committed_message_exactly_once() {
         relay.await.unwrap();
     }
     assert!(tokio::time::timeout(Duration::from_millis(300), observed.next()).await.is_err(), "extra publish");
-    assert_eq!(outbox_count(&db, "sent_at IS NULL").await, 0);
+    assert_eq!(store.outbox_rows().await, (200, 0));
 }
 
-#[tokio::test]
-async fn a_failed_publish_is_retried_and_marks_nothing_sent() {
-    let db = database().await;
+async fn a_failed_publish_is_retried_and_marks_nothing_sent<S: Store>() {
+    let store = S::new().await;
     let transport = MemoryTransport::new();
     let mut observed = subscribe(&transport).await;
     let mut effects = Effects::new();
     effects.send(message());
-    commit(&db.pool, &effects, async |_| Ok(())).await.unwrap();
+    store.commit(&effects).await.unwrap();
 
     transport.fail_next_publishes(1);
-    let relay = relay(&db, &transport, 10);
+    let relay = relay(&store, &transport, quick(10));
     assert!(relay.publish_batch().await.is_err());
-    assert_eq!(outbox_count(&db, "sent_at IS NULL").await, 1);
+    assert_eq!(store.outbox_rows().await, (1, 1));
     assert_eq!(relay.publish_batch().await.unwrap(), 1);
-    assert_eq!(outbox_count(&db, "sent_at IS NULL").await, 0);
+    assert_eq!(store.outbox_rows().await, (1, 0));
     assert!(observed.next().await.is_some());
 }
 
-#[tokio::test]
-async fn a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes() {
-    let db = database().await;
+async fn the_relay_is_woken_at_commit_not_by_its_sweep<S: Store>() {
+    let store = S::new().await;
+    let transport = MemoryTransport::new();
+    let mut observed = subscribe(&transport).await;
+    let config = RelayConfig { sweep_interval: Duration::from_secs(3600), ..RelayConfig::default() };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay(&store, &transport, config).run(shutdown.clone()));
+    // Each commit after the first finds the relay listening with an hour left before its sweep.
+    for _ in 0..3 {
+        let sent = message();
+        let mut effects = Effects::new();
+        effects.send(sent.clone());
+        store.commit(&effects).await.unwrap();
+        let delivered = tokio::time::timeout(Duration::from_secs(5), observed.next()).await;
+        let delivery = delivered.expect("the relay did not react to the commit").unwrap();
+        assert_eq!(delivery.message.as_ref().unwrap().message_id, sent.message_id);
+        delivery.ack().await.unwrap();
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+async fn sent_rows_and_old_inbox_records_are_cleaned_up<S: Store>() {
+    let store = S::new().await;
+    let transport = MemoryTransport::new();
+    let _observed = subscribe(&transport).await;
+    let mut effects = Effects::consuming("counter", Uuid::now_v7());
+    effects.send(message());
+    store.set_counter(&effects, 1).await.unwrap();
+    let mut unsent = Effects::new();
+    unsent.schedule(message(), Utc::now() + ChronoDuration::hours(1));
+    store.commit(&unsent).await.unwrap();
+    assert_eq!(relay(&store, &transport, quick(10)).publish_batch().await.unwrap(), 1);
+
+    // Nothing is kept: the next cleanup deletes every sent row and every inbox record, and it
+    // runs as soon as the relay starts.
+    let config = RelayConfig { sent_retention: Duration::ZERO, inbox_retention: Duration::ZERO, ..quick(10) };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay(&store, &transport, config).run(shutdown.clone()));
+    messaging::testing::eventually(Duration::from_secs(5), "the cleanup ran", async || {
+        store.outbox_rows().await == (1, 1) && store.inbox_rows().await == 0
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+// --- inbox --------------------------------------------------------------------------------------
+
+async fn a_consumed_message_is_applied_once<S: Store>() {
+    let store = S::new().await;
+    let message_id = Uuid::now_v7();
+    let mut first = Effects::consuming("counter", message_id);
+    first.send(message());
+    store.set_counter(&first, 1).await.unwrap();
+
+    let mut copy = Effects::consuming("counter", message_id);
+    copy.send(message());
+    assert!(matches!(store.set_counter(&copy, 2).await, Err(SaveError::AlreadyConsumed)));
+    assert_eq!(store.counter().await, Some(1), "the copy changed the state");
+    assert_eq!(store.outbox_rows().await.0, 1, "the copy wrote messages");
+
+    // Another consumer may apply the same message on its own account.
+    store.set_counter(&Effects::consuming("other", message_id), 3).await.unwrap();
+}
+
+async fn a_batch_with_one_message_already_applied_applies_nothing<S: Store>() {
+    let store = S::new().await;
+    let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+    store.set_counter(&Effects::consuming("counter", old), 1).await.unwrap();
+
+    let mut batch = Effects::new();
+    batch.consume("counter", new).consume("counter", old).send(message());
+    assert!(matches!(store.set_counter(&batch, 2).await, Err(SaveError::AlreadyConsumed)));
+    assert_eq!(store.counter().await, Some(1));
+    assert_eq!(store.inbox_rows().await, 1, "the new message of the failed batch was recorded");
+
+    let mut fresh = Effects::new();
+    fresh.consume("counter", new).consume("counter", Uuid::now_v7());
+    store.set_counter(&fresh, 3).await.unwrap();
+    assert_eq!(store.inbox_rows().await, 3);
+}
+
+async fn the_inbox_tells_which_consumer_applied_what<S: Store>() {
+    let store = S::new().await;
+    let (applied, unknown) = (Uuid::now_v7(), Uuid::now_v7());
+    store.set_counter(&Effects::consuming("counter", applied), 1).await.unwrap();
+    let inbox = store.inbox();
+    assert!(inbox.contains("counter", applied).await.unwrap());
+    assert!(!inbox.contains("other", applied).await.unwrap());
+    assert!(!inbox.contains("counter", unknown).await.unwrap());
+}
+
+// --- scheduled messages -------------------------------------------------------------------------
+
+async fn a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes<S: Store>() {
+    let store = S::new().await;
     let transport = MemoryTransport::new();
     let mut observed = subscribe(&transport).await;
     let (due_soon, cancelled) = (message(), message());
     let mut effects = Effects::new();
     let at = Utc::now() + ChronoDuration::milliseconds(600);
     effects.schedule(due_soon.clone(), at).schedule(cancelled.clone(), at);
-    commit(&db.pool, &effects, async |_| Ok(())).await.unwrap();
+    store.commit(&effects).await.unwrap();
     let mut withdraw = Effects::new();
     withdraw.cancel_scheduled(cancelled.message_id);
-    commit(&db.pool, &withdraw, async |_| Ok(())).await.unwrap();
+    store.commit(&withdraw).await.unwrap();
 
-    let relay = relay(&db, &transport, 10);
+    let relay = relay(&store, &transport, quick(10));
     assert_eq!(relay.publish_batch().await.unwrap(), 0, "published before its time");
 
     let shutdown = CancellationToken::new();
@@ -194,26 +273,7 @@ async fn a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes()
     running.await.unwrap();
 }
 
-#[tokio::test]
-async fn the_relay_is_woken_at_commit_not_by_its_sweep() {
-    let db = database().await;
-    let transport = MemoryTransport::new();
-    let mut observed = subscribe(&transport).await;
-    let config = RelayConfig { sweep_interval: Duration::from_secs(3600), ..RelayConfig::default() };
-    let shutdown = CancellationToken::new();
-    let running =
-        tokio::spawn(Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), config).run(shutdown.clone()));
-    // Each commit after the first finds the relay listening with an hour left before its sweep.
-    for _ in 0..3 {
-        let mut effects = Effects::new();
-        effects.send(message());
-        commit(&db.pool, &effects, async |_| Ok(())).await.unwrap();
-        let delivered = tokio::time::timeout(Duration::from_secs(5), observed.next()).await;
-        assert!(delivered.is_ok(), "the relay did not react to the commit");
-    }
-    shutdown.cancel();
-    running.await.unwrap();
-}
+// --- PostgreSQL only ----------------------------------------------------------------------------
 
 #[tokio::test]
 async fn instances_starting_together_all_get_the_database() {
@@ -230,25 +290,4 @@ async fn instances_starting_together_all_get_the_database() {
         .execute(&mut admin)
         .await
         .unwrap();
-}
-
-#[tokio::test]
-async fn a_batch_with_one_message_already_applied_applies_nothing() {
-    let db = database().await;
-    let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
-    set_counter(&db, &Effects::consuming("counter", old), 1).await.unwrap();
-
-    let mut batch = Effects::new();
-    batch.consume("counter", new).consume("counter", old).send(message());
-    assert!(matches!(set_counter(&db, &batch, 2).await, Err(SaveError::AlreadyConsumed)));
-    let value: i32 = sqlx::query_scalar("SELECT value FROM counters").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(value, 1);
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(recorded, 1, "the new message of the failed batch was recorded");
-
-    let mut fresh = Effects::new();
-    fresh.consume("counter", new).consume("counter", Uuid::now_v7());
-    set_counter(&db, &fresh, 3).await.unwrap();
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(recorded, 3);
 }

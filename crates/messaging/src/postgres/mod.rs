@@ -1,11 +1,15 @@
 //! PostgreSQL adapter of the reliable-messaging tables: atomic commit of state + outbox + inbox,
 //! the relay, database creation and migrations.
 
-mod relay;
+mod outbox;
 
-pub use relay::{Relay, RelayConfig, RelayError};
+pub use crate::relay::{RelayConfig, RelayError};
+pub use outbox::PgOutbox;
 
-use crate::unit_of_work::{BoxError, Effects, Inbox, LoadError, SaveError};
+/// The relay of a PostgreSQL outbox: `Relay::new(name, pool, transport, config)`.
+pub type Relay = crate::relay::Relay<PgOutbox>;
+
+use crate::unit_of_work::{BoxError, Effects, Inbox, SaveError};
 use async_trait::async_trait;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -19,9 +23,7 @@ static MESSAGING_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// A service's migrator with the messaging tables' migrations in front of its own.
 pub fn with_messaging_migrations(service: &Migrator) -> Migrator {
-    let mut migrations = MESSAGING_MIGRATIONS.migrations.to_vec();
-    migrations.extend(service.migrations.iter().cloned());
-    Migrator::with_migrations(migrations)
+    crate::sql::in_front(&MESSAGING_MIGRATIONS, service)
 }
 
 /// Creates the database named in `url` if it does not exist yet, then opens a pool on it.
@@ -142,16 +144,7 @@ pub fn save_error(error: sqlx::Error) -> SaveError {
     }
 }
 
-/// Classifies a database error for a read: a value that does not decode means the stored `what`
-/// cannot be read back; anything else means the database was in the way.
-pub fn load_error(error: sqlx::Error, what: impl Into<String>) -> LoadError {
-    match error {
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
-            LoadError::corrupt(what, error)
-        }
-        _ => LoadError::unavailable(error),
-    }
-}
+pub use crate::sql::load_error;
 
 /// The outbox columns that make an envelope, in the order [`envelope_from_row`] reads them.
 pub const ENVELOPE_COLUMNS: &str =

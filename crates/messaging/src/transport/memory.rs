@@ -1,5 +1,5 @@
 //! In-memory transport: the same routing and ack semantics as the RabbitMQ adapter, in one
-//! process. Used by fast tests and by the single-process mode.
+//! process, and nothing kept when it ends. For fast tests of what runs on top of a transport.
 
 use super::{
     DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError,
@@ -224,71 +224,5 @@ fn dead_letter_view(error_queue: &str, item: &Queued) -> DeadLetter {
         attempts,
         failed_at,
         body: item.message.payload.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::{Causation, TraceParent};
-    use contracts::order::OrderShipped;
-    use futures::StreamExt;
-    use uuid::Uuid;
-
-    fn spec(name: &str, prefetch: u16) -> QueueSpec {
-        QueueSpec { name: name.into(), message_types: vec!["order.shipped.v1".into()], prefetch }
-    }
-
-    fn shipped() -> Envelope {
-        Causation::root("order", TraceParent::new_root()).envelope(&OrderShipped { order_id: Uuid::now_v7() })
-    }
-
-    #[tokio::test]
-    async fn an_unacked_delivery_comes_back_flagged_as_redelivered() {
-        let transport = MemoryTransport::new();
-        let mut deliveries = transport.consume(&spec("q", 1)).await.unwrap();
-        let message = shipped();
-        transport.publish(std::slice::from_ref(&message)).await.unwrap();
-
-        let first = deliveries.next().await.unwrap();
-        assert!(!first.redelivered);
-        drop(first);
-        let again = deliveries.next().await.unwrap();
-        assert!(again.redelivered);
-        assert_eq!(again.message.as_ref().unwrap(), &message);
-        again.ack().await.unwrap();
-        assert_eq!(transport.ready_count("q"), 0);
-    }
-
-    #[tokio::test]
-    async fn prefetch_bounds_unacknowledged_deliveries() {
-        let transport = MemoryTransport::new();
-        let mut deliveries = transport.consume(&spec("q", 1)).await.unwrap();
-        transport.publish(&[shipped(), shipped()]).await.unwrap();
-        let first = deliveries.next().await.unwrap();
-        let blocked = tokio::time::timeout(std::time::Duration::from_millis(20), deliveries.next()).await;
-        assert!(blocked.is_err(), "a second delivery arrived while the first was unacked");
-        first.ack().await.unwrap();
-        assert!(deliveries.next().await.is_some());
-    }
-
-    #[tokio::test]
-    async fn dead_letters_can_be_listed_replayed_and_purged() {
-        let transport = MemoryTransport::new();
-        let mut deliveries = transport.consume(&spec("q", 10)).await.unwrap();
-        transport.publish(&[shipped(), shipped()]).await.unwrap();
-        for _ in 0..2 {
-            let delivery = deliveries.next().await.unwrap();
-            delivery.dead_letter(Failure { reason: "boom".into(), attempts: 3 }).await.unwrap();
-        }
-        let listed = transport.list("q.error").await.unwrap();
-        assert_eq!(listed.len(), 2);
-        assert_eq!((listed[0].reason.as_str(), listed[0].attempts), ("boom", 3));
-
-        assert_eq!(transport.replay("q.error").await.unwrap(), 2);
-        let replayed = deliveries.next().await.unwrap();
-        replayed.dead_letter(Failure { reason: "again".into(), attempts: 1 }).await.unwrap();
-        assert_eq!(transport.purge("q.error").await.unwrap(), 1);
-        assert!(transport.list("q.error").await.unwrap().is_empty());
     }
 }

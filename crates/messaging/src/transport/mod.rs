@@ -1,11 +1,12 @@
 //! The `Transport` port: publish envelopes with confirmation, consume a queue with manual acks.
 //!
-//! Two adapters share these semantics: [`rabbitmq`] (production) and [`memory`] (tests and the
-//! single-process mode). A delivery is acknowledged only by an explicit [`Delivery::ack`]; one
+//! Three adapters share these semantics: [`rabbitmq`] (production), [`sqlite`] (the embedded
+//! mode: a durable broker in one file) and [`memory`] (fast tests). A delivery is acknowledged only by an explicit [`Delivery::ack`]; one
 //! that is dropped unacknowledged is delivered again, flagged as redelivered.
 
 pub mod memory;
 pub mod rabbitmq;
+pub mod sqlite;
 
 use crate::envelope::{Envelope, UnreadableEnvelope};
 use crate::unit_of_work::BoxError;

@@ -1,6 +1,9 @@
 //! Shared pieces of the messaging integration tests: a handler whose effect is a counter in
-//! PostgreSQL (guarded by the inbox), and a fresh database for it.
+//! PostgreSQL (guarded by the inbox), a fresh database for it, and both databases behind one
+//! interface (`stores`).
 #![allow(dead_code)]
+
+pub mod stores;
 
 use async_trait::async_trait;
 use contracts::order::OrderShipped;

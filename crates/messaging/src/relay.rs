@@ -1,27 +1,72 @@
-//! The relay: moves committed outbox rows to the transport.
+//! The relay: moves committed outbox rows to the transport. One loop for every database: it
+//! works on an [`OutboxStore`], which PostgreSQL (`crate::postgres::PgOutbox`) and SQLite
+//! (`crate::sqlite::SqliteOutbox`) implement.
 //!
-//! It claims due rows with `FOR UPDATE SKIP LOCKED` (so relays of several instances share the
-//! table without publishing a row twice), publishes them, waits for the broker's confirms and
-//! only then stamps them sent, in the same transaction as the claim. A crash or a failed
-//! publish rolls the claim back and the rows are published again later: at-least-once, with
+//! It claims due rows (so that relays sharing an outbox never publish a row twice), publishes
+//! them, waits for the transport's confirms and only then stamps them sent. A crash or a failed
+//! publish leaves the rows unsent and they are published again later: at-least-once, with
 //! duplicates absorbed by the consumers' inboxes.
 //!
-//! It sleeps until woken by the `outbox` notification (sent at commit by a trigger), by the due
-//! time of the next scheduled row, or by the periodic sweep that catches lost notifications.
+//! It sleeps until its store reports a commit, the next scheduled row falls due, or the periodic
+//! sweep that catches lost notifications comes round.
 
 use crate::ErrorChain;
 use crate::backoff::Backoff;
 use crate::envelope::Envelope;
 use crate::transport::Transport;
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// A database's outbox (and its inbox's housekeeping), as the relay needs it.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// What holds claimed rows until they are stamped sent (a transaction with their row locks,
+    /// say). Dropping it releases them unsent.
+    type Claim: Send + 'static;
+
+    /// Claims up to `limit` unsent rows that are due, oldest first. No other relay of the same
+    /// outbox gets them until the claim is stamped or dropped.
+    async fn claim_due(&self, limit: i64) -> Result<Claimed<Self::Claim>, RelayError>;
+
+    /// Stamps the claimed rows with `ids` sent.
+    async fn mark_sent(&self, claim: Self::Claim, ids: &[Uuid]) -> Result<(), RelayError>;
+
+    /// When the earliest unsent row falls due, if there is one.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RelayError>;
+
+    /// Deletes outbox rows sent before `sent_before` and inbox records older than
+    /// `consumed_before`; returns how many of each.
+    async fn delete_old(
+        &self,
+        sent_before: DateTime<Utc>,
+        consumed_before: DateTime<Utc>,
+    ) -> Result<(u64, u64), RelayError>;
+
+    /// Starts watching for commits that add outbox rows.
+    async fn watch(&self) -> Box<dyn CommitWatch>;
+}
+
+/// Rows claimed by one relay: their envelopes, and the claim to stamp them with.
+pub struct Claimed<C> {
+    /// The messages, oldest first.
+    pub envelopes: Vec<Envelope>,
+    /// Hand it to [`OutboxStore::mark_sent`] once they are published.
+    pub claim: C,
+}
+
+/// Wakes a relay when rows may have been committed.
+#[async_trait]
+pub trait CommitWatch: Send {
+    /// Resolves when outbox rows may have been committed since the last call (or when
+    /// notifications may have been missed, so that the relay looks anyway). Cancel-safe.
+    async fn committed(&mut self);
+}
 
 /// Pauses after failed publishes: a broker that is down must not be hammered by new commits.
 const PUBLISH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -57,8 +102,8 @@ impl Default for RelayConfig {
 }
 
 /// Publishes one database's outbox (several relays may share it).
-pub struct Relay {
-    pool: PgPool,
+pub struct Relay<S> {
+    store: S,
     transport: Arc<dyn Transport>,
     config: RelayConfig,
     /// Labels this relay's metrics and logs (the service name).
@@ -82,10 +127,11 @@ pub enum RelayError {
     Crashed(#[source] tokio::task::JoinError),
 }
 
-impl Relay {
-    /// A relay labelled `name` (in logs and metrics) of the outbox behind `pool`.
-    pub fn new(name: &'static str, pool: PgPool, transport: Arc<dyn Transport>, config: RelayConfig) -> Self {
-        Self { pool, transport, config, name }
+impl<S: OutboxStore> Relay<S> {
+    /// A relay labelled `name` (in logs and metrics) of the outbox `store` (or what makes one,
+    /// such as a PostgreSQL pool).
+    pub fn new(name: &'static str, store: impl Into<S>, transport: Arc<dyn Transport>, config: RelayConfig) -> Self {
+        Self { store: store.into(), transport, config, name }
     }
 
     /// Runs until `shutdown`, then publishes what is due one last time and returns.
@@ -96,7 +142,7 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let relay = Arc::new(self);
         let workers = relay.config.workers.max(1);
-        let mut listener = relay.listen().await;
+        let mut commits = relay.store.watch().await;
         let mut in_flight: JoinSet<Result<usize, RelayError>> = JoinSet::new();
         // Batches worth starting: rows may be due.
         let mut wanted = 1usize;
@@ -104,9 +150,6 @@ impl Relay {
         let mut resume_at: Option<Instant> = None;
         let mut next_cleanup = Instant::now();
         loop {
-            if listener.is_none() {
-                listener = relay.listen().await;
-            }
             if Instant::now() >= next_cleanup {
                 relay.clean_up().await;
                 next_cleanup = Instant::now() + relay.config.cleanup_interval;
@@ -144,7 +187,7 @@ impl Relay {
                         }
                     }
                 }
-                _ = wait_for_notification(&mut listener), if !backing_off => wanted = wanted.max(1),
+                _ = commits.committed(), if !backing_off => wanted = wanted.max(1),
                 _ = tokio::time::sleep(pause) => wanted = wanted.max(1),
             }
         }
@@ -153,12 +196,6 @@ impl Relay {
             tracing::warn!(relay = relay.name, error = %ErrorChain(&error), "relay stopped with messages left to publish");
         }
         tracing::info!(relay = relay.name, "relay stopped");
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen("outbox").await.ok()?;
-        Some(listener)
     }
 
     /// Publishes batches until nothing due is left; a backlog is drained `workers` batches at a time.
@@ -176,29 +213,10 @@ impl Relay {
 
     /// Claims, publishes and stamps one batch of due rows; returns how many.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await?;
-        // Walk the pending index in order and stop after one batch. Left alone, the planner can
-        // pick a bitmap scan and sort every pending row when its statistics are stale (a burst
-        // into a fresh table), which makes each claim cost as much as the whole backlog.
-        // Its commit need not wait for the disk: if the "sent" stamps are lost in a crash, the
-        // rows are published again and the consumers' inboxes drop the copies.
-        sqlx::raw_sql(
-            "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload \
-             FROM outbox WHERE sent_at IS NULL AND deliver_after <= now() \
-             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(self.config.batch_size)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
+        let Claimed { mut envelopes, claim } = self.store.claim_due(self.config.batch_size).await?;
+        if envelopes.is_empty() {
             return Ok(0);
         }
-        let mut envelopes = rows.iter().map(envelope_from_row).collect::<Result<Vec<_>, _>>()?;
         let spans: Vec<tracing::Span> = envelopes.iter_mut().map(|envelope| self.publish_span(envelope)).collect();
         let claimed = Instant::now();
         if let Err(error) = self.transport.publish(&envelopes).await {
@@ -209,11 +227,7 @@ impl Relay {
         }
         let confirmed = Instant::now();
         let ids: Vec<Uuid> = envelopes.iter().map(|e| e.message_id).collect();
-        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE message_id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.store.mark_sent(claim, &ids).await?;
         drop(spans);
 
         let now = Utc::now();
@@ -255,11 +269,7 @@ impl Relay {
 
     /// How long to sleep before the next scheduled row is due (or the sweep interval).
     async fn time_to_next_due(&self) -> Duration {
-        let next: Result<Option<DateTime<Utc>>, _> =
-            sqlx::query_scalar("SELECT min(deliver_after) FROM outbox WHERE sent_at IS NULL")
-                .fetch_one(&self.pool)
-                .await;
-        match next {
+        match self.store.next_due().await {
             Ok(Some(due)) => {
                 // A due row we could not claim is being published by another relay: let it be.
                 let until_due = (due - Utc::now()).to_std().unwrap_or(self.config.sweep_interval);
@@ -272,16 +282,7 @@ impl Relay {
     async fn clean_up(&self) {
         let sent_before = Utc::now() - self.config.sent_retention;
         let consumed_before = Utc::now() - self.config.inbox_retention;
-        let outcome = async {
-            let sent =
-                sqlx::query("DELETE FROM outbox WHERE sent_at < $1").bind(sent_before).execute(&self.pool).await?;
-            let consumed = sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
-                .bind(consumed_before)
-                .execute(&self.pool)
-                .await?;
-            Ok::<_, sqlx::Error>((sent.rows_affected(), consumed.rows_affected()))
-        }
-        .await;
+        let outcome = self.store.delete_old(sent_before, consumed_before).await;
         match outcome {
             Ok((0, 0)) => {}
             Ok((sent, consumed)) => {
@@ -290,28 +291,4 @@ impl Relay {
             Err(error) => tracing::warn!(relay = self.name, error = %ErrorChain(&error), "outbox cleanup failed"),
         }
     }
-}
-
-/// Resolves at the next notification. Without a listener (or once it lost its connection,
-/// when notifications may have been missed) it resolves at once so the caller sweeps.
-async fn wait_for_notification(listener: &mut Option<PgListener>) {
-    let Some(active) = listener else {
-        return std::future::pending().await;
-    };
-    match active.try_recv().await {
-        Ok(Some(_)) => {
-            // Coalesce the notifications already buffered: one sweep serves them all.
-            while active.next_buffered().is_some() {}
-        }
-        Ok(None) => {} // reconnected: notifications may have been lost, so sweep
-        Err(error) => {
-            tracing::warn!(error = %ErrorChain(&error), "outbox listener failed; relying on the periodic sweep");
-            *listener = None;
-        }
-    }
-}
-
-fn envelope_from_row(row: &sqlx::postgres::PgRow) -> Result<Envelope, RelayError> {
-    super::envelope_from_row(row)
-        .map_err(|error| RelayError::Corrupt(row.try_get("message_id").unwrap_or_default(), error))
 }
