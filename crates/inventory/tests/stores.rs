@@ -1,20 +1,138 @@
-//! The inventory service's PostgreSQL stores against the real database.
+//! The inventory service's stores: one contract per port (products with their reservations,
+//! sagas), written once and run against the PostgreSQL and the SQLite adapters, each test on a
+//! database of its own.
 
+use async_trait::async_trait;
 use inventory::application::{ProductStore, ReservationSaga, SagaStore};
-use inventory::domain::{Money, OrderId, Product, ProductName, Quantity};
-use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
-use messaging::testing::TestDatabase;
-use messaging::{Effects, SaveError};
+use inventory::domain::{Money, OrderId, Product, ProductId, ProductName, Quantity};
+use inventory::infrastructure::{
+    PgProductStore, PgSagaStore, SqliteProductStore, SqliteSagaStore, migrator, sqlite_migrator,
+};
+use messaging::testing::{TestDatabase, TestSqlite};
+use messaging::{Causation, Effects, LoadError, SaveError, TraceParent};
 use rust_decimal::Decimal;
+use std::sync::Arc;
 use std::time::Duration;
+use uuid::Uuid;
 
-async fn database() -> TestDatabase {
-    let db = TestDatabase::empty().await;
-    migrator().run(&db.pool).await.unwrap();
-    db
+/// A fresh database of the inventory service, with both stores on it.
+#[async_trait]
+trait Backend: Sized {
+    async fn new() -> Self;
+    fn products(&self) -> Arc<dyn ProductStore>;
+    fn sagas(&self) -> Arc<dyn SagaStore>;
+    /// Runs a statement whose only parameter (`$1`) is a product id, as a defect would; the SQL
+    /// reads the same in both dialects.
+    async fn execute(&self, sql: &'static str, product: ProductId) -> Result<u64, sqlx::Error>;
+    /// Writes `lines` (JSON) into the saga's row as they are.
+    async fn overwrite_saga_lines(&self, order: OrderId, lines: &str);
+    async fn outbox_rows(&self) -> i64;
 }
 
-async fn saved_product(store: &PgProductStore, stock: u32) -> Product {
+struct Postgres(TestDatabase);
+
+#[async_trait]
+impl Backend for Postgres {
+    async fn new() -> Self {
+        let db = TestDatabase::empty().await;
+        migrator().run(&db.pool).await.unwrap();
+        Self(db)
+    }
+
+    fn products(&self) -> Arc<dyn ProductStore> {
+        Arc::new(PgProductStore::new(self.0.pool.clone()))
+    }
+
+    fn sagas(&self) -> Arc<dyn SagaStore> {
+        Arc::new(PgSagaStore::new(self.0.pool.clone()))
+    }
+
+    async fn execute(&self, sql: &'static str, product: ProductId) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(sql).bind(product.get()).execute(&self.0.pool).await?.rows_affected())
+    }
+
+    async fn overwrite_saga_lines(&self, order: OrderId, lines: &str) {
+        sqlx::query("UPDATE reservation_sagas SET lines = $2::jsonb WHERE order_id = $1")
+            .bind(order.as_uuid())
+            .bind(lines)
+            .execute(&self.0.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn outbox_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.0.pool).await.unwrap()
+    }
+}
+
+struct Sqlite(TestSqlite);
+
+#[async_trait]
+impl Backend for Sqlite {
+    async fn new() -> Self {
+        let test = TestSqlite::empty().await;
+        test.db.migrate(&sqlite_migrator()).await.unwrap();
+        Self(test)
+    }
+
+    fn products(&self) -> Arc<dyn ProductStore> {
+        Arc::new(SqliteProductStore::new(self.0.db.clone()))
+    }
+
+    fn sagas(&self) -> Arc<dyn SagaStore> {
+        Arc::new(SqliteSagaStore::new(self.0.db.clone()))
+    }
+
+    async fn execute(&self, sql: &'static str, product: ProductId) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(sql).bind(product.get()).execute(self.0.db.writer()).await?.rows_affected())
+    }
+
+    async fn overwrite_saga_lines(&self, order: OrderId, lines: &str) {
+        sqlx::query("UPDATE reservation_sagas SET lines = ? WHERE order_id = ?")
+            .bind(lines)
+            .bind(order.as_uuid().hyphenated())
+            .execute(self.0.db.writer())
+            .await
+            .unwrap();
+    }
+
+    async fn outbox_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(self.0.db.reader()).await.unwrap()
+    }
+}
+
+/// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test::<super::Postgres>().await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test::<super::Sqlite>().await;
+            })*
+        }
+    };
+}
+
+contract!(
+    product_ids_are_handed_out_once,
+    a_product_round_trips_with_its_exact_price,
+    reservations_are_stored_as_rows_that_add_up_to_the_reserved_count,
+    a_product_saved_at_a_stale_version_is_refused_and_writes_nothing,
+    the_database_itself_refuses_an_oversold_product,
+    the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order,
+    products_are_listed_by_id_a_page_at_a_time,
+    effects_without_a_product_are_committed_alone,
+    a_saga_round_trips_and_refuses_a_stale_save,
+    a_saga_row_that_does_not_restore_is_corrupt,
+);
+
+async fn saved_product(store: &dyn ProductStore, stock: u32) -> Product {
     let id = store.next_id().await.unwrap();
     let mut product = Product::create(
         id,
@@ -33,11 +151,38 @@ fn qty(units: i64) -> Quantity {
     Quantity::new(units).unwrap()
 }
 
-#[tokio::test]
-async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count() {
-    let db = database().await;
-    let store = PgProductStore::new(db.pool.clone());
-    let mut product = saved_product(&store, 10).await;
+// --- products -------------------------------------------------------------------------------------
+
+async fn product_ids_are_handed_out_once<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let ids = futures::future::join_all((0..20).map(|_| store.next_id())).await;
+    let mut ids: Vec<i64> = ids.into_iter().map(|id| id.unwrap().get()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "an id was handed out twice");
+    assert!(ids[0] > 0);
+}
+
+async fn a_product_round_trips_with_its_exact_price<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let mut product = saved_product(store.as_ref(), 5).await;
+    product.change_price(Money::new(Decimal::new(123_456_789, 2)).unwrap()).unwrap();
+    let changes = product.take_events();
+    store.save(&product, &changes, &Effects::new()).await.unwrap();
+    product.record_saved();
+    let loaded = store.load(product.id()).await.unwrap().unwrap();
+    assert_eq!(loaded, product);
+    assert_eq!(loaded.price().to_string(), "1234567.89");
+    assert_eq!((loaded.name().as_str(), loaded.description(), loaded.version()), ("Lamp", "brass", 2));
+    assert!(store.load(ProductId::new(999).unwrap()).await.unwrap().is_none());
+}
+
+async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let mut product = saved_product(store.as_ref(), 10).await;
     let (a, b) = (OrderId::generate(), OrderId::generate());
     product.reserve(a, qty(3)).unwrap();
     product.reserve(b, qty(4)).unwrap();
@@ -46,65 +191,135 @@ async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count() {
 
     let mut loaded = store.load(product.id()).await.unwrap().unwrap();
     assert_eq!((loaded.stock(), loaded.reserved(), loaded.reservation_of(a)), (10, 7, Some(qty(3))));
+    assert_eq!(loaded.reservation_of(b), Some(qty(4)));
     loaded.deduct(a).unwrap();
     loaded.release(b);
     let changes = loaded.take_events();
     store.save(&loaded, &changes, &Effects::new()).await.unwrap();
 
-    let (rows, reserved, stock): (i64, i64, i64) =
-        sqlx::query_as("SELECT (SELECT count(*) FROM reservations), reserved, stock FROM products WHERE id = $1")
-            .bind(product.id().get())
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!((rows, reserved, stock), (0, 0, 7));
+    let current = store.load(product.id()).await.unwrap().unwrap();
+    assert_eq!((current.stock(), current.reserved(), current.reservations().len()), (7, 0, 0));
+    // No reservation row is left behind to be re-inserted: the deleted rows are really gone.
+    let copied =
+        db.execute("INSERT INTO reservations SELECT * FROM reservations WHERE product_id = $1", product.id()).await;
+    assert_eq!(copied.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_product_saved_at_a_stale_version_is_refused_and_writes_nothing() {
-    let db = database().await;
-    let store = PgProductStore::new(db.pool.clone());
-    let product = saved_product(&store, 5).await;
+async fn a_product_saved_at_a_stale_version_is_refused_and_writes_nothing<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let product = saved_product(store.as_ref(), 5).await;
     let mut first = store.load(product.id()).await.unwrap().unwrap();
     let mut second = store.load(product.id()).await.unwrap().unwrap();
     first.reserve(OrderId::generate(), qty(5)).unwrap();
     let changes = first.take_events();
     store.save(&first, &changes, &Effects::new()).await.unwrap();
 
-    // Decided on stale stock: it would oversell, and must not land.
+    // Decided on stale stock: it would oversell, and must not land, nor its message.
     second.reserve(OrderId::generate(), qty(5)).unwrap();
     let changes = second.take_events();
-    assert!(matches!(store.save(&second, &changes, &Effects::new()).await, Err(SaveError::Conflict)));
+    let mut effects = Effects::new();
+    effects.send(
+        Causation::root("x", TraceParent::new_root())
+            .envelope(&contracts::order::OrderShipped { order_id: Uuid::now_v7() }),
+    );
+    assert!(matches!(store.save(&second, &changes, &effects).await, Err(SaveError::Conflict)));
     let current = store.load(product.id()).await.unwrap().unwrap();
     assert_eq!((current.reserved(), current.reservations().len()), (5, 1));
+    assert_eq!(db.outbox_rows().await, 0);
 }
 
-#[tokio::test]
-async fn the_database_itself_refuses_an_oversold_product() {
-    let db = database().await;
-    let store = PgProductStore::new(db.pool.clone());
-    let product = saved_product(&store, 2).await;
-    let oversell =
-        sqlx::query("UPDATE products SET reserved = 3 WHERE id = $1").bind(product.id().get()).execute(&db.pool).await;
+async fn the_database_itself_refuses_an_oversold_product<B: Backend>() {
+    let db = B::new().await;
+    let product = saved_product(db.products().as_ref(), 2).await;
+    let oversell = db.execute("UPDATE products SET reserved = 3 WHERE id = $1", product.id()).await;
     assert!(oversell.is_err(), "CHECK (reserved <= stock) let an oversold product through");
 }
 
-#[tokio::test]
-async fn a_saga_round_trips_and_refuses_a_stale_save() {
-    let db = database().await;
-    let store = PgSagaStore::new(db.pool.clone());
-    let product = PgProductStore::new(db.pool.clone()).next_id().await.unwrap();
+async fn the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let mut product = saved_product(store.as_ref(), 5).await;
+    product.reserve(OrderId::generate(), qty(1)).unwrap();
+    let changes = product.take_events();
+    store.save(&product, &changes, &Effects::new()).await.unwrap();
+    let twice =
+        db.execute("INSERT INTO reservations SELECT * FROM reservations WHERE product_id = $1", product.id()).await;
+    assert!(twice.is_err(), "PRIMARY KEY (product_id, order_id) let a second reservation through");
+}
+
+async fn products_are_listed_by_id_a_page_at_a_time<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let mut ids = Vec::new();
+    for stock in [3, 1, 4, 1, 5] {
+        ids.push(saved_product(store.as_ref(), stock).await.id());
+    }
+    let mut reserved = store.load(ids[2]).await.unwrap().unwrap();
+    reserved.reserve(OrderId::generate(), qty(2)).unwrap();
+    let changes = reserved.take_events();
+    store.save(&reserved, &changes, &Effects::new()).await.unwrap();
+
+    let page = store.list(None, 3).await.unwrap();
+    assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), ids[..3]);
+    assert_eq!((page[2].stock, page[2].reserved, page[2].price.to_string()), (4, 2, "30.00".to_owned()));
+    let rest = store.list(Some(ids[2]), 3).await.unwrap();
+    assert_eq!(rest.iter().map(|p| p.id).collect::<Vec<_>>(), ids[3..]);
+}
+
+async fn effects_without_a_product_are_committed_alone<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let refused = Uuid::now_v7();
+    let mut effects = Effects::consuming("stock", refused);
+    effects.send(
+        Causation::root("x", TraceParent::new_root())
+            .envelope(&contracts::order::OrderShipped { order_id: Uuid::now_v7() }),
+    );
+    store.commit(&effects).await.unwrap();
+    assert_eq!(db.outbox_rows().await, 1);
+    assert!(matches!(store.commit(&effects).await, Err(SaveError::AlreadyConsumed)));
+    assert_eq!(db.outbox_rows().await, 1);
+}
+
+// --- sagas ----------------------------------------------------------------------------------------
+
+async fn a_saga_round_trips_and_refuses_a_stale_save<B: Backend>() {
+    let db = B::new().await;
+    let store = db.sagas();
+    let product = db.products().next_id().await.unwrap();
     let (mut saga, _) =
         ReservationSaga::start(OrderId::generate(), vec![(product, qty(2))], kernel::now(), Duration::from_secs(60));
+    saga.timeout_scheduled(Uuid::now_v7());
     store.save(&saga, &Effects::new()).await.unwrap();
     saga.record_saved();
     assert_eq!(store.load(saga.order_id()).await.unwrap().unwrap(), saga);
+    assert!(store.load(OrderId::generate()).await.unwrap().is_none());
 
     let mut first = saga.clone();
-    first.on_stock_reserved(product).unwrap();
+    first.on_stock_rejected(product, "not enough stock".into()).unwrap();
     store.save(&first, &Effects::new()).await.unwrap();
+    first.record_saved();
     let mut stale = saga.clone();
     stale.on_order_cancelled();
     assert!(matches!(store.save(&stale, &Effects::new()).await, Err(SaveError::Conflict)));
-    assert_eq!(store.load(saga.order_id()).await.unwrap().unwrap().state(), first.state());
+    assert_eq!(store.load(saga.order_id()).await.unwrap().unwrap(), first);
+    // A second saga for the same order is a conflict too.
+    let (twin, _) =
+        ReservationSaga::start(saga.order_id(), vec![(product, qty(1))], kernel::now(), Duration::from_secs(60));
+    assert!(matches!(store.save(&twin, &Effects::new()).await, Err(SaveError::Conflict)));
+}
+
+async fn a_saga_row_that_does_not_restore_is_corrupt<B: Backend>() {
+    let db = B::new().await;
+    let store = db.sagas();
+    let product = db.products().next_id().await.unwrap();
+    let (saga, _) =
+        ReservationSaga::start(OrderId::generate(), vec![(product, qty(2))], kernel::now(), Duration::from_secs(60));
+    store.save(&saga, &Effects::new()).await.unwrap();
+    db.overwrite_saga_lines(saga.order_id(), r#"[{"productId": 0, "quantity": 1, "status": "reserved"}]"#).await;
+    let corrupt = store.load(saga.order_id()).await.unwrap_err();
+    let expected = format!("saga of order {}", saga.order_id());
+    assert!(matches!(&corrupt, LoadError::Corrupt { what, .. } if *what == expected), "{corrupt:?}");
+    assert!(messaging::ErrorChain(&corrupt).to_string().contains("a product id is a positive integer (got 0)"));
 }

@@ -255,7 +255,8 @@ async fn prefetch_bounds_unacknowledged_deliveries<B: Broker>() {
 async fn competing_consumers_share_a_queue_without_duplicates<B: Broker>() {
     let broker = B::new().await;
     let queue = spec(&broker, "shared", &[SHIPPED], 4);
-    let consumers = [broker.transport().consume(&queue).await.unwrap(), broker.transport().consume(&queue).await.unwrap()];
+    let consumers =
+        [broker.transport().consume(&queue).await.unwrap(), broker.transport().consume(&queue).await.unwrap()];
     let sent: Vec<Envelope> = (0..40).map(|_| shipped()).collect();
     broker.transport().publish(&sent).await.unwrap();
     let seen = std::sync::Mutex::new(HashSet::new());

@@ -1,17 +1,136 @@
-//! The order service's PostgreSQL stores against the real database, one database per test.
+//! The order service's stores: one contract per port (orders, idempotency keys, the catalog
+//! copy), written once and run against the PostgreSQL and the SQLite adapters, each test on a
+//! database of its own.
 
-use messaging::testing::TestDatabase;
+use async_trait::async_trait;
+use messaging::testing::{TestDatabase, TestSqlite};
 use messaging::{Causation, Effects, HandlerError, LoadError, SaveError, TraceParent};
 use order::application::{AppError, Catalog, OrderFilter, OrderStore};
 use order::domain::{CatalogItem, CustomerId, Order, OrderId, OrderStatus, ProductId, Quantity};
-use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
+use order::infrastructure::{PgCatalog, PgOrderStore, SqliteCatalog, SqliteOrderStore, migrator, sqlite_migrator};
+use std::sync::Arc;
 use uuid::Uuid;
 
-async fn database() -> TestDatabase {
-    let db = TestDatabase::empty().await;
-    migrator().run(&db.pool).await.unwrap();
-    db
+/// A fresh database of the order service, with both stores on it.
+#[async_trait]
+trait Backend: Sized {
+    async fn new() -> Self;
+    fn orders(&self) -> Arc<dyn OrderStore>;
+    fn catalog(&self) -> Arc<dyn Catalog>;
+    async fn outbox_rows(&self) -> i64;
+    /// Writes `lines` (JSON) into the order's row as they are, as a defect or damage would.
+    async fn overwrite_lines(&self, order: OrderId, lines: &str);
+    /// An order store whose database cannot be reached.
+    async fn unreachable() -> Arc<dyn OrderStore>;
 }
+
+struct Postgres(TestDatabase);
+
+#[async_trait]
+impl Backend for Postgres {
+    async fn new() -> Self {
+        let db = TestDatabase::empty().await;
+        migrator().run(&db.pool).await.unwrap();
+        Self(db)
+    }
+
+    fn orders(&self) -> Arc<dyn OrderStore> {
+        Arc::new(PgOrderStore::new(self.0.pool.clone()))
+    }
+
+    fn catalog(&self) -> Arc<dyn Catalog> {
+        Arc::new(PgCatalog::new(self.0.pool.clone()))
+    }
+
+    async fn outbox_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.0.pool).await.unwrap()
+    }
+
+    async fn overwrite_lines(&self, order: OrderId, lines: &str) {
+        sqlx::query("UPDATE orders SET lines = $2::jsonb WHERE id = $1")
+            .bind(order.as_uuid())
+            .bind(lines)
+            .execute(&self.0.pool)
+            .await
+            .unwrap();
+    }
+
+    async fn unreachable() -> Arc<dyn OrderStore> {
+        let away = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_millis(300))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        Arc::new(PgOrderStore::new(away))
+    }
+}
+
+struct Sqlite(TestSqlite);
+
+#[async_trait]
+impl Backend for Sqlite {
+    async fn new() -> Self {
+        let test = TestSqlite::empty().await;
+        test.db.migrate(&sqlite_migrator()).await.unwrap();
+        Self(test)
+    }
+
+    fn orders(&self) -> Arc<dyn OrderStore> {
+        Arc::new(SqliteOrderStore::new(self.0.db.clone()))
+    }
+
+    fn catalog(&self) -> Arc<dyn Catalog> {
+        Arc::new(SqliteCatalog::new(self.0.db.clone()))
+    }
+
+    async fn outbox_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(self.0.db.reader()).await.unwrap()
+    }
+
+    async fn overwrite_lines(&self, order: OrderId, lines: &str) {
+        sqlx::query("UPDATE orders SET lines = ? WHERE id = ?")
+            .bind(lines)
+            .bind(order.as_uuid().hyphenated())
+            .execute(self.0.db.writer())
+            .await
+            .unwrap();
+    }
+
+    async fn unreachable() -> Arc<dyn OrderStore> {
+        let test = TestSqlite::empty().await;
+        test.db.close().await;
+        Arc::new(SqliteOrderStore::new(test.db.clone()))
+    }
+}
+
+/// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test::<super::Postgres>().await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test::<super::Sqlite>().await;
+            })*
+        }
+    };
+}
+
+contract!(
+    an_order_round_trips_with_its_lines_state_and_timeline,
+    a_save_at_a_stale_version_is_refused_and_writes_nothing,
+    a_new_order_saved_twice_conflicts,
+    orders_are_listed_newest_first_by_customer_and_status,
+    a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable,
+    an_idempotency_key_belongs_to_one_order,
+    the_catalog_keeps_the_newest_version_of_a_product,
+    the_catalog_lists_products_by_id_with_exact_prices,
+    a_catalog_update_commits_with_its_inbox_record,
+);
 
 fn item(id: i64, price: &str) -> CatalogItem {
     CatalogItem {
@@ -29,10 +148,6 @@ fn draft() -> Order {
     order
 }
 
-async fn outbox_rows(db: &TestDatabase) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db.pool).await.unwrap()
-}
-
 fn a_message() -> Effects<'static> {
     let mut effects = Effects::new();
     let causation = Causation::root("order", TraceParent::new_root());
@@ -40,10 +155,11 @@ fn a_message() -> Effects<'static> {
     effects
 }
 
-#[tokio::test]
-async fn an_order_round_trips_with_its_lines_state_and_timeline() {
-    let db = database().await;
-    let store = PgOrderStore::new(db.pool.clone());
+// --- orders --------------------------------------------------------------------------------------
+
+async fn an_order_round_trips_with_its_lines_state_and_timeline<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
     let mut order = draft();
     order.add_line(&item(1, "19.99"), Quantity::new(2).unwrap()).unwrap();
     order.add_line(&item(2, "0.10"), Quantity::new(3).unwrap()).unwrap();
@@ -59,10 +175,9 @@ async fn an_order_round_trips_with_its_lines_state_and_timeline() {
     assert!(store.load(OrderId::generate()).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn a_save_at_a_stale_version_is_refused_and_writes_nothing() {
-    let db = database().await;
-    let store = PgOrderStore::new(db.pool.clone());
+async fn a_save_at_a_stale_version_is_refused_and_writes_nothing<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
     let order = draft();
     store.save(&order, None, &Effects::new()).await.unwrap();
 
@@ -77,35 +192,21 @@ async fn a_save_at_a_stale_version_is_refused_and_writes_nothing() {
     let stored = store.load(order.id()).await.unwrap().unwrap();
     assert_eq!(stored.lines().len(), 1);
     assert_eq!(stored.lines()[0].product_id, ProductId::new(1).unwrap());
-    assert_eq!(outbox_rows(&db).await, 1, "the refused save's message was written");
+    assert_eq!(db.outbox_rows().await, 1, "the refused save's message was written");
 }
 
-#[tokio::test]
-async fn a_new_order_saved_twice_conflicts() {
-    let db = database().await;
-    let store = PgOrderStore::new(db.pool.clone());
+async fn a_new_order_saved_twice_conflicts<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
     let order = draft();
     store.save(&order, None, &Effects::new()).await.unwrap();
     assert!(matches!(store.save(&order, None, &a_message()).await, Err(SaveError::Conflict)));
-    assert_eq!(outbox_rows(&db).await, 0);
+    assert_eq!(db.outbox_rows().await, 0);
 }
 
-#[tokio::test]
-async fn an_idempotency_key_belongs_to_one_order() {
-    let db = database().await;
-    let store = PgOrderStore::new(db.pool.clone());
-    let (first, second) = (draft(), draft());
-    store.save(&first, Some(("key-1", "fingerprint")), &Effects::new()).await.unwrap();
-    let reused = store.save(&second, Some(("key-1", "fingerprint")), &Effects::new()).await;
-    assert!(matches!(reused, Err(SaveError::Conflict)));
-    assert!(store.load(second.id()).await.unwrap().is_none(), "the second order was created anyway");
-    assert_eq!(store.find_by_idempotency_key("key-1").await.unwrap(), Some((first.id(), "fingerprint".into())));
-}
-
-#[tokio::test]
-async fn orders_are_listed_newest_first_by_customer_and_status() {
-    let db = database().await;
-    let store = PgOrderStore::new(db.pool.clone());
+async fn orders_are_listed_newest_first_by_customer_and_status<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
     let customer = CustomerId::from_uuid(Uuid::now_v7());
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -131,32 +232,13 @@ async fn orders_are_listed_newest_first_by_customer_and_status() {
     assert!(placed.orders.iter().all(|o| o.status == OrderStatus::Placed && o.line_count == 1));
 }
 
-#[tokio::test]
-async fn the_catalog_keeps_the_newest_version_of_a_product() {
-    let db = database().await;
-    let catalog = PgCatalog::new(db.pool.clone());
-    catalog.upsert(&item(7, "5.00"), 2, &Effects::new()).await.unwrap();
-    // Late news of an older version changes nothing.
-    catalog.upsert(&item(7, "4.00"), 1, &Effects::new()).await.unwrap();
-    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "5.00");
-    catalog.upsert(&item(7, "6.00"), 3, &Effects::new()).await.unwrap();
-    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "6.00");
-    assert_eq!(catalog.list().await.unwrap().len(), 1);
-}
-
-#[tokio::test]
-async fn a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable() {
-    let db = database().await;
-    let store = PgOrderStore::new(db.pool.clone());
+async fn a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
     let order = draft();
     store.save(&order, None, &Effects::new()).await.unwrap();
     let line = r#"[{"product_id": 0, "product_name": "ghost", "unit_price": "1.00", "quantity": 1}]"#;
-    sqlx::query("UPDATE orders SET lines = $2::jsonb WHERE id = $1")
-        .bind(order.id().as_uuid())
-        .bind(line)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    db.overwrite_lines(order.id(), line).await;
 
     let corrupt = store.load(order.id()).await.unwrap_err();
     let expected = format!("order {}", order.id());
@@ -166,11 +248,56 @@ async fn a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is
         "retrying cannot mend it"
     );
 
-    let away = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(std::time::Duration::from_millis(300))
-        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
-        .unwrap();
-    let unavailable = PgOrderStore::new(away).load(order.id()).await.unwrap_err();
+    let unavailable = B::unreachable().await.load(order.id()).await.unwrap_err();
     assert!(matches!(unavailable, LoadError::Unavailable(_)), "{unavailable:?}");
     assert!(matches!(HandlerError::from(AppError::from(unavailable)), HandlerError::Transient(_)));
+}
+
+// --- idempotency keys ----------------------------------------------------------------------------
+
+async fn an_idempotency_key_belongs_to_one_order<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
+    let (first, second) = (draft(), draft());
+    store.save(&first, Some(("key-1", "fingerprint")), &Effects::new()).await.unwrap();
+    let reused = store.save(&second, Some(("key-1", "fingerprint")), &Effects::new()).await;
+    assert!(matches!(reused, Err(SaveError::Conflict)));
+    assert!(store.load(second.id()).await.unwrap().is_none(), "the second order was created anyway");
+    assert_eq!(store.find_by_idempotency_key("key-1").await.unwrap(), Some((first.id(), "fingerprint".into())));
+}
+
+// --- the catalog copy ----------------------------------------------------------------------------
+
+async fn the_catalog_keeps_the_newest_version_of_a_product<B: Backend>() {
+    let db = B::new().await;
+    let catalog = db.catalog();
+    catalog.upsert(&item(7, "5.00"), 2, &Effects::new()).await.unwrap();
+    // Late news of an older version changes nothing.
+    catalog.upsert(&item(7, "4.00"), 1, &Effects::new()).await.unwrap();
+    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "5.00");
+    catalog.upsert(&item(7, "6.00"), 3, &Effects::new()).await.unwrap();
+    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "6.00");
+    assert_eq!(catalog.list().await.unwrap().len(), 1);
+}
+
+async fn the_catalog_lists_products_by_id_with_exact_prices<B: Backend>() {
+    let db = B::new().await;
+    let catalog = db.catalog();
+    for (id, price) in [(12, "0.10"), (3, "19.99"), (7, "1000000.05")] {
+        catalog.upsert(&item(id, price), 1, &Effects::new()).await.unwrap();
+    }
+    let listed: Vec<(i64, String)> =
+        catalog.list().await.unwrap().iter().map(|item| (item.product_id.get(), item.price.to_string())).collect();
+    assert_eq!(listed, [(3, "19.99".into()), (7, "1000000.05".into()), (12, "0.10".into())]);
+    assert!(catalog.find(ProductId::new(4).unwrap()).await.unwrap().is_none());
+}
+
+async fn a_catalog_update_commits_with_its_inbox_record<B: Backend>() {
+    let db = B::new().await;
+    let catalog = db.catalog();
+    let news = Uuid::now_v7();
+    catalog.upsert(&item(7, "5.00"), 1, &Effects::consuming("catalog", news)).await.unwrap();
+    let copy = catalog.upsert(&item(7, "9.00"), 2, &Effects::consuming("catalog", news)).await;
+    assert!(matches!(copy, Err(SaveError::AlreadyConsumed)), "{copy:?}");
+    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "5.00");
 }

@@ -24,23 +24,93 @@ fn to_u32(value: i64, what: &str) -> Result<u32, BoxError> {
     u32::try_from(value).map_err(|_| format!("{what} out of range: {value}").into())
 }
 
-/// A product row (with its reservations as JSON) as the product it holds.
+/// A product row with its reservations, as read from either database, before it is restored.
+pub(super) struct ProductRow {
+    pub name: String,
+    pub description: String,
+    pub price: Decimal,
+    pub stock: i64,
+    /// (order, units) of each reservation.
+    pub reservations: Vec<(Uuid, i64)>,
+    pub version: i64,
+}
+
+impl ProductRow {
+    /// The product `id` it holds; any part that does not restore makes it corrupt.
+    pub fn restore(self, id: ProductId) -> Result<Product, BoxError> {
+        let reservations = self
+            .reservations
+            .into_iter()
+            .map(|(order, quantity)| Ok((OrderId::from_uuid(order), Quantity::new(quantity)?)))
+            .collect::<Result<BTreeMap<_, _>, BoxError>>()?;
+        Ok(Product::restore(
+            id,
+            ProductName::new(self.name)?,
+            self.description,
+            Money::new(self.price)?,
+            to_u32(self.stock, "stock")?,
+            reservations,
+            self.version,
+        ))
+    }
+}
+
+/// A listed product from the values of its row (either database).
+pub(super) fn summary(
+    id: i64,
+    name: String,
+    description: String,
+    price: Decimal,
+    stock: i64,
+    reserved: i64,
+) -> Result<ProductSummary, BoxError> {
+    Ok(ProductSummary {
+        id: ProductId::new(id)?,
+        name,
+        description,
+        price: Money::new(price)?,
+        stock: to_u32(stock, "stock")?,
+        reserved: to_u32(reserved, "reserved")?,
+    })
+}
+
+/// How a product's events change its reservation rows (either database).
+pub(super) enum ReservationChange {
+    /// A new reservation of `quantity` units.
+    Hold { product: i64, order: Uuid, quantity: i64 },
+    /// The reservation is gone (released or deducted).
+    Drop { product: i64, order: Uuid },
+}
+
+pub(super) fn reservation_changes(events: &[ProductEvent]) -> Vec<ReservationChange> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            ProductEvent::StockReserved { product_id, order_id, quantity } => Some(ReservationChange::Hold {
+                product: product_id.get(),
+                order: order_id.as_uuid(),
+                quantity: i64::from(quantity.get()),
+            }),
+            ProductEvent::StockReleased { product_id, order_id, .. }
+            | ProductEvent::StockDeducted { product_id, order_id, .. } => {
+                Some(ReservationChange::Drop { product: product_id.get(), order: order_id.as_uuid() })
+            }
+            ProductEvent::Created { .. } | ProductEvent::Restocked { .. } | ProductEvent::PriceChanged { .. } => None,
+        })
+        .collect()
+}
+
+/// A product row of PostgreSQL (with its reservations as JSON) as the product it holds.
 fn restore(id: ProductId, row: &PgRow) -> Result<Product, BoxError> {
-    let held: Vec<(Uuid, i64)> = serde_json::from_value(row.try_get("reservations")?)?;
-    let reservations = held
-        .into_iter()
-        .map(|(order, quantity)| Ok((OrderId::from_uuid(order), Quantity::new(quantity)?)))
-        .collect::<Result<BTreeMap<_, _>, BoxError>>()?;
-    let price: Decimal = row.try_get("price")?;
-    Ok(Product::restore(
-        id,
-        ProductName::new(row.try_get::<String, _>("name")?)?,
-        row.try_get("description")?,
-        Money::new(price)?,
-        to_u32(row.try_get("stock")?, "stock")?,
-        reservations,
-        row.try_get("version")?,
-    ))
+    ProductRow {
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        price: row.try_get("price")?,
+        stock: row.try_get("stock")?,
+        reservations: serde_json::from_value(row.try_get("reservations")?)?,
+        version: row.try_get("version")?,
+    }
+    .restore(id)
 }
 
 #[async_trait]
@@ -93,15 +163,14 @@ impl ProductStore for PgProductStore {
         .map_err(|error| load_error(error, "product list"))?;
         rows.iter()
             .map(|row| -> Result<ProductSummary, BoxError> {
-                let price: Decimal = row.try_get("price")?;
-                Ok(ProductSummary {
-                    id: ProductId::new(row.try_get("id")?)?,
-                    name: row.try_get("name")?,
-                    description: row.try_get("description")?,
-                    price: Money::new(price)?,
-                    stock: to_u32(row.try_get("stock")?, "stock")?,
-                    reserved: to_u32(row.try_get("reserved")?, "reserved")?,
-                })
+                summary(
+                    row.try_get("id")?,
+                    row.try_get("name")?,
+                    row.try_get("description")?,
+                    row.try_get("price")?,
+                    row.try_get("stock")?,
+                    row.try_get("reserved")?,
+                )
             })
             .collect::<Result<_, _>>()
             .map_err(|error| LoadError::corrupt("product list", error))
@@ -141,22 +210,18 @@ async fn write_product(tx: &mut PgConnection, product: &Product) -> Result<(), S
 
 /// Writes the reservation rows the product's events added or removed.
 async fn write_reservations(tx: &mut PgConnection, changes: &[ProductEvent]) -> Result<(), SaveError> {
-    for change in changes {
+    for change in reservation_changes(changes) {
         let query = match change {
-            ProductEvent::StockReserved { product_id, order_id, quantity } => {
+            ReservationChange::Hold { product, order, quantity } => {
                 sqlx::query("INSERT INTO reservations (product_id, order_id, quantity) VALUES ($1, $2, $3)")
-                    .bind(product_id.get())
-                    .bind(order_id.as_uuid())
-                    .bind(quantity.get() as i32)
+                    .bind(product)
+                    .bind(order)
+                    .bind(quantity as i32)
             }
-            ProductEvent::StockReleased { product_id, order_id, .. }
-            | ProductEvent::StockDeducted { product_id, order_id, .. } => {
+            ReservationChange::Drop { product, order } => {
                 sqlx::query("DELETE FROM reservations WHERE product_id = $1 AND order_id = $2")
-                    .bind(product_id.get())
-                    .bind(order_id.as_uuid())
-            }
-            ProductEvent::Created { .. } | ProductEvent::Restocked { .. } | ProductEvent::PriceChanged { .. } => {
-                continue;
+                    .bind(product)
+                    .bind(order)
             }
         };
         query.execute(&mut *tx).await.map_err(save_error)?;

@@ -2,11 +2,13 @@ use crate::application::SagaStore;
 use crate::application::saga::{LineStatus, ReservationSaga, SagaLine, SagaState};
 use crate::domain::{OrderId, ProductId, Quantity};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use messaging::postgres::{commit, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
+use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct PgSagaStore {
@@ -23,7 +25,7 @@ impl PgSagaStore {
 /// `{"productId": 4, "quantity": 2, "status": "rejected", "reason": "no stock"}`.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct StoredLine {
+pub(super) struct StoredLine {
     product_id: i64,
     quantity: u32,
     #[serde(flatten)]
@@ -40,7 +42,7 @@ enum StoredStatus {
     Deducted,
 }
 
-fn stored_lines(saga: &ReservationSaga) -> serde_json::Value {
+pub(super) fn stored_lines(saga: &ReservationSaga) -> serde_json::Value {
     let lines: Vec<StoredLine> = saga
         .lines()
         .iter()
@@ -73,19 +75,43 @@ fn restore_line(stored: StoredLine) -> Result<SagaLine, BoxError> {
     })
 }
 
-/// A saga row as the saga it holds.
+/// A saga row as read from either database, before it is restored.
+pub(super) struct SagaRow {
+    pub state: String,
+    pub lines: Vec<StoredLine>,
+    pub failure_reason: Option<String>,
+    pub timeout_message_id: Option<Uuid>,
+    pub started_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl SagaRow {
+    /// The saga of `order_id` it holds; any part that does not restore makes it corrupt.
+    pub fn restore(self, order_id: OrderId) -> Result<ReservationSaga, BoxError> {
+        let state = &self.state;
+        Ok(ReservationSaga::restore(
+            order_id,
+            SagaState::parse(state).ok_or_else(|| format!("unknown saga state {state:?}"))?,
+            self.lines.into_iter().map(restore_line).collect::<Result<_, _>>()?,
+            self.failure_reason,
+            self.timeout_message_id,
+            self.started_at,
+            self.version,
+        ))
+    }
+}
+
+/// A saga row of PostgreSQL as the saga it holds.
 fn restore(order_id: OrderId, row: &PgRow) -> Result<ReservationSaga, BoxError> {
-    let state: String = row.try_get("state")?;
-    let stored: Vec<StoredLine> = serde_json::from_value(row.try_get("lines")?)?;
-    Ok(ReservationSaga::restore(
-        order_id,
-        SagaState::parse(&state).ok_or_else(|| format!("unknown saga state {state:?}"))?,
-        stored.into_iter().map(restore_line).collect::<Result<_, _>>()?,
-        row.try_get("failure_reason")?,
-        row.try_get("timeout_message_id")?,
-        row.try_get("started_at")?,
-        row.try_get("version")?,
-    ))
+    SagaRow {
+        state: row.try_get("state")?,
+        lines: serde_json::from_value(row.try_get("lines")?)?,
+        failure_reason: row.try_get("failure_reason")?,
+        timeout_message_id: row.try_get("timeout_message_id")?,
+        started_at: row.try_get("started_at")?,
+        version: row.try_get("version")?,
+    }
+    .restore(order_id)
 }
 
 #[async_trait]

@@ -246,11 +246,12 @@ impl SqliteInbox {
 #[async_trait]
 impl Inbox for SqliteInbox {
     async fn contains(&self, consumer: &str, message_id: Uuid) -> Result<bool, BoxError> {
-        let found: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?)")
-            .bind(consumer)
-            .bind(message_id.hyphenated())
-            .fetch_one(self.db.reader())
-            .await?;
+        let found: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?)")
+                .bind(consumer)
+                .bind(message_id.hyphenated())
+                .fetch_one(self.db.reader())
+                .await?;
         Ok(found)
     }
 }

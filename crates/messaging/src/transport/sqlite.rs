@@ -15,10 +15,10 @@ use super::{
     DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError,
     error_queue_of,
 };
+use crate::ErrorChain;
 use crate::backoff::Backoff;
 use crate::envelope::{Envelope, UnreadableEnvelope};
 use crate::sqlite::{Database, Timestamp};
-use crate::ErrorChain;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;

@@ -18,7 +18,7 @@ impl PgCatalog {
     }
 }
 
-fn item((product_id, name, price): (i64, String, Decimal)) -> Result<CatalogItem, LoadError> {
+pub(super) fn item((product_id, name, price): (i64, String, Decimal)) -> Result<CatalogItem, LoadError> {
     let restore = || -> Result<CatalogItem, BoxError> {
         Ok(CatalogItem { product_id: ProductId::new(product_id)?, name, price: Money::new(price)? })
     };

@@ -23,16 +23,16 @@ impl PgOrderStore {
     }
 }
 
-/// A line as stored in the `lines` JSON column.
+/// A line as stored in the `lines` JSON column (both databases).
 #[derive(Serialize, Deserialize)]
-struct StoredLine {
+pub(super) struct StoredLine {
     product_id: i64,
     product_name: String,
     unit_price: Decimal,
     quantity: i64,
 }
 
-fn stored_lines(order: &Order) -> serde_json::Value {
+pub(super) fn stored_lines(order: &Order) -> serde_json::Value {
     let lines: Vec<StoredLine> = order
         .lines()
         .iter()
@@ -46,44 +46,107 @@ fn stored_lines(order: &Order) -> serde_json::Value {
     serde_json::to_value(lines).expect("lines serialize")
 }
 
-/// An order row as the order it holds; any part that does not restore makes it corrupt.
-fn restore(row: &sqlx::postgres::PgRow) -> Result<Order, BoxError> {
-    let status: String = row.try_get("status")?;
-    let reason: Option<String> = row.try_get("status_reason")?;
-    let reason = || -> Result<Reason, BoxError> { Ok(Reason::new(reason.clone().unwrap_or_default())?) };
-    let state = match OrderStatus::parse(&status).ok_or_else(|| format!("unknown order status {status:?}"))? {
-        OrderStatus::Draft => OrderState::Draft,
-        OrderStatus::Placed => OrderState::Placed,
-        OrderStatus::Confirmed => OrderState::Confirmed,
-        OrderStatus::Rejected => OrderState::Rejected { reason: reason()? },
-        OrderStatus::Shipped => OrderState::Shipped,
-        OrderStatus::Cancelled => OrderState::Cancelled { reason: reason()? },
-    };
-    let stored: Vec<StoredLine> = serde_json::from_value(row.try_get("lines")?)?;
-    let lines = stored
-        .into_iter()
-        .map(|line| {
-            Ok(OrderLine {
-                product_id: ProductId::new(line.product_id)?,
-                product_name: line.product_name,
-                unit_price: Money::new(line.unit_price)?,
-                quantity: Quantity::new(line.quantity)?,
+/// An order row as read from either database, before it is restored.
+pub(super) struct OrderRow {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    pub description: Option<String>,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub lines: Vec<StoredLine>,
+    pub timeline: Timeline,
+    pub version: i64,
+}
+
+impl OrderRow {
+    /// The order it holds; any part that does not restore makes it corrupt.
+    pub fn restore(self) -> Result<Order, BoxError> {
+        let reason =
+            || -> Result<Reason, BoxError> { Ok(Reason::new(self.status_reason.clone().unwrap_or_default())?) };
+        let state = match parse_status(&self.status)? {
+            OrderStatus::Draft => OrderState::Draft,
+            OrderStatus::Placed => OrderState::Placed,
+            OrderStatus::Confirmed => OrderState::Confirmed,
+            OrderStatus::Rejected => OrderState::Rejected { reason: reason()? },
+            OrderStatus::Shipped => OrderState::Shipped,
+            OrderStatus::Cancelled => OrderState::Cancelled { reason: reason()? },
+        };
+        let lines = self
+            .lines
+            .into_iter()
+            .map(|line| {
+                Ok(OrderLine {
+                    product_id: ProductId::new(line.product_id)?,
+                    product_name: line.product_name,
+                    unit_price: Money::new(line.unit_price)?,
+                    quantity: Quantity::new(line.quantity)?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, BoxError>>()?;
-    Ok(Order::restore(
-        OrderId::from_uuid(row.try_get("id")?),
-        CustomerId::from_uuid(row.try_get("customer_id")?),
-        row.try_get("description")?,
-        state,
-        lines,
-        Timeline {
+            .collect::<Result<Vec<_>, BoxError>>()?;
+        Ok(Order::restore(
+            OrderId::from_uuid(self.id),
+            CustomerId::from_uuid(self.customer_id),
+            self.description,
+            state,
+            lines,
+            self.timeline,
+            self.version,
+        )?)
+    }
+}
+
+fn parse_status(status: &str) -> Result<OrderStatus, BoxError> {
+    OrderStatus::parse(status).ok_or_else(|| format!("unknown order status {status:?}").into())
+}
+
+/// A listed order from the values of its row (either database).
+pub(super) fn summary(
+    id: Uuid,
+    customer_id: Uuid,
+    status: &str,
+    total: Decimal,
+    line_count: i64,
+    created_at: DateTime<Utc>,
+) -> Result<OrderSummary, BoxError> {
+    Ok(OrderSummary {
+        id: OrderId::from_uuid(id),
+        customer_id: CustomerId::from_uuid(customer_id),
+        status: parse_status(status)?,
+        total: Money::new(total)?,
+        line_count: u32::try_from(line_count)?,
+        created_at,
+    })
+}
+
+/// The page of `filter.limit` summaries out of the `limit + 1` rows read: one row more than
+/// asked tells whether another page follows.
+pub(super) fn page(mut orders: Vec<OrderSummary>, filter: &OrderFilter) -> OrderPage {
+    let next_after = if orders.len() > filter.limit as usize {
+        orders.truncate(filter.limit as usize);
+        orders.last().map(|order| order.id)
+    } else {
+        None
+    };
+    OrderPage { orders, next_after }
+}
+
+/// An order row of PostgreSQL as the order it holds.
+fn restore(row: &sqlx::postgres::PgRow) -> Result<Order, BoxError> {
+    OrderRow {
+        id: row.try_get("id")?,
+        customer_id: row.try_get("customer_id")?,
+        description: row.try_get("description")?,
+        status: row.try_get("status")?,
+        status_reason: row.try_get("status_reason")?,
+        lines: serde_json::from_value(row.try_get("lines")?)?,
+        timeline: Timeline {
             created_at: row.try_get("created_at")?,
             placed_at: row.try_get("placed_at")?,
             decided_at: row.try_get("decided_at")?,
         },
-        row.try_get("version")?,
-    )?)
+        version: row.try_get("version")?,
+    }
+    .restore()
 }
 
 #[async_trait]
@@ -189,30 +252,21 @@ impl OrderStore for PgOrderStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|error| load_error(error, "order list"))?;
-        let mut orders = rows
+        let orders = rows
             .iter()
             .map(|row| -> Result<OrderSummary, BoxError> {
-                let status: String = row.try_get("status")?;
                 let line_count: i32 = row.try_get("line_count")?;
-                let created_at: DateTime<Utc> = row.try_get("created_at")?;
-                Ok(OrderSummary {
-                    id: OrderId::from_uuid(row.try_get("id")?),
-                    customer_id: CustomerId::from_uuid(row.try_get("customer_id")?),
-                    status: OrderStatus::parse(&status).ok_or_else(|| format!("unknown order status {status:?}"))?,
-                    total: Money::new(row.try_get("total")?)?,
-                    line_count: line_count as u32,
-                    created_at,
-                })
+                summary(
+                    row.try_get("id")?,
+                    row.try_get("customer_id")?,
+                    row.try_get("status")?,
+                    row.try_get("total")?,
+                    line_count.into(),
+                    row.try_get("created_at")?,
+                )
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| LoadError::corrupt("order list", error))?;
-        // One row more than asked tells whether another page follows.
-        let next_after = if orders.len() > filter.limit as usize {
-            orders.truncate(filter.limit as usize);
-            orders.last().map(|order| order.id)
-        } else {
-            None
-        };
-        Ok(OrderPage { orders, next_after })
+        Ok(page(orders, filter))
     }
 }
