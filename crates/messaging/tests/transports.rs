@@ -143,7 +143,7 @@ fn shipped() -> Envelope {
 }
 
 fn spec<B: Broker>(broker: &B, name: &str, types: &[&str], prefetch: u16) -> QueueSpec {
-    QueueSpec { name: broker.queue(name), message_types: types.iter().map(|t| t.to_string()).collect(), prefetch }
+    QueueSpec { name: broker.queue(name), message_types: types.iter().map(|&t| t.to_owned()).collect(), prefetch }
 }
 
 async fn next(deliveries: &mut Deliveries) -> messaging::transport::Delivery {

@@ -1,5 +1,7 @@
-//! Configuration: every setting is a flag with an environment variable fallback and a default
-//! that works on a developer machine (PostgreSQL and RabbitMQ on localhost).
+//! Configuration: every setting is a flag with an environment variable fallback. With no
+//! database and no broker configured, the system runs embedded (SQLite files and the embedded
+//! broker in the data directory); PostgreSQL URLs and a RabbitMQ URL select the production
+//! engines ([`Mode`]).
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -10,15 +12,15 @@ use web::auth::{Issuance, JwksSettings, KeySource, LocalKey, Signer, Verifier};
 
 #[derive(Debug, Clone, Args)]
 pub struct OrderSettings {
-    /// PostgreSQL database of the order service (created if missing).
+    /// PostgreSQL database of the order service (created if missing) [default: none, the
+    /// embedded mode's <data dir>/orders.sqlite].
     #[arg(
         id = "orders_database_url",
         value_name = "URL",
         long = "orders-database-url",
-        env = "SHOP_ORDERS_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shop_orders"
+        env = "SHOP_ORDERS_DATABASE_URL"
     )]
-    pub database_url: String,
+    pub database_url: Option<String>,
     /// Address the order API listens on.
     #[arg(
         id = "orders_http_addr",
@@ -32,15 +34,15 @@ pub struct OrderSettings {
 
 #[derive(Debug, Clone, Args)]
 pub struct InventorySettings {
-    /// PostgreSQL database of the inventory service (created if missing).
+    /// PostgreSQL database of the inventory service (created if missing) [default: none, the
+    /// embedded mode's <data dir>/inventory.sqlite].
     #[arg(
         id = "inventory_database_url",
         value_name = "URL",
         long = "inventory-database-url",
-        env = "SHOP_INVENTORY_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shop_inventory"
+        env = "SHOP_INVENTORY_DATABASE_URL"
     )]
-    pub database_url: String,
+    pub database_url: Option<String>,
     /// Address the inventory API listens on.
     #[arg(
         id = "inventory_http_addr",
@@ -57,9 +59,10 @@ pub struct InventorySettings {
 
 #[derive(Debug, Clone, Args)]
 pub struct BrokerSettings {
-    /// RabbitMQ URL.
-    #[arg(long, env = "SHOP_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    pub amqp_url: String,
+    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f [default: none, the embedded
+    /// mode's broker in <data dir>/broker.sqlite].
+    #[arg(long, env = "SHOP_AMQP_URL")]
+    pub amqp_url: Option<String>,
     /// Prefix of every exchange and queue name, so several systems can share one broker.
     #[arg(long, env = "SHOP_QUEUE_PREFIX", default_value = "shop")]
     pub queue_prefix: String,
@@ -96,7 +99,8 @@ impl Default for Tuning {
     }
 }
 
-/// Where the system keeps its own files: the local signing key (`auth/signing-key.pem`).
+/// Where the system keeps its own files: the local signing key (`auth/signing-key.pem`) and, in
+/// the embedded mode, the services' SQLite files and the embedded broker.
 #[derive(Debug, Clone, Default, Args)]
 pub struct DataDir {
     /// Directory of the system's own files [default: $XDG_DATA_HOME/shop, or ~/.local/share/shop].
@@ -117,6 +121,138 @@ impl DataDir {
             Some(home) => Ok(home.join(".local/share/shop")),
             None => bail!("no data directory: set SHOP_DATA_DIR (or --data-dir), or HOME"),
         }
+    }
+}
+
+/// The files of the embedded mode, in the data directory.
+pub mod embedded {
+    /// The order service's database.
+    pub const ORDERS: &str = "orders.sqlite";
+    /// The inventory service's database.
+    pub const INVENTORY: &str = "inventory.sqlite";
+    /// The embedded broker's queues.
+    pub const BROKER: &str = "broker.sqlite";
+    /// Held by the one process that runs the system on the directory.
+    pub const LOCK: &str = "shop.lock";
+}
+
+/// The one process running the embedded system on a data directory. Released when dropped (or
+/// when the process dies, however it dies).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDir {
+    /// Takes the data directory for this process, creating it if needed; refuses if another
+    /// process runs the system on it. The embedded mode's files hold one system's state: two
+    /// processes would each think they own the deliveries in hand.
+    pub fn lock(&self) -> anyhow::Result<DataDirLock> {
+        let dir = self.path()?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let path = dir.join(embedded::LOCK);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DataDirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another shop is running on the data directory {} (it holds {}): stop it, or set SHOP_DATA_DIR to \
+                 another directory",
+                dir.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(error).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+}
+
+/// Where a service keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// A PostgreSQL database, created if missing.
+    Postgres { url: String },
+    /// A SQLite file, created if missing (the embedded mode).
+    Sqlite { file: PathBuf },
+}
+
+/// How the whole system runs, as the database and broker settings say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Nothing configured: each service on a SQLite file in the data directory, the embedded
+    /// broker (a SQLite file too) between them, everything in one process.
+    Embedded { data_dir: PathBuf },
+    /// Both PostgreSQL URLs and RabbitMQ: the production engines.
+    Distributed { amqp_url: String },
+}
+
+/// Whether the services keep their state in PostgreSQL (both URLs set) or embedded, in SQLite
+/// (neither set); one without the other is refused with what to set.
+pub fn on_postgres(orders: &OrderSettings, inventory: &InventorySettings) -> anyhow::Result<bool> {
+    let both_or_neither = "set both PostgreSQL URLs (and SHOP_AMQP_URL) to run on PostgreSQL and RabbitMQ, or \
+                           neither to run embedded (SQLite and the embedded broker in the data directory)";
+    match (&orders.database_url, &inventory.database_url) {
+        (Some(_), Some(_)) => Ok(true),
+        (None, None) => Ok(false),
+        (Some(_), None) => {
+            bail!("SHOP_ORDERS_DATABASE_URL is set but SHOP_INVENTORY_DATABASE_URL is not: {both_or_neither}")
+        }
+        (None, Some(_)) => {
+            bail!("SHOP_INVENTORY_DATABASE_URL is set but SHOP_ORDERS_DATABASE_URL is not: {both_or_neither}")
+        }
+    }
+}
+
+impl Mode {
+    /// The mode of the system in one process (`shop up`): embedded with none of the URLs,
+    /// distributed with all three; anything in between is refused with what to set.
+    pub fn of_system(
+        orders: &OrderSettings,
+        inventory: &InventorySettings,
+        broker: &BrokerSettings,
+        data: &DataDir,
+    ) -> anyhow::Result<Self> {
+        match (on_postgres(orders, inventory)?, &broker.amqp_url) {
+            (false, None) => Ok(Mode::Embedded { data_dir: data.path()? }),
+            (true, Some(amqp_url)) => Ok(Mode::Distributed { amqp_url: amqp_url.clone() }),
+            (true, None) => bail!(
+                "the PostgreSQL URLs are set but SHOP_AMQP_URL is not: set SHOP_AMQP_URL to run on PostgreSQL and \
+                 RabbitMQ (the embedded broker is for the embedded mode only), or unset SHOP_ORDERS_DATABASE_URL and \
+                 SHOP_INVENTORY_DATABASE_URL to run embedded"
+            ),
+            (false, Some(_)) => bail!(
+                "SHOP_AMQP_URL is set but the database URLs are not: RabbitMQ is for services on PostgreSQL, so set \
+                 SHOP_ORDERS_DATABASE_URL and SHOP_INVENTORY_DATABASE_URL too, or unset SHOP_AMQP_URL to run embedded"
+            ),
+        }
+    }
+}
+
+/// The RabbitMQ URL of one service in a process of its own (`shop serve`), which is never
+/// embedded: its instances share its PostgreSQL database and reach the other service through
+/// RabbitMQ. Without either, refused with what to set.
+pub fn amqp_url_of_one_service(
+    service: &str,
+    database_url: Option<&str>,
+    broker: &BrokerSettings,
+) -> anyhow::Result<String> {
+    let variable = if service == "order" { "SHOP_ORDERS_DATABASE_URL" } else { "SHOP_INVENTORY_DATABASE_URL" };
+    match (database_url, &broker.amqp_url) {
+        (Some(_), Some(amqp_url)) => Ok(amqp_url.clone()),
+        (_, None) => bail!(
+            "`shop serve {service}` runs the service in a process of its own, and services in separate processes \
+             talk through RabbitMQ: set SHOP_AMQP_URL (and {variable}); to run everything in one process with \
+             nothing installed, use `shop up`"
+        ),
+        (None, Some(_)) => bail!(
+            "`shop serve {service}` needs the service's PostgreSQL database: set {variable} (SQLite is for the \
+             embedded mode, where `shop up` runs both services in one process)"
+        ),
     }
 }
 

@@ -4,8 +4,8 @@
 use crate::topology;
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use messaging::Naming;
 use messaging::transport::DeadLetters;
-use messaging::transport::rabbitmq::RabbitMq;
 
 #[derive(Subcommand)]
 pub enum Action {
@@ -24,8 +24,7 @@ pub struct Target {
     pub queue: Option<String>,
 }
 
-fn error_queues(transport: &RabbitMq, target: &Target) -> anyhow::Result<Vec<String>> {
-    let naming = transport.naming();
+fn error_queues(naming: &Naming, target: &Target) -> anyhow::Result<Vec<String>> {
     let all = topology::consumers()
         .map(|(service, consumer)| (format!("{service}.{consumer}"), naming.queue(service, consumer)));
     let chosen: Vec<String> = match &target.queue {
@@ -39,11 +38,13 @@ fn error_queues(transport: &RabbitMq, target: &Target) -> anyhow::Result<Vec<Str
     Ok(chosen.into_iter().map(|queue| messaging::transport::error_queue_of(&queue)).collect())
 }
 
-pub async fn run(action: Action, transport: &RabbitMq) -> anyhow::Result<()> {
+/// Runs `action` on the error queues of the consumers named under `naming`, in `transport`
+/// (RabbitMQ, or the embedded broker).
+pub async fn run(action: Action, transport: &dyn DeadLetters, naming: &Naming) -> anyhow::Result<()> {
     match action {
         Action::List(target) => {
             let mut total = 0;
-            for queue in error_queues(transport, &target)? {
+            for queue in error_queues(naming, &target)? {
                 let letters = transport.list(&queue).await?;
                 total += letters.len();
                 for letter in letters {
@@ -61,13 +62,13 @@ pub async fn run(action: Action, transport: &RabbitMq) -> anyhow::Result<()> {
             println!("{total} dead letter(s)");
         }
         Action::Replay(target) => {
-            for queue in error_queues(transport, &target)? {
+            for queue in error_queues(naming, &target)? {
                 let count = transport.replay(&queue).await?;
                 println!("{queue}: replayed {count}");
             }
         }
         Action::Purge(target) => {
-            for queue in error_queues(transport, &target)? {
+            for queue in error_queues(naming, &target)? {
                 let count = transport.purge(&queue).await?;
                 println!("{queue}: purged {count}");
             }

@@ -2,12 +2,16 @@
 //! Load and fault injection live in the separate `harness` binary.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use messaging::transport::memory::MemoryTransport;
+use clap::{Parser, Subcommand};
 use messaging::transport::rabbitmq::RabbitMq;
+use messaging::transport::sqlite::SqliteTransport;
 use messaging::{Naming, Transport};
+use shop::config::{DataDirLock, amqp_url_of_one_service, embedded};
 use shop::telemetry::{LogFormat, SpanExport, init_metrics};
-use shop::{AuthSettings, BrokerSettings, DataDir, InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
+use shop::{
+    AuthSettings, BrokerSettings, DataDir, InventorySettings, Mode, OrderSettings, RunningService, Runtime, Tuning,
+};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use web::auth::{Role, Verifier};
@@ -16,7 +20,8 @@ use web::auth::{Role, Verifier};
 #[command(
     name = "shop",
     version,
-    about = "An event-driven shop: order and inventory services over PostgreSQL and RabbitMQ"
+    about = "An event-driven shop: order and inventory services, embedded (nothing to install) or over PostgreSQL and \
+             RabbitMQ"
 )]
 struct Cli {
     /// Log format on stderr.
@@ -29,7 +34,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run both services in this process, each with its own database and HTTP listener,
-    /// talking only through the broker.
+    /// talking only through the broker. With no database and broker URL set, embedded: SQLite
+    /// files and the embedded broker in the data directory.
     Up {
         #[command(flatten)]
         orders: OrderSettings,
@@ -43,28 +49,31 @@ enum Command {
         auth: AuthSettings,
         #[command(flatten)]
         data: DataDir,
-        /// `memory` runs without RabbitMQ (messages stay in this process).
-        #[arg(long, env = "SHOP_TRANSPORT", value_enum, default_value = "rabbitmq")]
-        transport: TransportKind,
     },
     /// Run one service.
     Serve {
         #[command(subcommand)]
         service: Service,
     },
-    /// Create the databases if needed and bring their schemas up to date, then exit.
+    /// Create the databases if needed and bring their schemas up to date, then exit (the SQLite
+    /// files of the data directory when no database URL is set).
     Migrate {
         #[command(flatten)]
         orders: OrderSettings,
         #[command(flatten)]
         inventory: InventorySettings,
+        #[command(flatten)]
+        data: DataDir,
     },
-    /// List, replay or purge the messages that consumers could not process.
+    /// List, replay or purge the messages that consumers could not process (in RabbitMQ, or
+    /// without SHOP_AMQP_URL in the embedded broker of the data directory).
     DeadLetters {
         #[command(subcommand)]
         action: shop::dead_letters::Action,
         #[command(flatten)]
         broker: BrokerSettings,
+        #[command(flatten)]
+        data: DataDir,
     },
     /// Print a token signed with the local key, which the services trust when started with the
     /// same settings (e.g. `curl -H "Authorization: Bearer $(shop token --admin)" ...`).
@@ -128,12 +137,6 @@ struct TokenHolder {
     admin: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum TransportKind {
-    Rabbitmq,
-    Memory,
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -157,15 +160,22 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Up { orders, inventory, broker, tuning, auth, data, transport } => {
+        Command::Up { orders, inventory, broker, tuning, auth, data } => {
+            let mode = Mode::of_system(&orders, &inventory, &broker, &data)?;
             let metrics = Some(init_metrics()?);
             let verifier = verifier(&auth, &data)?;
             let naming = Naming::new(&broker.queue_prefix);
-            let transport: Arc<dyn Transport> = match transport {
-                TransportKind::Rabbitmq => Arc::new(rabbitmq(&broker, "shop").await?),
-                TransportKind::Memory => Arc::new(MemoryTransport::new()),
+            let (transport, embedded_dir, _lock): (Arc<dyn Transport>, _, _) = match mode {
+                Mode::Embedded { data_dir } => {
+                    let (broker, lock) = embedded_broker(&data, &data_dir).await?;
+                    (Arc::new(broker), Some(data_dir), Some(lock))
+                }
+                Mode::Distributed { amqp_url } => {
+                    tracing::info!("on PostgreSQL and RabbitMQ ({})", messaging::redact_url(&amqp_url));
+                    (Arc::new(rabbitmq(&amqp_url, &naming, "shop").await?), None, None)
+                }
             };
-            let runtime = Runtime { transport, naming, tuning, metrics, verifier };
+            let runtime = Runtime { transport, naming, tuning, metrics, verifier, embedded_dir };
             let inventory = shop::start_inventory(&inventory, &runtime).await?;
             let orders = shop::start_order(&orders, &runtime).await?;
             print_ready(&[&orders, &inventory]);
@@ -179,30 +189,63 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 tuning,
                 metrics,
                 verifier,
+                embedded_dir: None,
             };
             let running = match service {
                 Service::Order { settings, broker, tuning, auth, data } => {
+                    let amqp_url = amqp_url_of_one_service("order", settings.database_url.as_deref(), &broker)?;
                     let verifier = verifier(&auth, &data)?;
-                    let transport = rabbitmq(&broker, "shop-order").await?;
+                    let transport = rabbitmq(&amqp_url, &Naming::new(&broker.queue_prefix), "shop-order").await?;
                     shop::start_order(&settings, &runtime(&broker, transport, tuning, verifier)).await?
                 }
                 Service::Inventory { settings, broker, tuning, auth, data } => {
+                    let amqp_url = amqp_url_of_one_service("inventory", settings.database_url.as_deref(), &broker)?;
                     let verifier = verifier(&auth, &data)?;
-                    let transport = rabbitmq(&broker, "shop-inventory").await?;
+                    let transport = rabbitmq(&amqp_url, &Naming::new(&broker.queue_prefix), "shop-inventory").await?;
                     shop::start_inventory(&settings, &runtime(&broker, transport, tuning, verifier)).await?
                 }
             };
             print_ready(&[&running]);
             run_until_signal(vec![running]).await
         }
-        Command::Migrate { orders, inventory } => {
-            shop::migrate(&orders, &inventory).await?;
-            println!("databases are up to date");
+        Command::Migrate { orders, inventory, data } => {
+            if shop::config::on_postgres(&orders, &inventory)? {
+                shop::migrate(&orders, &inventory, None).await?;
+                println!("databases are up to date");
+            } else {
+                let data_dir = data.path()?;
+                shop::migrate(&orders, &inventory, Some(&data_dir)).await?;
+                println!(
+                    "the embedded databases in {} are up to date ({}, {})",
+                    data_dir.display(),
+                    embedded::ORDERS,
+                    embedded::INVENTORY
+                );
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::DeadLetters { action, broker } => {
-            let transport = rabbitmq(&broker, "shop-dead-letters").await?;
-            shop::dead_letters::run(action, &transport).await?;
+        Command::DeadLetters { action, broker, data } => {
+            let naming = Naming::new(&broker.queue_prefix);
+            match &broker.amqp_url {
+                Some(amqp_url) => {
+                    let transport = rabbitmq(amqp_url, &naming, "shop-dead-letters").await?;
+                    shop::dead_letters::run(action, &transport, &naming).await?;
+                }
+                None => {
+                    let file = data.path()?.join(embedded::BROKER);
+                    anyhow::ensure!(
+                        file.is_file(),
+                        "no embedded broker at {} (`shop up` creates it when it first runs embedded): set \
+                         SHOP_DATA_DIR to the data directory `shop up` printed, or SHOP_AMQP_URL for RabbitMQ",
+                        file.display()
+                    );
+                    eprintln!("dead letters of the embedded broker {}", file.display());
+                    let transport = SqliteTransport::open(&file)
+                        .await
+                        .with_context(|| format!("cannot open the embedded broker {}", file.display()))?;
+                    shop::dead_letters::run(action, &transport, &naming).await?;
+                }
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Token(args) => {
@@ -224,10 +267,37 @@ fn verifier(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<Arc<Verifier>
     Ok(Arc::new(verifier))
 }
 
-async fn rabbitmq(broker: &BrokerSettings, connection_name: &str) -> anyhow::Result<RabbitMq> {
-    RabbitMq::connect(&broker.amqp_url, Naming::new(&broker.queue_prefix), connection_name)
+async fn rabbitmq(amqp_url: &str, naming: &Naming, connection_name: &str) -> anyhow::Result<RabbitMq> {
+    RabbitMq::connect(amqp_url, naming.clone(), connection_name).await.with_context(|| {
+        format!("cannot reach RabbitMQ at {} (is it running? see SHOP_AMQP_URL)", messaging::redact_url(amqp_url))
+    })
+}
+
+/// The embedded mode's broker, for the one process that runs the system on `data_dir`: takes
+/// the directory's lock, opens the broker's file and hands back the deliveries that a killed
+/// predecessor held.
+async fn embedded_broker(data: &DataDir, data_dir: &Path) -> anyhow::Result<(SqliteTransport, DataDirLock)> {
+    let lock = data.lock()?;
+    let file = data_dir.join(embedded::BROKER);
+    let broker = SqliteTransport::open(&file)
         .await
-        .with_context(|| "cannot reach RabbitMQ (is it running? see SHOP_AMQP_URL)")
+        .with_context(|| format!("cannot open the embedded broker {}", file.display()))?;
+    let requeued = broker.requeue_unsettled().await?;
+    tracing::info!(
+        "embedded mode: the system's state is in {} ({} and {}: the services' databases, {}: the messages between \
+         them, auth/: the local signing key); set SHOP_ORDERS_DATABASE_URL, SHOP_INVENTORY_DATABASE_URL and \
+         SHOP_AMQP_URL to run on PostgreSQL and RabbitMQ",
+        data_dir.display(),
+        embedded::ORDERS,
+        embedded::INVENTORY,
+        embedded::BROKER,
+    );
+    if requeued > 0 {
+        tracing::info!(
+            "{requeued} message(s) that were being handled when the system last stopped will be handled again"
+        );
+    }
+    Ok((broker, lock))
 }
 
 fn print_ready(services: &[&RunningService]) {

@@ -62,7 +62,8 @@ fn the_domain_does_no_io_and_knows_no_messages() {
 
 #[test]
 fn the_application_talks_to_ports_not_to_drivers() {
-    let forbidden = ["sqlx", "axum", "lapin", "reqwest", "web", "messaging::postgres", "messaging::transport"];
+    let forbidden =
+        ["sqlx", "axum", "lapin", "reqwest", "web", "messaging::postgres", "messaging::sqlite", "messaging::transport"];
     let found = violations("application", &forbidden);
     assert!(found.is_empty(), "application code must use ports:\n{}", found.join("\n"));
 }

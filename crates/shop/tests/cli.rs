@@ -1,15 +1,24 @@
-//! The `shop` binary as an operator uses it: migrations, dead-letter tools, clear errors.
+//! The `shop` binary as an operator uses it: which mode the settings select and what it says
+//! when they make no sense, migrations, dead-letter tools, clear errors.
 
 use messaging::testing::{TestDatabase, amqp_url, server_url, unique_naming};
 use std::process::{Command, Output};
 
+/// The settings that select a mode: the tests set what they mean and nothing else.
+const MODE_SETTINGS: [&str; 4] =
+    ["SHOP_ORDERS_DATABASE_URL", "SHOP_INVENTORY_DATABASE_URL", "SHOP_AMQP_URL", "SHOP_DATA_DIR"];
+
+fn command(args: &[&str], env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
+    for variable in MODE_SETTINGS {
+        command.env_remove(variable);
+    }
+    command.args(args).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).env("RUST_LOG", "warn");
+    command
+}
+
 fn shop(args: &[&str], env: &[(&str, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shop"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("shop runs")
+    command(args, env).output().expect("shop runs")
 }
 
 fn text(output: &Output) -> String {
@@ -56,7 +65,10 @@ async fn migrate_creates_both_databases_with_their_schemas() {
 
 #[test]
 fn an_unreachable_database_is_reported_with_what_to_fix() {
-    let env = [("SHOP_ORDERS_DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/nowhere".to_owned())];
+    let env = [
+        ("SHOP_ORDERS_DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/nowhere".to_owned()),
+        ("SHOP_INVENTORY_DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/elsewhere".to_owned()),
+    ];
     let output = shop(&["migrate"], &env);
     assert!(!output.status.success());
     let message = text(&output);
@@ -167,4 +179,120 @@ fn shop_token_refuses_when_the_services_trust_an_identity_provider() {
     let usage = shop(&["token"], &[]);
     assert_eq!(usage.status.code(), Some(2));
     assert!(text(&usage).contains("--customer") && text(&usage).contains("--admin"), "{}", text(&usage));
+}
+
+#[test]
+fn settings_that_make_no_sense_are_refused_with_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ("SHOP_DATA_DIR", dir.path().display().to_string());
+    let orders = ("SHOP_ORDERS_DATABASE_URL", format!("{}/x_orders", server_url()));
+    let inventory = ("SHOP_INVENTORY_DATABASE_URL", format!("{}/x_inventory", server_url()));
+    let amqp = ("SHOP_AMQP_URL", amqp_url());
+    /// A command, its settings, and what its refusal must say.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            vec!["up"],
+            vec![orders.clone(), data.clone()],
+            "SHOP_ORDERS_DATABASE_URL is set but SHOP_INVENTORY_DATABASE_URL is not: set both PostgreSQL URLs",
+        ),
+        (
+            vec!["up"],
+            vec![inventory.clone(), amqp.clone()],
+            "SHOP_INVENTORY_DATABASE_URL is set but SHOP_ORDERS_DATABASE_URL is not",
+        ),
+        (
+            vec!["up"],
+            vec![orders.clone(), inventory.clone()],
+            "the PostgreSQL URLs are set but SHOP_AMQP_URL is not: set SHOP_AMQP_URL",
+        ),
+        (vec!["up"], vec![amqp.clone(), data.clone()], "SHOP_AMQP_URL is set but the database URLs are not"),
+        (
+            vec!["serve", "order"],
+            vec![orders.clone()],
+            "services in separate processes talk through RabbitMQ: set SHOP_AMQP_URL",
+        ),
+        (vec!["serve", "inventory"], vec![data.clone()], "set SHOP_AMQP_URL (and SHOP_INVENTORY_DATABASE_URL)"),
+        (
+            vec!["serve", "inventory"],
+            vec![amqp.clone()],
+            "needs the service's PostgreSQL database: set SHOP_INVENTORY_DATABASE_URL",
+        ),
+        (
+            vec!["migrate"],
+            vec![inventory.clone()],
+            "SHOP_INVENTORY_DATABASE_URL is set but SHOP_ORDERS_DATABASE_URL is not",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let output = shop(&args, &env);
+        assert_eq!(output.status.code(), Some(1), "{args:?} {env:?}: {}", text(&output));
+        assert!(text(&output).contains(expected), "{args:?} {env:?}: {}", text(&output));
+    }
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "a refused start left files behind");
+}
+
+#[test]
+fn migrate_without_databases_prepares_the_embedded_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("SHOP_DATA_DIR", dir.path().display().to_string())];
+    let output = shop(&["migrate"], &env);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains(&format!("the embedded databases in {} are up to date", dir.path().display())));
+    for file in ["orders.sqlite", "inventory.sqlite"] {
+        assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    assert!(shop(&["migrate"], &env).status.success(), "migrating again changes nothing and succeeds");
+}
+
+#[tokio::test]
+async fn the_embedded_system_runs_once_per_data_dir_and_its_dead_letters_are_at_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (orders_port, inventory_port) = (port(), port());
+    let env = [
+        ("SHOP_DATA_DIR", dir.path().display().to_string()),
+        ("SHOP_ORDERS_HTTP_ADDR", format!("127.0.0.1:{orders_port}")),
+        ("SHOP_INVENTORY_HTTP_ADDR", format!("127.0.0.1:{inventory_port}")),
+    ];
+    let no_broker = shop(&["dead-letters", "list"], &env);
+    assert!(!no_broker.status.success());
+    assert!(text(&no_broker).contains("no embedded broker at"), "{}", text(&no_broker));
+
+    let start =
+        || KillOnDrop(command(&["up"], &env).stderr(std::process::Stdio::null()).spawn().expect("shop up runs"));
+    let ready = async || {
+        messaging::testing::eventually(std::time::Duration::from_secs(30), "shop up is ready", async || {
+            let url = format!("http://127.0.0.1:{orders_port}/health/ready");
+            reqwest::get(url).await.is_ok_and(|response| response.status().is_success())
+        })
+        .await;
+    };
+    let mut first = start();
+    ready().await;
+    let second = shop(&["up"], &env);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(text(&second).contains("another shop is running on the data directory"), "{}", text(&second));
+
+    let listed = shop(&["dead-letters", "list", "--queue", "inventory.saga"], &env);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(text(&listed).contains("0 dead letter(s)"), "{}", text(&listed));
+    let replayed = shop(&["dead-letters", "replay"], &env);
+    assert!(text(&replayed).contains("shop.order.catalog.error: replayed 0"), "{}", text(&replayed));
+
+    // Killed, it holds the directory no more: the next start takes over.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let _next = start();
+    ready().await;
+}
+
+/// Kills the process when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

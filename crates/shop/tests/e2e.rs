@@ -1,18 +1,54 @@
-//! End-to-end: both services with their own databases over the real RabbitMQ, driven only
-//! through their HTTP APIs (the product-row lock in two tests is the one exception: it stands
-//! in for a slow warehouse database).
+//! End-to-end: both services driven only through their HTTP APIs, every scenario in both
+//! modes: on PostgreSQL and the real RabbitMQ (`postgres::`), and embedded on SQLite files and
+//! the embedded broker (`embedded::`). Two exceptions reach into the inventory database: a
+//! stalled product write stands in for a slow warehouse database, and a damaged saga row.
 
 mod support;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{System, eventually};
+use support::{Mode, System, eventually};
 use uuid::Uuid;
 
-#[tokio::test]
-async fn a_several_line_order_is_confirmed_with_the_right_total_and_stock() {
-    let system = System::start().await;
+/// Each scenario once per mode, `postgres::<scenario>` and `embedded::<scenario>`, from
+/// `async fn <scenario>(mode: Mode)`.
+macro_rules! in_both_modes {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Mode::Postgres).await;
+            })*
+        }
+        mod embedded {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Mode::Embedded).await;
+            })*
+        }
+    };
+}
+
+in_both_modes!(
+    a_several_line_order_is_confirmed_with_the_right_total_and_stock,
+    insufficient_stock_rejects_the_order_and_releases_every_partial_reservation,
+    an_unknown_product_is_refused_when_added,
+    a_reservation_that_times_out_rejects_the_order_and_releases_late_reservations,
+    cancelling_while_stock_is_being_reserved_releases_it,
+    cancelling_a_confirmed_order_releases_its_stock,
+    shipping_a_confirmed_order_deducts_its_stock,
+    a_damaged_saga_row_answers_500_and_its_next_message_is_dead_lettered_at_once,
+    fifty_concurrent_orders_for_twenty_units_confirm_exactly_twenty,
+    prices_come_from_the_catalog_and_follow_its_changes,
+    an_idempotency_key_makes_order_creation_safe_to_retry,
+    orders_are_listed_by_customer_and_status_a_page_at_a_time,
+    bad_input_gets_a_problem_with_the_right_status_and_never_a_500,
+    each_service_reports_health_metrics_and_its_api_document,
+);
+
+async fn a_several_line_order_is_confirmed_with_the_right_total_and_stock(mode: Mode) {
+    let system = System::start_in(mode).await;
     let kettle = system.product("Kettle", "24.90", 5).await;
     let mug = system.product("Mug", "4.50", 10).await;
     let order = system.placed_order(&[(kettle, 2), (mug, 3), (kettle, 1)]).await;
@@ -30,9 +66,8 @@ async fn a_several_line_order_is_confirmed_with_the_right_total_and_stock() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn insufficient_stock_rejects_the_order_and_releases_every_partial_reservation() {
-    let system = System::start().await;
+async fn insufficient_stock_rejects_the_order_and_releases_every_partial_reservation(mode: Mode) {
+    let system = System::start_in(mode).await;
     let plenty = system.product("Plenty", "1.00", 100).await;
     let scarce = system.product("Scarce", "1.00", 1).await;
     let order = system.placed_order(&[(plenty, 5), (scarce, 2)]).await;
@@ -51,9 +86,8 @@ async fn insufficient_stock_rejects_the_order_and_releases_every_partial_reserva
     system.stop().await;
 }
 
-#[tokio::test]
-async fn an_unknown_product_is_refused_when_added() {
-    let system = System::start().await;
+async fn an_unknown_product_is_refused_when_added(mode: Mode) {
+    let system = System::start_in(mode).await;
     let order = system.new_order().await;
     let (status, problem) = system.add(&order, 424_242, 1).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -62,26 +96,17 @@ async fn an_unknown_product_is_refused_when_added() {
     system.stop().await;
 }
 
-/// Holds the product's row lock from the test's own connection, so that the stock handler's
-/// write waits as it would behind a slow warehouse database.
-async fn lock_product(system: &System, product: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut lock = system.inventory_db.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM products WHERE id = $1 FOR UPDATE").bind(product).execute(&mut *lock).await.unwrap();
-    lock
-}
-
-#[tokio::test]
-async fn a_reservation_that_times_out_rejects_the_order_and_releases_late_reservations() {
-    let system = System::with_reservation_timeout(Duration::from_millis(800)).await;
+async fn a_reservation_that_times_out_rejects_the_order_and_releases_late_reservations(mode: Mode) {
+    let system = System::with_reservation_timeout(mode, Duration::from_millis(800)).await;
     let quick = system.product("Quick", "1.00", 10).await;
     let slow = system.product("Slow", "1.00", 10).await;
-    let lock = lock_product(&system, slow).await;
+    let stall = system.stall_product_writes(slow).await;
     let order = system.placed_order(&[(quick, 1), (slow, 1)]).await;
 
     let rejected = system.settled(&order).await;
     assert_eq!(rejected["status"], "rejected");
     assert_eq!(rejected["statusReason"], "stock reservation timed out after 800ms");
-    lock.rollback().await.unwrap();
+    stall.release().await;
     // The slow line gets reserved after the saga gave up: it must be handed back.
     eventually(Duration::from_secs(10), "the saga releases every line", async || {
         let (_, reservation) = system.reservation(&order).await;
@@ -95,18 +120,17 @@ async fn a_reservation_that_times_out_rejects_the_order_and_releases_late_reserv
     system.stop().await;
 }
 
-#[tokio::test]
-async fn cancelling_while_stock_is_being_reserved_releases_it() {
-    let system = System::start().await;
+async fn cancelling_while_stock_is_being_reserved_releases_it(mode: Mode) {
+    let system = System::start_in(mode).await;
     let slow = system.product("Slow", "3.00", 4).await;
-    let lock = lock_product(&system, slow).await;
+    let stall = system.stall_product_writes(slow).await;
     let order = system.placed_order(&[(slow, 2)]).await;
     let (status, cancelled) = system.command(&order, "cancel", Some(json!({ "reason": "changed my mind" }))).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
     let reservation = system.reservation_in(&order, "failed").await;
     assert_eq!(reservation["failureReason"], "order cancelled");
-    lock.rollback().await.unwrap();
+    stall.release().await;
 
     eventually(Duration::from_secs(10), "the late reservation released", async || {
         let (_, reservation) = system.reservation(&order).await;
@@ -118,9 +142,8 @@ async fn cancelling_while_stock_is_being_reserved_releases_it() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn cancelling_a_confirmed_order_releases_its_stock() {
-    let system = System::start().await;
+async fn cancelling_a_confirmed_order_releases_its_stock(mode: Mode) {
+    let system = System::start_in(mode).await;
     let product = system.product("Lamp", "30.00", 3).await;
     let order = system.placed_order(&[(product, 2)]).await;
     assert_eq!(system.settled(&order).await["status"], "confirmed");
@@ -138,9 +161,8 @@ async fn cancelling_a_confirmed_order_releases_its_stock() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn shipping_a_confirmed_order_deducts_its_stock() {
-    let system = System::start().await;
+async fn shipping_a_confirmed_order_deducts_its_stock(mode: Mode) {
+    let system = System::start_in(mode).await;
     let product = system.product("Chair", "45.00", 6).await;
     let order = system.placed_order(&[(product, 4)]).await;
     assert_eq!(system.settled(&order).await["status"], "confirmed");
@@ -154,22 +176,14 @@ async fn shipping_a_confirmed_order_deducts_its_stock() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn a_damaged_saga_row_answers_500_and_its_next_message_is_dead_lettered_at_once() {
-    let system = System::start().await;
+async fn a_damaged_saga_row_answers_500_and_its_next_message_is_dead_lettered_at_once(mode: Mode) {
+    let system = System::start_in(mode).await;
     let product = system.product("Vase", "12.00", 3).await;
     let order = system.placed_order(&[(product, 1)]).await;
     assert_eq!(system.settled(&order).await["status"], "confirmed");
     system.reservation_in(&order, "reserved").await;
     // A line that names no product: the row no longer restores into a saga.
-    sqlx::query(
-        "UPDATE reservation_sagas SET lines = '[{\"productId\": 0, \"quantity\": 1, \"status\": \"reserved\"}]' \
-         WHERE order_id = $1",
-    )
-    .bind(Uuid::parse_str(&order).unwrap())
-    .execute(&system.inventory_db.pool)
-    .await
-    .unwrap();
+    system.overwrite_saga_lines(&order, r#"[{"productId": 0, "quantity": 1, "status": "reserved"}]"#).await;
 
     let url = system.inventory_url(&format!("/api/reservations/{order}"));
     let response = system.http.get(url).bearer_auth(&system.admin).send().await.unwrap();
@@ -199,9 +213,8 @@ async fn a_damaged_saga_row_answers_500_and_its_next_message_is_dead_lettered_at
     system.stop().await;
 }
 
-#[tokio::test]
-async fn fifty_concurrent_orders_for_twenty_units_confirm_exactly_twenty() {
-    let system = System::start().await;
+async fn fifty_concurrent_orders_for_twenty_units_confirm_exactly_twenty(mode: Mode) {
+    let system = System::start_in(mode).await;
     let product = system.product("Limited edition", "99.00", 20).await;
     let line = [(product, 1)];
     let orders: Vec<String> = futures::future::join_all((0..50).map(|_| system.placed_order(&line))).await;
@@ -213,9 +226,8 @@ async fn fifty_concurrent_orders_for_twenty_units_confirm_exactly_twenty() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn prices_come_from_the_catalog_and_follow_its_changes() {
-    let system = System::start().await;
+async fn prices_come_from_the_catalog_and_follow_its_changes(mode: Mode) {
+    let system = System::start_in(mode).await;
     let product = system.product("Tea", "3.00", 50).await;
     let (status, _) = system
         .call(
@@ -239,9 +251,8 @@ async fn prices_come_from_the_catalog_and_follow_its_changes() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn an_idempotency_key_makes_order_creation_safe_to_retry() {
-    let system = System::start().await;
+async fn an_idempotency_key_makes_order_creation_safe_to_retry(mode: Mode) {
+    let system = System::start_in(mode).await;
     let customer = system.customer;
     let create = |key: &'static str, description: &'static str| {
         system
@@ -266,9 +277,8 @@ async fn an_idempotency_key_makes_order_creation_safe_to_retry() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn orders_are_listed_by_customer_and_status_a_page_at_a_time() {
-    let system = System::start().await;
+async fn orders_are_listed_by_customer_and_status_a_page_at_a_time(mode: Mode) {
+    let system = System::start_in(mode).await;
     let product = system.product("Pen", "1.00", 100).await;
     let customer = system.customer;
     let mut ids = Vec::new();
@@ -294,9 +304,8 @@ async fn orders_are_listed_by_customer_and_status_a_page_at_a_time() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500() {
-    let system = System::start().await;
+async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500(mode: Mode) {
+    let system = System::start_in(mode).await;
     let product = system.product("Cup", "2.00", 10).await;
     let draft = system.new_order().await;
     let empty = system.new_order().await;
@@ -446,9 +455,8 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn each_service_reports_health_metrics_and_its_api_document() {
-    let system = System::start().await;
+async fn each_service_reports_health_metrics_and_its_api_document(mode: Mode) {
+    let system = System::start_in(mode).await;
     for base in [&system.orders_url, &system.inventory_url] {
         let (status, ready) = system.call(Method::GET, &format!("{base}/health/ready"), None).await;
         assert_eq!((status, ready["status"].clone()), (StatusCode::OK, json!("up")), "{ready}");

@@ -2,15 +2,21 @@
 //! state in one file. Atomic commit of state + outbox + inbox, the outbox the relay works on,
 //! migrations, and how values are stored.
 //!
-//! Every file is opened in WAL mode (readers never wait for the writer) with
-//! `synchronous = FULL`: a commit is on disk before it returns, so it survives a power loss and
-//! not only a killed process. That matters across files: a message is published into the
-//! broker's file only after its outbox row is durable, and a delivery is acknowledged only after
-//! the handler's commit is, exactly as with PostgreSQL. Writes go through one connection per
-//! file, in the order they asked for it, instead of contending in SQLite's busy loop; reads use
-//! a pool of their own (`query_only`). `foreign_keys` is on; `busy_timeout` covers other
-//! processes on the same file (the operator tools).
-
+//! Every file is in WAL mode (readers never wait for the writer), with `foreign_keys` on and a
+//! `busy_timeout` for other processes on the same file (the operator tools). Writes go through
+//! one connection per file, in the order they asked for it, instead of contending in SQLite's
+//! busy loop; reads use a pool of their own (`query_only`).
+//!
+//! **Durability.** A commit that others rely on (a unit of work of a service, a publish into
+//! the embedded broker) is on disk before it returns: it survives a power loss, not only a
+//! killed process, exactly as a PostgreSQL commit does. That matters across files: a message is
+//! published into the broker's file only after its outbox row is durable, and a delivery is
+//! acknowledged only after the handler's commit is. Rather than `synchronous = FULL` (one fsync
+//! per commit, one commit at a time per file), the files run with `synchronous = NORMAL` and
+//! [`Database::make_durable`] fsyncs the write-ahead log once for every commit that finished
+//! meanwhile (group commit): under load one fsync covers many commits. Writes whose loss is
+//! harmless skip it, as PostgreSQL's relay skips `synchronous_commit`: "sent" stamps (the rows
+//! are published again, the inboxes drop the copies), acknowledgements (redelivered), cleanup.
 mod outbox;
 
 pub use outbox::{SqliteOutbox, SqliteRelay};
@@ -27,6 +33,7 @@ use sqlx::sqlite::{
 use sqlx::{Decode, Encode, QueryBuilder, Row, Sqlite, SqlitePool, Transaction, Type};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -44,14 +51,28 @@ pub fn with_messaging_migrations(service: &Migrator) -> Migrator {
 /// How long a write waits for another process's lock on the file before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One SQLite file: a writer connection, a pool of readers, and what the relay of its outbox
-/// needs to know about commits. Cheap to clone; clones share everything.
+/// One SQLite file: a writer connection, a pool of readers, what makes its commits durable and
+/// what the relay of its outbox needs to know about commits. Cheap to clone; clones share
+/// everything.
 #[derive(Clone)]
 pub struct Database {
     writer: SqlitePool,
     reader: SqlitePool,
     file: Arc<PathBuf>,
+    durability: Arc<Durability>,
     outbox: Arc<OutboxState>,
+}
+
+/// Group commit: commits are counted as they finish, and one fsync of the write-ahead log makes
+/// every commit counted before it started durable.
+#[derive(Default)]
+struct Durability {
+    /// Commits finished so far.
+    committed: AtomicU64,
+    /// Commits known to be on disk.
+    synced: AtomicU64,
+    /// One fsync at a time; those who wait meanwhile are usually covered by the next.
+    syncing: tokio::sync::Mutex<()>,
 }
 
 /// What the commits and the relays of one file share in this process.
@@ -76,7 +97,7 @@ impl Database {
             .filename(file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         // The writer first: it creates the file and switches it to WAL.
@@ -90,7 +111,33 @@ impl Database {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.pragma("query_only", "ON"))
             .await?;
-        Ok(Self { writer, reader, file: Arc::new(file.to_owned()), outbox: Arc::default() })
+        Ok(Self { writer, reader, file: Arc::new(file.to_owned()), durability: Arc::default(), outbox: Arc::default() })
+    }
+
+    /// Returns once every transaction committed on this file before the call is on disk. Call
+    /// it after a commit whose loss in a power cut would break a promise (an answer given, a
+    /// message published or acknowledged on the strength of it).
+    pub async fn make_durable(&self) -> std::io::Result<()> {
+        let durability = &self.durability;
+        let mine = durability.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = durability.syncing.lock().await;
+        if durability.synced.load(Ordering::SeqCst) >= mine {
+            return Ok(()); // an fsync that started after this commit finished covered it
+        }
+        let covered = durability.committed.load(Ordering::SeqCst);
+        // The log of a file in WAL mode is `<file>-wal`; fsync of any descriptor of it flushes
+        // what SQLite wrote. Without a log (every connection closed), the commits are in the
+        // file itself, synced when the log was checkpointed.
+        let log = format!("{}-wal", self.file.display());
+        tokio::task::spawn_blocking(move || match std::fs::File::open(&log) {
+            Ok(log) => log.sync_data(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error),
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        durability.synced.fetch_max(covered, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Brings the schema up to date.
@@ -150,6 +197,7 @@ pub async fn commit(
     write_state(&mut tx).await?;
     write_outbox(&mut tx, effects).await.map_err(save_error)?;
     tx.commit().await.map_err(save_error)?;
+    db.make_durable().await.map_err(|error| SaveError::Unavailable(Box::new(error)))?;
     if !effects.outgoing.is_empty() {
         db.outbox.committed.notify_one();
     }

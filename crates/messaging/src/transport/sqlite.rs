@@ -1,5 +1,6 @@
 //! The embedded broker: the [`Transport`] port over one SQLite file, for the embedded mode.
-//! Same semantics as RabbitMQ, and what it holds survives the process being killed.
+//! Same semantics as RabbitMQ, and what it holds survives the process being killed (a publish
+//! is on disk before it is confirmed, see [`crate::sqlite`] on durability).
 //!
 //! Queues are rows of one table. Publishing inserts a row per queue bound to the message's type,
 //! all in one transaction (a message no queue is bound for is refused, as RabbitMQ's
@@ -226,6 +227,7 @@ impl Transport for SqliteTransport {
             insert.build().execute(&mut *tx).await.map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;
+        self.inner.db.make_durable().await.map_err(unavailable)?;
         let queues: BTreeSet<&str> = routed.iter().map(|(queue, _)| queue.as_str()).collect();
         for queue in queues {
             self.inner.wake(queue);
@@ -434,6 +436,7 @@ impl DeadLetters for SqliteTransport {
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
+        self.inner.db.make_durable().await.map_err(unavailable)?;
         self.inner.wake_all();
         Ok(replayed.rows_affected() as usize)
     }

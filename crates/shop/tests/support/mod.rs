@@ -1,28 +1,52 @@
-//! A whole system for end-to-end tests: both services on ephemeral ports in this process, each
-//! with a fresh database, talking through the real RabbitMQ under names no other test uses.
-//! Tests drive it through its HTTP APIs only, with tokens of the system's own signing key: an
-//! admin's, and one customer's (the customer of `new_order` and friends).
+//! A whole system for end-to-end tests: both services on ephemeral ports in this process, in
+//! either mode: each with a fresh PostgreSQL database, talking through the real RabbitMQ under
+//! names no other test uses, or embedded (SQLite files and the embedded broker in a temporary
+//! data directory). Tests drive it through its HTTP APIs only, with tokens of the system's own
+//! signing key: an admin's, and one customer's (the customer of `new_order` and friends).
 #![allow(dead_code)]
 
 use messaging::Naming;
 pub use messaging::testing::eventually;
 use messaging::testing::{TestDatabase, amqp_url, init_logs, unique_naming};
 use messaging::transport::rabbitmq::RabbitMq;
-use messaging::transport::{DeadLetter, DeadLetters, error_queue_of};
+use messaging::transport::sqlite::SqliteTransport;
+use messaging::transport::{DeadLetter, DeadLetters, Transport, error_queue_of};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::{Value, json};
+use shop::config::embedded;
 use shop::{InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use web::auth::{Issuance, KeySource, LocalKey, Role, Signer, Verifier};
 
+/// The engines a system runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PostgreSQL and RabbitMQ.
+    Postgres,
+    /// SQLite files and the embedded broker.
+    Embedded,
+}
+
+/// Where the system keeps its state, kept alive (and removed) with it.
+enum Storage {
+    Postgres { orders: TestDatabase, inventory: TestDatabase },
+    Embedded { dir: tempfile::TempDir },
+}
+
+/// The broker, for dead letters and cleanup.
+enum Broker {
+    Rabbit(RabbitMq),
+    Embedded(SqliteTransport),
+}
+
 pub struct System {
+    pub mode: Mode,
     pub orders_url: String,
     pub inventory_url: String,
     pub http: Client,
-    pub inventory_db: TestDatabase,
-    pub orders_db: TestDatabase,
+    storage: Storage,
     /// The key the services trust, and a signer with it.
     pub key: LocalKey,
     pub signer: Signer,
@@ -30,52 +54,74 @@ pub struct System {
     /// The customer whose token `new_order`, `add` and `command` use.
     pub customer: Uuid,
     pub customer_token: String,
-    transport: RabbitMq,
+    broker: Broker,
     naming: Naming,
     services: Vec<RunningService>,
 }
 
 impl System {
+    /// A system on PostgreSQL and RabbitMQ.
     pub async fn start() -> Self {
-        Self::with_reservation_timeout(Duration::from_secs(600)).await
+        Self::start_in(Mode::Postgres).await
     }
 
-    pub async fn with_reservation_timeout(reservation_timeout: Duration) -> Self {
+    pub async fn start_in(mode: Mode) -> Self {
+        Self::with_reservation_timeout(mode, Duration::from_secs(600)).await
+    }
+
+    pub async fn with_reservation_timeout(mode: Mode, reservation_timeout: Duration) -> Self {
         init_logs();
-        let (orders_db, inventory_db) = (TestDatabase::empty().await, TestDatabase::empty().await);
         let naming = unique_naming();
-        let transport = RabbitMq::connect(&amqp_url(), naming.clone(), "e2e").await.expect("RabbitMQ reachable");
+        let (storage, broker, transport, urls): (_, _, Arc<dyn Transport>, _) = match mode {
+            Mode::Postgres => {
+                let (orders, inventory) = (TestDatabase::empty().await, TestDatabase::empty().await);
+                let rabbit = RabbitMq::connect(&amqp_url(), naming.clone(), "e2e").await.expect("RabbitMQ reachable");
+                let urls = (Some(orders.url.clone()), Some(inventory.url.clone()));
+                (Storage::Postgres { orders, inventory }, Broker::Rabbit(rabbit.clone()), Arc::new(rabbit), urls)
+            }
+            Mode::Embedded => {
+                let dir = tempfile::tempdir().expect("a data directory");
+                let broker = SqliteTransport::open(&dir.path().join(embedded::BROKER)).await.expect("broker opens");
+                let transport = Arc::new(broker.clone());
+                (Storage::Embedded { dir }, Broker::Embedded(broker), transport, (None, None))
+            }
+        };
         let key = LocalKey::generate();
         let verifier = Verifier::new(KeySource::Local(key.clone()), &issuance()).expect("the key is usable");
         let signer = Signer::new(&key, issuance());
         let runtime = Runtime {
-            transport: Arc::new(transport.clone()),
+            transport,
             naming: naming.clone(),
             tuning: Tuning { db_pool_size: 8, ..Tuning::default() },
             metrics: None,
             verifier: Arc::new(verifier),
+            embedded_dir: match &storage {
+                Storage::Postgres { .. } => None,
+                Storage::Embedded { dir } => Some(dir.path().to_owned()),
+            },
         };
         let ephemeral = || "127.0.0.1:0".parse().unwrap();
+        let (orders_database_url, inventory_database_url) = urls;
         let inventory_settings =
-            InventorySettings { database_url: inventory_db.url.clone(), http_addr: ephemeral(), reservation_timeout };
+            InventorySettings { database_url: inventory_database_url, http_addr: ephemeral(), reservation_timeout };
         let inventory = shop::start_inventory(&inventory_settings, &runtime).await.expect("inventory starts");
-        let order_settings = OrderSettings { database_url: orders_db.url.clone(), http_addr: ephemeral() };
+        let order_settings = OrderSettings { database_url: orders_database_url, http_addr: ephemeral() };
         let orders = shop::start_order(&order_settings, &runtime).await.expect("orders start");
         let admin = signer.sign("e2e-admin", Role::Admin, TOKEN_TTL);
         let customer = Uuid::now_v7();
         let customer_token = signer.sign(&customer.to_string(), Role::Customer, TOKEN_TTL);
         Self {
+            mode,
             orders_url: format!("http://{}", orders.http_addr),
             inventory_url: format!("http://{}", inventory.http_addr),
             http: Client::new(),
-            inventory_db,
-            orders_db,
+            storage,
             key,
             signer,
             admin,
             customer,
             customer_token,
-            transport,
+            broker,
             naming,
             services: vec![orders, inventory],
         }
@@ -85,13 +131,82 @@ impl System {
         for service in self.services.drain(..) {
             service.stop().await;
         }
-        let _ = self.transport.delete_topology(&shop::topology::consumer_queues(&self.naming)).await;
+        match &self.broker {
+            Broker::Rabbit(rabbit) => {
+                let _ = rabbit.delete_topology(&shop::topology::consumer_queues(&self.naming)).await;
+            }
+            Broker::Embedded(broker) => broker.close().await,
+        }
     }
 
     /// What a consumer could not process: its error queue, left as it is.
     pub async fn dead_letters(&self, service: &str, consumer: &str) -> Vec<DeadLetter> {
         let error_queue = error_queue_of(&self.naming.queue(service, consumer));
-        self.transport.list(&error_queue).await.expect("error queue readable")
+        let letters = match &self.broker {
+            Broker::Rabbit(rabbit) => rabbit.list(&error_queue).await,
+            Broker::Embedded(broker) => broker.list(&error_queue).await,
+        };
+        letters.expect("error queue readable")
+    }
+
+    /// Writes `lines` (JSON) into the saga row of `order` as they are, as damage or a defect would.
+    pub async fn overwrite_saga_lines(&self, order: &str, lines: &str) {
+        let order = Uuid::parse_str(order).unwrap();
+        match &self.storage {
+            Storage::Postgres { inventory, .. } => {
+                sqlx::query("UPDATE reservation_sagas SET lines = $2::jsonb WHERE order_id = $1")
+                    .bind(order)
+                    .bind(lines)
+                    .execute(&inventory.pool)
+                    .await
+                    .unwrap();
+            }
+            Storage::Embedded { .. } => {
+                let inventory = self.embedded_inventory().await;
+                sqlx::query("UPDATE reservation_sagas SET lines = ? WHERE order_id = ?")
+                    .bind(lines)
+                    .bind(order.hyphenated())
+                    .execute(inventory.writer())
+                    .await
+                    .unwrap();
+                inventory.close().await;
+            }
+        }
+    }
+
+    /// Keeps the stock of `product` from being written until the stall is released, as a slow
+    /// warehouse database would: with PostgreSQL the product's row lock is held, so the stock
+    /// handler's write waits; SQLite has no row locks (and one write lock per file would stall
+    /// the saga too), so a trigger makes the product's writes miss, as if someone else kept
+    /// changing it, and the stock handler keeps retrying. Either way the product's reservations
+    /// land only after the release, while the rest of the system goes on.
+    pub async fn stall_product_writes(&self, product: i64) -> Stall {
+        match &self.storage {
+            Storage::Postgres { inventory, .. } => {
+                let mut lock = inventory.pool.begin().await.unwrap();
+                sqlx::query("SELECT 1 FROM products WHERE id = $1 FOR UPDATE")
+                    .bind(product)
+                    .execute(&mut *lock)
+                    .await
+                    .unwrap();
+                Stall::RowLock(lock)
+            }
+            Storage::Embedded { .. } => {
+                let inventory = self.embedded_inventory().await;
+                let trigger = format!(
+                    "CREATE TRIGGER stall_product_{product} BEFORE UPDATE ON products WHEN old.id = {product} \
+                     BEGIN SELECT RAISE(IGNORE); END"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(trigger)).execute(inventory.writer()).await.unwrap();
+                Stall::Trigger { inventory, product }
+            }
+        }
+    }
+
+    /// The embedded inventory database, opened beside the running service.
+    async fn embedded_inventory(&self) -> messaging::sqlite::Database {
+        let Storage::Embedded { dir } = &self.storage else { panic!("not an embedded system") };
+        messaging::sqlite::Database::open(&dir.path().join(embedded::INVENTORY), 1).await.unwrap()
     }
 
     /// A customer's token, valid for the rest of the test.
@@ -220,6 +335,25 @@ impl System {
         })
         .await;
         last
+    }
+}
+
+/// Writes to one product held back by [`System::stall_product_writes`].
+pub enum Stall {
+    RowLock(sqlx::Transaction<'static, sqlx::Postgres>),
+    Trigger { inventory: messaging::sqlite::Database, product: i64 },
+}
+
+impl Stall {
+    pub async fn release(self) {
+        match self {
+            Stall::RowLock(lock) => lock.rollback().await.unwrap(),
+            Stall::Trigger { inventory, product } => {
+                let drop = format!("DROP TRIGGER stall_product_{product}");
+                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(inventory.writer()).await.unwrap();
+                inventory.close().await;
+            }
+        }
     }
 }
 

@@ -50,7 +50,7 @@ impl SagaStore for SqliteSagaStore {
 
     async fn save(&self, saga: &ReservationSaga, effects: &Effects<'_>) -> Result<(), SaveError> {
         let lines = stored_lines(saga).to_string();
-        let timeout = saga.timeout_message_id().map(|id| id.hyphenated());
+        let timeout = saga.timeout_message_id().map(uuid::Uuid::hyphenated);
         let now = Timestamp::now();
         commit(&self.db, effects, async |tx| {
             let written = if saga.version() == 0 {
