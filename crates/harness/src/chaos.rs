@@ -152,7 +152,7 @@ impl Instance {
 
 /// The `shop` binary built beside this one (`cargo build -p shop -p harness` puts both in one
 /// directory).
-fn shop_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn shop_binary() -> anyhow::Result<PathBuf> {
     let binary = std::env::current_exe()?.with_file_name("shop");
     anyhow::ensure!(
         binary.is_file(),
@@ -163,7 +163,7 @@ fn shop_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Every consumer queue of the system under `naming`, as the services declare them.
-fn consumer_queues(naming: &Naming) -> Vec<String> {
+pub(crate) fn consumer_queues(naming: &Naming) -> Vec<String> {
     use inventory::application as inventory;
     use order::application as order;
     [(order::SERVICE, order::CONSUMERS), (inventory::SERVICE, inventory::CONSUMERS)]
@@ -172,7 +172,7 @@ fn consumer_queues(naming: &Naming) -> Vec<String> {
         .collect()
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -296,7 +296,7 @@ impl Cluster {
     }
 }
 
-async fn wait_ready(urls: &[String], limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(urls: &[String], limit: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + limit;
     for url in urls {
@@ -645,33 +645,7 @@ async fn database_violations(cluster: &tokio::sync::Mutex<Cluster>) -> anyhow::R
     let name = cluster.lock().await.inventory_db.clone();
     let mut db = cluster.lock().await.database(&name).await?;
     let mut violations = Vec::new();
-    let checks: [(&str, &str); 5] = [
-        ("a saga is still reserving", "SELECT order_id::text FROM reservation_sagas WHERE state = 'reserving'"),
-        (
-            "a product's reserved count differs from its reservations",
-            "SELECT p.id::text FROM products p LEFT JOIN reservations r ON r.product_id = p.id \
-             GROUP BY p.id HAVING p.reserved <> coalesce(sum(r.quantity), 0)",
-        ),
-        (
-            "a product is oversold or negative",
-            "SELECT id::text FROM products WHERE reserved > stock OR stock < 0 OR reserved < 0",
-        ),
-        (
-            "a reservation is not held by a reserved saga line of the same quantity",
-            "SELECT r.order_id::text || '/' || r.product_id FROM reservations r \
-             LEFT JOIN reservation_sagas s ON s.order_id = r.order_id \
-             WHERE s.state IS DISTINCT FROM 'reserved' OR NOT EXISTS ( \
-                 SELECT 1 FROM jsonb_array_elements(s.lines) l \
-                 WHERE (l->>'productId')::bigint = r.product_id AND (l->>'quantity')::int = r.quantity \
-                   AND l->>'status' = 'reserved')",
-        ),
-        (
-            "a reserved saga line has no reservation",
-            "SELECT s.order_id::text || '/' || (l->>'productId') FROM reservation_sagas s, jsonb_array_elements(s.lines) l \
-             WHERE l->>'status' = 'reserved' AND NOT EXISTS ( \
-                 SELECT 1 FROM reservations r WHERE r.order_id = s.order_id AND r.product_id = (l->>'productId')::bigint)",
-        ),
-    ];
+    let checks = crate::invariants::INVENTORY.map(|check| (check.what, check.postgres));
     for (what, query) in checks {
         let found: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query)).fetch_all(&mut db).await?;
         for item in found.iter().take(20) {

@@ -1,6 +1,9 @@
 //! Test tooling for a running shop, in its own crate so that the services never link it:
 //! [`load`] drives orders through the HTTP APIs and checks the invariants afterwards, [`chaos`]
-//! runs the services as processes and injects faults under that load.
+//! runs the services as processes and injects faults under that load, [`crash`] kills the
+//! embedded system with SIGKILL under that load; both check [`invariants`] in the databases.
 
 pub mod chaos;
+pub mod crash;
+pub mod invariants;
 pub mod load;

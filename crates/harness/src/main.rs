@@ -1,11 +1,11 @@
-//! `harness`: put order load on running services, or run them under injected faults, and check
-//! every invariant afterwards.
+//! `harness`: put order load on running services, run them under injected faults, or kill the
+//! embedded system under load, and check every invariant afterwards.
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "harness", version, about = "Load and fault injection for the shop's services")]
+#[command(name = "harness", version, about = "Load, fault injection and crashes for the shop's services")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,6 +17,9 @@ enum Command {
     Load(harness::load::LoadArgs),
     /// Run services as processes, inject faults under load, then check every invariant.
     Chaos(harness::chaos::ChaosArgs),
+    /// Run the embedded system (`shop up` with nothing configured), SIGKILL and restart it
+    /// under load, then check every invariant.
+    Crash(harness::crash::CrashArgs),
 }
 
 #[tokio::main]
@@ -28,6 +31,7 @@ async fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Load(args) => harness::load::run(args).await,
         Command::Chaos(args) => harness::chaos::run(args).await,
+        Command::Crash(args) => harness::crash::run(args).await,
     };
     match outcome {
         Ok(code) => code,

@@ -80,9 +80,14 @@ impl<'a> Effects<'a> {
         self
     }
 
-    /// Withdraws a scheduled message, if it was not sent yet.
+    /// Withdraws a scheduled message, if it was not sent yet. One this unit of work scheduled
+    /// itself is simply never written.
     pub fn cancel_scheduled(&mut self, message_id: Uuid) -> &mut Self {
-        self.cancelled.push(message_id);
+        let scheduled = self.outgoing.len();
+        self.outgoing.retain(|outgoing| outgoing.envelope.message_id != message_id);
+        if self.outgoing.len() == scheduled {
+            self.cancelled.push(message_id);
+        }
         self
     }
 }
@@ -219,6 +224,18 @@ mod tests {
         fn is_conflict(&self) -> bool {
             true
         }
+    }
+
+    #[test]
+    fn a_message_scheduled_and_withdrawn_by_one_unit_of_work_is_never_written() {
+        let envelope = crate::Causation::root("order-1", crate::TraceParent::new_root())
+            .envelope(&contracts::order::OrderShipped { order_id: Uuid::nil() });
+        let mut effects = Effects::new();
+        effects.schedule(envelope.clone(), chrono::Utc::now()).cancel_scheduled(envelope.message_id);
+        assert!(effects.outgoing.is_empty() && effects.cancelled.is_empty(), "{effects:?}");
+        let earlier = Uuid::now_v7();
+        effects.cancel_scheduled(earlier);
+        assert_eq!(effects.cancelled, [earlier], "one scheduled by an earlier unit of work is withdrawn");
     }
 
     #[tokio::test]
