@@ -224,7 +224,7 @@ async fn crash(args: &CrashArgs, seed: u64, system: &mut System) -> anyhow::Resu
 
     // The load runs in rounds while the system is killed and restarted; it goes on until
     // every kill happened in the middle of a round.
-    let mut rng = fastrand::Rng::with_seed(seed ^ 0xc4a5_4ed);
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x0c4a_54ed);
     let started = Instant::now();
     let mut orders = Vec::new();
     let mut recovery_s = Vec::new();
