@@ -231,7 +231,7 @@ mod tests {
         let envelope = crate::Causation::root("order-1", crate::TraceParent::new_root())
             .envelope(&contracts::order::OrderShipped { order_id: Uuid::nil() });
         let mut effects = Effects::new();
-        effects.schedule(envelope.clone(), chrono::Utc::now()).cancel_scheduled(envelope.message_id);
+        effects.schedule(envelope.clone(), Utc::now()).cancel_scheduled(envelope.message_id);
         assert!(effects.outgoing.is_empty() && effects.cancelled.is_empty(), "{effects:?}");
         let earlier = Uuid::now_v7();
         effects.cancel_scheduled(earlier);
