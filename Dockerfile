@@ -1,5 +1,7 @@
-# Multi-stage build of the `shop` binary; the same image runs either service (see
-# docker-compose.yml) or both (`shop up`).
+# Multi-stage build of the `shop` binary; the same image runs either service on PostgreSQL and
+# RabbitMQ (docker-compose.yml sets their URLs), or both with `shop up`: with no URL set, that is
+# the embedded mode, every file in /var/lib/shop
+# (`docker run -p 8081:8081 -p 8082:8082 -v shop-data:/var/lib/shop <image>`).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -17,8 +19,8 @@ RUN apt-get update \
     && install -d -o shop -m 0700 /var/lib/shop
 COPY --from=build /usr/local/bin/shop /usr/local/bin/shop
 USER shop
-# The data directory holds the local signing key (auth/signing-key.pem); mount one volume there
-# in every container that must trust the same tokens.
+# The data directory holds the local signing key (auth/signing-key.pem), and in the embedded mode
+# the SQLite files; mount one volume there in every container that must trust the same tokens.
 ENV SHOP_DATA_DIR=/var/lib/shop \
     SHOP_LOG_FORMAT=json \
     SHOP_ORDERS_HTTP_ADDR=0.0.0.0:8081 \

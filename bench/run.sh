@@ -16,6 +16,7 @@
 #   ORDERS_ADDR, INVENTORY_ADDR   listeners of `shop up`      default 127.0.0.1:18081, :18082
 #   PGHOST PGPORT PGUSER          PostgreSQL                  default 127.0.0.1 5432 postgres
 #   AMQP_HOST AMQP_PORT           RabbitMQ (guest/guest)      default 127.0.0.1 5672
+#   EMBEDDED=0         skip the embedded-mode steps (shop up on SQLite, same load)   default 1
 #   RESULTS_DIR        where the result files go              default bench/results
 #   KEEP_WORK=1        keep the raw files and logs of the run (their directory is printed)
 # Exit code: 0 when every load step passed its invariant checks, 1 otherwise.
@@ -50,6 +51,7 @@ AMQP_HOST=${AMQP_HOST:-127.0.0.1}
 AMQP_PORT=${AMQP_PORT:-5672}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 KEEP_WORK=${KEEP_WORK:-0}
+EMBEDDED=${EMBEDDED:-1}
 
 SHOP_BIN=$ROOT/target/release/shop
 HARNESS_BIN=$ROOT/target/release/harness
@@ -68,6 +70,10 @@ export SHOP_DATA_DIR=$WORK/data
 unset SHOP_AUTH_SIGNING_KEY_FILE SHOP_AUTH_PUBLIC_KEY_FILE SHOP_AUTH_JWKS_URL SHOP_AUTH_ISSUER SHOP_AUTH_AUDIENCE
 SHOP_PID=""
 SHOP_STARTED=0
+# The mode the system under load runs in, and the prefix of its raw files: "" for PostgreSQL and
+# RabbitMQ, "embedded_" for the embedded mode (SQLite files and the embedded broker).
+MODE=postgres
+PREFIX=""
 PG_REACHABLE=0
 SAMPLER_PID=""
 FAILED=0
@@ -107,7 +113,7 @@ stop_shop() {
         kill -KILL "$SHOP_PID" 2>/dev/null || true
     fi
     wait "$SHOP_PID" 2>/dev/null || rc=$?
-    printf 'exit_code=%s\nvmhwm_kb=%s\n' "$rc" "$hwm" >"$WORK/shop.env"
+    printf 'exit_code=%s\nvmhwm_kb=%s\n' "$rc" "$hwm" >"$WORK/${PREFIX}shop.env"
     SHOP_PID=""
 }
 
@@ -266,19 +272,27 @@ vm_kb() {
 }
 
 start_shop() {
-    log "starting shop up (queue prefix $QUEUE_PREFIX, $ORDERS_ADDR and $INVENTORY_ADDR)"
-    drop_db "$ORDERS_DB"
-    drop_db "$INVENTORY_DB"
-    SHOP_ORDERS_DATABASE_URL=$PG_URL/$ORDERS_DB SHOP_INVENTORY_DATABASE_URL=$PG_URL/$INVENTORY_DB \
-        SHOP_AMQP_URL=$AMQP_URL SHOP_QUEUE_PREFIX=$QUEUE_PREFIX \
-        SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR \
-        "$SHOP_BIN" up >"$WORK/shop.log" 2>&1 &
+    log "starting shop up in $MODE mode ($ORDERS_ADDR and $INVENTORY_ADDR)"
+    if [[ $MODE == postgres ]]; then
+        # Configured explicitly: without these URLs shop up runs embedded.
+        drop_db "$ORDERS_DB"
+        drop_db "$INVENTORY_DB"
+        SHOP_ORDERS_DATABASE_URL=$PG_URL/$ORDERS_DB SHOP_INVENTORY_DATABASE_URL=$PG_URL/$INVENTORY_DB \
+            SHOP_AMQP_URL=$AMQP_URL SHOP_QUEUE_PREFIX=$QUEUE_PREFIX \
+            SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR \
+            "$SHOP_BIN" up >"$WORK/shop.log" 2>&1 &
+        SHOP_STARTED=1
+    else
+        # Nothing configured: SQLite files and the embedded broker in the run's data directory.
+        env -u SHOP_ORDERS_DATABASE_URL -u SHOP_INVENTORY_DATABASE_URL -u SHOP_AMQP_URL \
+            SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR \
+            "$SHOP_BIN" up >"$WORK/${PREFIX}shop.log" 2>&1 &
+    fi
     SHOP_PID=$!
-    SHOP_STARTED=1
     local _
     for _ in $(seq 1 300); do
         if ! kill -0 "$SHOP_PID" 2>/dev/null; then
-            tail -n 30 "$WORK/shop.log" >&2
+            tail -n 30 "$WORK/${PREFIX}shop.log" >&2
             SHOP_PID=""
             die "shop up exited during start-up"
         fi
@@ -289,7 +303,7 @@ start_shop() {
         fi
         sleep 0.2
     done
-    tail -n 30 "$WORK/shop.log" >&2
+    tail -n 30 "$WORK/${PREFIX}shop.log" >&2
     die "shop up was not ready within 60 s"
 }
 
@@ -355,37 +369,39 @@ snapshot_costs() {
 # One `harness load` step; a failed step is recorded and reported, the run goes on.
 run_load_step() {
     local index=$1 concurrency=$2 orders=$3 rc=0 peak hwm
-    log "load step $index: $orders orders from $concurrency customers"
-    start_sampler "$WORK/rss_$index"
-    "$HARNESS_BIN" load --orders "$orders" --concurrency "$concurrency" --quiet --json "$WORK/load_$index.json" \
+    log "load step $index ($MODE): $orders orders from $concurrency customers"
+    start_sampler "$WORK/${PREFIX}rss_$index"
+    "$HARNESS_BIN" load --orders "$orders" --concurrency "$concurrency" --quiet \
+        --json "$WORK/${PREFIX}load_$index.json" \
         --orders-url "http://$ORDERS_ADDR" --inventory-url "http://$INVENTORY_ADDR" \
-        >"$WORK/load_$index.log" 2>&1 || rc=$?
+        >"$WORK/${PREFIX}load_$index.log" 2>&1 || rc=$?
     stop_sampler
-    peak=$(cat "$WORK/rss_$index")
+    peak=$(cat "$WORK/${PREFIX}rss_$index")
     hwm=$(vm_kb "$SHOP_PID" VmHWM)
-    echo "$index $concurrency $orders $rc ${peak:-0} ${hwm:-0}" >>"$WORK/steps.txt"
-    sed 's/^/  /' "$WORK/load_$index.log" >&2
+    echo "$index $concurrency $orders $rc ${peak:-0} ${hwm:-0}" >>"$WORK/${PREFIX}steps.txt"
+    sed 's/^/  /' "$WORK/${PREFIX}load_$index.log" >&2
     if [[ $rc != 0 ]]; then
         FAILED=1
-        printf '\n  !!!!!! LOAD STEP %s (concurrency %s) FAILED: harness load exited %s !!!!!!\n' \
-            "$index" "$concurrency" "$rc" >&2
+        printf '\n  !!!!!! LOAD STEP %s (%s, concurrency %s) FAILED: harness load exited %s !!!!!!\n' \
+            "$index" "$MODE" "$concurrency" "$rc" >&2
     fi
-    kill -0 "$SHOP_PID" 2>/dev/null || { tail -n 30 "$WORK/shop.log" >&2; die "shop up died during step $index"; }
+    kill -0 "$SHOP_PID" 2>/dev/null ||
+        { tail -n 30 "$WORK/${PREFIX}shop.log" >&2; die "shop up died during step $index"; }
 }
 
 # Place-to-decision latency of 3-line orders with exactly one order in flight (no queueing):
 # the figure to hold against the design's latency target.
 run_latency() {
     local rc=0
-    log "latency: $LATENCY_ORDERS orders of 3 lines, one in flight at a time"
+    log "latency ($MODE): $LATENCY_ORDERS orders of 3 lines, one in flight at a time"
     "$HARNESS_BIN" load --orders "$LATENCY_ORDERS" --concurrency 1 --min-lines 3 --max-lines 3 --products 10 \
-        --cancel-ratio 0 --ship-ratio 0 --await-outcome --quiet --json "$WORK/latency.json" \
+        --cancel-ratio 0 --ship-ratio 0 --await-outcome --quiet --json "$WORK/${PREFIX}latency.json" \
         --orders-url "http://$ORDERS_ADDR" --inventory-url "http://$INVENTORY_ADDR" \
-        >"$WORK/latency.log" 2>&1 || rc=$?
-    sed 's/^/  /' "$WORK/latency.log" >&2
+        >"$WORK/${PREFIX}latency.log" 2>&1 || rc=$?
+    sed 's/^/  /' "$WORK/${PREFIX}latency.log" >&2
     if [[ $rc != 0 ]]; then
         FAILED=1
-        printf '\n  !!!!!! LATENCY STEP FAILED: harness load exited %s !!!!!!\n' "$rc" >&2
+        printf '\n  !!!!!! LATENCY STEP (%s) FAILED: harness load exited %s !!!!!!\n' "$MODE" "$rc" >&2
     fi
 }
 
@@ -394,14 +410,14 @@ run_load() {
     for concurrency in $LOAD_CONCURRENCY; do
         index=$((index + 1))
         orders=$LOAD_ORDERS
-        if ((index == 1)); then
-            # The first step also measures what one order costs.
-            orders=$LOAD_ORDERS_FIRST
+        ((index != 1)) || orders=$LOAD_ORDERS_FIRST
+        if ((index == 1)) && [[ $MODE == postgres ]]; then
+            # The first step also measures what one order costs (in PostgreSQL's counters).
             echo "databases=$ORDERS_DB $INVENTORY_DB" >"$WORK/costs.env"
             snapshot_costs before
         fi
         run_load_step "$index" "$concurrency" "$orders"
-        if ((index == 1)); then
+        if ((index == 1)) && [[ $MODE == postgres ]]; then
             snapshot_costs after
             local placed
             placed=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["orders"])' \
@@ -429,6 +445,15 @@ main() {
     run_latency
     run_load
     stop_shop
+    if [[ $EMBEDDED == 1 ]]; then
+        # The same load on the embedded mode, in this run, so that both modes are measured on
+        # the same machine at the same moment.
+        MODE=embedded PREFIX=embedded_
+        start_shop
+        run_latency
+        run_load
+        stop_shop
+    fi
     write_results
     if ((FAILED)); then
         die "AT LEAST ONE LOAD STEP FAILED: its invariant checks or the run itself (see the table above)"

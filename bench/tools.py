@@ -13,7 +13,10 @@ The raw files `report` reads from WORKDIR, all written by run.sh:
     steps.txt                            one line per load step: index concurrency orders
                                          exit_code peak_rss_kb vmhwm_kb
     load_<index>.json                    `harness load --json` report of that step
+    latency.json                         `harness load --json` report of the latency step
     shop.env                             how `shop up` ended (exit code, VmHWM)
+    embedded_steps.txt, embedded_load_<index>.json, embedded_latency.json, embedded_shop.env
+                                         the same for the embedded mode (absent with EMBEDDED=0)
 """
 
 import json
@@ -198,52 +201,40 @@ def build_result(work):
     clients = list(pgbench)
 
     steps = []
-    steps_path = os.path.join(work, "steps.txt")
-    if os.path.exists(steps_path):
-        with open(steps_path) as f:
-            lines = [line.split() for line in f if line.strip()]
-        for index, concurrency, requested, exit_code, peak_kb, hwm_kb in lines:
-            concurrency, exit_code = int(concurrency), int(exit_code)
-            load = None
-            load_path = os.path.join(work, f"load_{index}.json")
-            if os.path.exists(load_path):
-                with open(load_path) as f:
-                    load = json.load(f)
-            achieved = load["orders_per_s"] if load else None
-            db_clients = closest(clients, concurrency)
-            db_tps = pgbench[db_clients]["tps"] if db_clients is not None else None
-            db_bound = db_tps / tx_per_order if db_tps and tx_per_order else None
-            db_writes_bound = db_tps / writes_per_order if db_tps and writes_per_order else None
-            broker_bound = raw_confirmed / msgs_per_order if raw_confirmed and msgs_per_order else None
-            bounds = [bound for bound in (db_bound, broker_bound) if bound]
-            writes_bounds = [bound for bound in (db_writes_bound, broker_bound) if bound]
-            steps.append({
-                "concurrency": concurrency,
-                "orders_requested": int(requested),
-                "exit_code": exit_code,
-                "passed": exit_code == 0 and load is not None,
-                "orders_per_s": achieved,
-                "db_bound_orders_per_s": round(db_bound, 1) if db_bound else None,
-                "db_bound_pgbench_clients": db_clients,
-                "db_writes_bound_orders_per_s": round(db_writes_bound, 1) if db_writes_bound else None,
-                "broker_bound_orders_per_s": round(broker_bound, 1) if broker_bound else None,
-                "achieved_over_min_bound": round(achieved / min(bounds), 3) if achieved and bounds else None,
-                "achieved_over_min_writes_bound":
-                    round(achieved / min(writes_bounds), 3) if achieved and writes_bounds else None,
-                "peak_rss_mib": mib(as_int(peak_kb)),
-                "vmhwm_mib": mib(as_int(hwm_kb)),
-                "load": load,
-            })
+    for concurrency, requested, exit_code, peak_kb, hwm_kb, load in read_steps(work, ""):
+        achieved = load["orders_per_s"] if load else None
+        db_clients = closest(clients, concurrency)
+        db_tps = pgbench[db_clients]["tps"] if db_clients is not None else None
+        db_bound = db_tps / tx_per_order if db_tps and tx_per_order else None
+        db_writes_bound = db_tps / writes_per_order if db_tps and writes_per_order else None
+        broker_bound = raw_confirmed / msgs_per_order if raw_confirmed and msgs_per_order else None
+        bounds = [bound for bound in (db_bound, broker_bound) if bound]
+        writes_bounds = [bound for bound in (db_writes_bound, broker_bound) if bound]
+        steps.append({
+            "concurrency": concurrency,
+            "orders_requested": requested,
+            "exit_code": exit_code,
+            "passed": exit_code == 0 and load is not None,
+            "orders_per_s": achieved,
+            "db_bound_orders_per_s": round(db_bound, 1) if db_bound else None,
+            "db_bound_pgbench_clients": db_clients,
+            "db_writes_bound_orders_per_s": round(db_writes_bound, 1) if db_writes_bound else None,
+            "broker_bound_orders_per_s": round(broker_bound, 1) if broker_bound else None,
+            "achieved_over_min_bound": round(achieved / min(bounds), 3) if achieved and bounds else None,
+            "achieved_over_min_writes_bound":
+                round(achieved / min(writes_bounds), 3) if achieved and writes_bounds else None,
+            "peak_rss_mib": mib(peak_kb),
+            "vmhwm_mib": mib(hwm_kb),
+            "load": load,
+        })
 
-    latency = None
-    latency_path = os.path.join(work, "latency.json")
-    if os.path.exists(latency_path):
-        with open(latency_path) as f:
-            latency = json.load(f)
+    latency = read_json(os.path.join(work, "latency.json"))
+    embedded = build_embedded(work)
 
     shop_exit = as_int(shop.get("exit_code"))
-    latency_passed = latency is None or (not latency.get("violations") and not latency.get("unfinished"))
-    passed = bool(steps) and all(step["passed"] for step in steps) and shop_exit in (0, None) and latency_passed
+    passed = (bool(steps) and all(step["passed"] for step in steps) and shop_exit in (0, None)
+              and latency_passed(latency))
+    passed = passed and (embedded is None or embedded["passed"])
     return {
         "format": 1,
         "name": machine.get("run_name"),
@@ -257,7 +248,59 @@ def build_result(work):
         "single_order_latency": latency,
         "steps": steps,
         "shop": {"exit_code": shop_exit, "vmhwm_mib": mib(as_int(shop.get("vmhwm_kb")))},
+        "embedded": embedded,
         "passed": passed,
+    }
+
+
+def read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_steps(work, prefix):
+    """The load steps of one mode, in order: (concurrency, orders requested, exit code, peak RSS kB,
+    VmHWM kB, the step's `harness load` report or None)."""
+    path = os.path.join(work, f"{prefix}steps.txt")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [line.split() for line in f if line.strip()]
+    return [(int(concurrency), int(requested), int(exit_code), as_int(peak_kb), as_int(hwm_kb),
+             read_json(os.path.join(work, f"{prefix}load_{index}.json")))
+            for index, concurrency, requested, exit_code, peak_kb, hwm_kb in lines]
+
+
+def latency_passed(latency):
+    return latency is None or (not latency.get("violations") and not latency.get("unfinished"))
+
+
+def build_embedded(work):
+    """The embedded mode's figures (the same load on `shop up` with nothing configured), or None
+    when the run skipped it."""
+    steps = [{
+        "concurrency": concurrency,
+        "orders_requested": requested,
+        "exit_code": exit_code,
+        "passed": exit_code == 0 and load is not None,
+        "orders_per_s": load["orders_per_s"] if load else None,
+        "peak_rss_mib": mib(peak_kb),
+        "vmhwm_mib": mib(hwm_kb),
+        "load": load,
+    } for concurrency, requested, exit_code, peak_kb, hwm_kb, load in read_steps(work, "embedded_")]
+    latency = read_json(os.path.join(work, "embedded_latency.json"))
+    if not steps and latency is None:
+        return None
+    shop = read_env(os.path.join(work, "embedded_shop.env"))
+    shop_exit = as_int(shop.get("exit_code"))
+    return {
+        "single_order_latency": latency,
+        "steps": steps,
+        "shop": {"exit_code": shop_exit, "vmhwm_mib": mib(as_int(shop.get("vmhwm_kb")))},
+        "passed": bool(steps) and all(step["passed"] for step in steps) and shop_exit in (0, None)
+                  and latency_passed(latency),
     }
 
 
@@ -300,9 +343,7 @@ def markdown(result):
         out.append("- cost per order: not measured")
     single = result.get("single_order_latency")
     if single:
-        l = single["latency_ms"]
-        out.append(f"- place-to-decision latency of 3-line orders, one in flight at a time ({l['samples']} orders): "
-                   f"p50 {fmt(l['p50'])} ms, p90 {fmt(l['p90'])} ms, p99 {fmt(l['p99'])} ms, max {fmt(l['max'])} ms")
+        out.append(f"- place-to-decision latency of 3-line orders, one in flight at a time: {latency_line(single)}")
     out.append(f"- `shop up` peak RSS over the whole run (VmHWM): {fmt(result['shop']['vmhwm_mib'], 1, ' MiB')}, "
                f"exit code on SIGINT: {result['shop']['exit_code']}")
     out.append("")
@@ -312,13 +353,7 @@ def markdown(result):
     for s in result["steps"]:
         load = s["load"] or {}
         latency = load.get("latency_ms", {})
-        if s["passed"]:
-            check = "pass"
-        elif load:
-            check = (f"**FAIL** (exit {s['exit_code']}: {load.get('unfinished', 0)} unfinished, "
-                     f"{len(load.get('violations', []))} violations)")
-        else:
-            check = f"**FAIL** (exit {s['exit_code']}, no report)"
+        check = check_cell(s)
         db_bound = (f"{fmt(s['db_bound_orders_per_s'])} (pgbench c={s['db_bound_pgbench_clients']})"
                     if s["db_bound_orders_per_s"] else "n/a")
         out.append(f"| {s['concurrency']} | {load.get('orders', s['orders_requested'])} | {fmt(s['orders_per_s'])} "
@@ -331,9 +366,58 @@ def markdown(result):
                "every commit or only the writing ones; broker bound = raw confirmed publishes per second / "
                "messages per order; achieved / min bound = orders/s over the lower of the DB and broker bounds; "
                "latency is place-to-decision. See bench/README.md.")
+    out.extend(embedded_markdown(result))
     out.append("")
     out.append(f"Result: {'PASSED' if result['passed'] else '**FAILED**'}")
     return "\n".join(out) + "\n"
+
+
+def check_cell(step):
+    load = step["load"] or {}
+    if step["passed"]:
+        return "pass"
+    if load:
+        return (f"**FAIL** (exit {step['exit_code']}: {load.get('unfinished', 0)} unfinished, "
+                f"{len(load.get('violations', []))} violations)")
+    return f"**FAIL** (exit {step['exit_code']}, no report)"
+
+
+def latency_line(single):
+    l = single["latency_ms"]
+    return (f"p50 {fmt(l['p50'])} ms, p90 {fmt(l['p90'])} ms, p99 {fmt(l['p99'])} ms, max {fmt(l['max'])} ms "
+            f"({l['samples']} orders)")
+
+
+def embedded_markdown(result):
+    embedded = result.get("embedded")
+    if not embedded:
+        return []
+    out = ["", "## Embedded mode: the same load on `shop up` with nothing configured", "",
+           "SQLite files and the embedded broker in the run's data directory, one process, measured in the same "
+           "run right after the PostgreSQL and RabbitMQ steps.", ""]
+    single, postgres_single = embedded.get("single_order_latency"), result.get("single_order_latency")
+    if single:
+        out.append(f"- place-to-decision latency of 3-line orders, one in flight at a time: {latency_line(single)}"
+                   + (f"; PostgreSQL mode: {latency_line(postgres_single)}" if postgres_single else ""))
+    out.append(f"- `shop up` peak RSS over its run (VmHWM): {fmt(embedded['shop']['vmhwm_mib'], 1, ' MiB')}, "
+               f"exit code on SIGINT: {embedded['shop']['exit_code']}")
+    out.append("")
+    out.append("| customers | orders | orders/s | PostgreSQL mode orders/s | embedded / PostgreSQL | p50 ms | p90 ms "
+               "| p99 ms | PostgreSQL mode p50 / p99 ms | peak RSS MiB | check |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    postgres = {step["concurrency"]: step for step in result["steps"]}
+    for s in embedded["steps"]:
+        load = s["load"] or {}
+        latency = load.get("latency_ms", {})
+        other = postgres.get(s["concurrency"]) or {}
+        other_latency = (other.get("load") or {}).get("latency_ms", {})
+        ratio = s["orders_per_s"] / other["orders_per_s"] if s["orders_per_s"] and other.get("orders_per_s") else None
+        out.append(f"| {s['concurrency']} | {load.get('orders', s['orders_requested'])} | {fmt(s['orders_per_s'])} "
+                   f"| {fmt(other.get('orders_per_s'))} | {fmt(ratio, 2)} | {fmt(latency.get('p50'))} "
+                   f"| {fmt(latency.get('p90'))} | {fmt(latency.get('p99'))} "
+                   f"| {fmt(other_latency.get('p50'))} / {fmt(other_latency.get('p99'))} "
+                   f"| {fmt(s['peak_rss_mib'])} | {check_cell(s)} |")
+    return out
 
 
 def report(work, json_path, md_path):
