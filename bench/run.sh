@@ -15,6 +15,7 @@
 #   PGBENCH_ARGS       extra pgbench flags, e.g. "-M prepared" default none
 #   ORDERS_ADDR, INVENTORY_ADDR   listeners of `shop up`      default 127.0.0.1:18081, :18082
 #   PGHOST PGPORT PGUSER          PostgreSQL                  default 127.0.0.1 5432 postgres
+#   PGBENCH_DB ORDERS_DB INVENTORY_DB   scratch databases     default bench_pgbench, bench_orders, bench_inventory
 #   AMQP_HOST AMQP_PORT           RabbitMQ (guest/guest)      default 127.0.0.1 5672
 #   EMBEDDED=0         skip the embedded-mode steps (shop up on SQLite, same load)   default 1
 #   RESULTS_DIR        where the result files go              default bench/results
@@ -57,9 +58,9 @@ SHOP_BIN=$ROOT/target/release/shop
 HARNESS_BIN=$ROOT/target/release/harness
 PG_URL=postgres://$PGUSER@$PGHOST:$PGPORT
 AMQP_URL=amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f
-PGBENCH_DB=bench_pgbench
-ORDERS_DB=bench_orders
-INVENTORY_DB=bench_inventory
+PGBENCH_DB=${PGBENCH_DB:-bench_pgbench}
+ORDERS_DB=${ORDERS_DB:-bench_orders}
+INVENTORY_DB=${INVENTORY_DB:-bench_inventory}
 # Queues and exchange of this run only: a stale queue of an earlier run cannot feed it.
 QUEUE_PREFIX=bench-$(date -u +%Y%m%d%H%M%S)-$$
 
