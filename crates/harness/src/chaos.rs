@@ -117,11 +117,7 @@ impl ChaosReport {
 
 pub async fn run(args: ChaosArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = execute(&args).await?;
-    print_report(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
-    Ok(if report.passed() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    crate::conclude(&report, print_report, report.passed(), args.json.as_deref())
 }
 
 /// The system under test: four service processes, their databases and broker names.

@@ -88,11 +88,7 @@ impl CrashReport {
 
 pub async fn run(args: CrashArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = execute(&args).await?;
-    print_report(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-    }
-    Ok(if report.passed() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    crate::conclude(&report, print_report, report.passed(), args.json.as_deref())
 }
 
 /// `shop up` in the embedded mode on one data directory, started again after each kill.

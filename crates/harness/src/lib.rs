@@ -7,3 +7,23 @@ pub mod chaos;
 pub mod crash;
 pub mod invariants;
 pub mod load;
+
+use anyhow::Context;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// How a run ends: its report printed, written as JSON to `json` if asked, and the exit code
+/// its checks decide.
+pub(crate) fn conclude<R: serde::Serialize>(
+    report: &R,
+    print: impl Fn(&R),
+    passed: bool,
+    json: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    print(report);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -119,12 +119,7 @@ impl Report {
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
     let report = drive(&args).await?;
-    print_report(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(if report.passed() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+    crate::conclude(&report, print_report, report.passed(), args.json.as_deref())
 }
 
 /// Runs the load and the checks; returns the report (an error only if the run could not happen).

@@ -101,35 +101,21 @@ impl Backend for Sqlite {
     }
 }
 
-/// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::Postgres>().await;
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::Sqlite>().await;
-            })*
-        }
-    };
-}
-
-contract!(
-    product_ids_are_handed_out_once,
-    a_product_round_trips_with_its_exact_price,
-    reservations_are_stored_as_rows_that_add_up_to_the_reserved_count,
-    a_product_saved_at_a_stale_version_is_refused_and_writes_nothing,
-    the_database_itself_refuses_an_oversold_product,
-    the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order,
-    products_are_listed_by_id_a_page_at_a_time,
-    effects_without_a_product_are_committed_alone,
-    a_saga_round_trips_and_refuses_a_stale_save,
-    a_saga_row_that_does_not_restore_is_corrupt,
+// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
+messaging::contract_tests!(
+    [
+        product_ids_are_handed_out_once,
+        a_product_round_trips_with_its_exact_price,
+        reservations_are_stored_as_rows_that_add_up_to_the_reserved_count,
+        a_product_saved_at_a_stale_version_is_refused_and_writes_nothing,
+        the_database_itself_refuses_an_oversold_product,
+        the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order,
+        products_are_listed_by_id_a_page_at_a_time,
+        effects_without_a_product_are_committed_alone,
+        a_saga_round_trips_and_refuses_a_stale_save,
+        a_saga_row_that_does_not_restore_is_corrupt,
+    ],
+    postgres => Postgres, sqlite => Sqlite,
 );
 
 async fn saved_product(store: &dyn ProductStore, stock: u32) -> Product {

@@ -111,3 +111,27 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// One contract, written once as generic test functions, run against every implementation:
+///
+/// ```ignore
+/// contract_tests!([a_saved_order_loads_back, a_stale_save_is_refused], postgres => Postgres, sqlite => Sqlite);
+/// ```
+///
+/// generates `mod postgres` and `mod sqlite`, each with a `#[tokio::test]` per function that
+/// awaits `super::<function>::<super::Postgres>()` (or `Sqlite`), from `async fn <function><B:
+/// Backend>()` and the implementations (types) beside the invocation.
+#[macro_export]
+macro_rules! contract_tests {
+    ($tests:tt, $($module:ident => $implementation:ident),+ $(,)?) => {
+        $($crate::contract_tests!(@module $module, $implementation, $tests);)+
+    };
+    (@module $module:ident, $implementation:ident, [$($test:ident),* $(,)?]) => {
+        mod $module {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test::<super::$implementation>().await;
+            })*
+        }
+    };
+}

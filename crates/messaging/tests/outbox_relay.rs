@@ -6,7 +6,7 @@
 mod common;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use common::stores::Store;
+use common::stores::{Postgres, Sqlite, Store};
 use contracts::order::OrderShipped;
 use futures::StreamExt;
 use messaging::relay::{Relay, RelayConfig};
@@ -19,35 +19,21 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::common::stores::Postgres>().await;
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::common::stores::Sqlite>().await;
-            })*
-        }
-    };
-}
-
-contract!(
-    outbox_rows_commit_with_the_state,
-    outbox_rows_roll_back_with_the_state,
-    two_relays_publish_every_committed_message_exactly_once,
-    a_failed_publish_is_retried_and_marks_nothing_sent,
-    the_relay_is_woken_at_commit_not_by_its_sweep,
-    sent_rows_and_old_inbox_records_are_cleaned_up,
-    a_consumed_message_is_applied_once,
-    a_batch_with_one_message_already_applied_applies_nothing,
-    the_inbox_tells_which_consumer_applied_what,
-    a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes,
+// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
+messaging::contract_tests!(
+    [
+        outbox_rows_commit_with_the_state,
+        outbox_rows_roll_back_with_the_state,
+        two_relays_publish_every_committed_message_exactly_once,
+        a_failed_publish_is_retried_and_marks_nothing_sent,
+        the_relay_is_woken_at_commit_not_by_its_sweep,
+        sent_rows_and_old_inbox_records_are_cleaned_up,
+        a_consumed_message_is_applied_once,
+        a_batch_with_one_message_already_applied_applies_nothing,
+        the_inbox_tells_which_consumer_applied_what,
+        a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes,
+    ],
+    postgres => Postgres, sqlite => Sqlite,
 );
 
 fn message() -> Envelope {

@@ -102,38 +102,18 @@ impl Broker for Memory {
     async fn clean_up(self, _: &[QueueSpec]) {}
 }
 
-/// Each test once per adapter: `rabbitmq::<test>`, `sqlite::<test>`, `memory::<test>`.
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod rabbitmq {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::Rabbit>().await;
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::Sqlite>().await;
-            })*
-        }
-        mod memory {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::Memory>().await;
-            })*
-        }
-    };
-}
-
-contract!(
-    every_contract_message_round_trips,
-    a_message_no_queue_is_bound_for_is_refused_not_lost,
-    every_queue_bound_to_a_type_gets_its_own_copy,
-    an_unacked_delivery_comes_back_flagged_as_redelivered,
-    prefetch_bounds_unacknowledged_deliveries,
-    competing_consumers_share_a_queue_without_duplicates,
-    dead_letters_can_be_listed_replayed_and_purged,
+// Each test once per adapter: `rabbitmq::<test>`, `sqlite::<test>`, `memory::<test>`.
+messaging::contract_tests!(
+    [
+        every_contract_message_round_trips,
+        a_message_no_queue_is_bound_for_is_refused_not_lost,
+        every_queue_bound_to_a_type_gets_its_own_copy,
+        an_unacked_delivery_comes_back_flagged_as_redelivered,
+        prefetch_bounds_unacknowledged_deliveries,
+        competing_consumers_share_a_queue_without_duplicates,
+        dead_letters_can_be_listed_replayed_and_purged,
+    ],
+    rabbitmq => Rabbit, sqlite => Sqlite, memory => Memory,
 );
 
 const SHIPPED: &str = "order.shipped.v1";

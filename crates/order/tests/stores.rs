@@ -102,34 +102,20 @@ impl Backend for Sqlite {
     }
 }
 
-/// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::Postgres>().await;
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test::<super::Sqlite>().await;
-            })*
-        }
-    };
-}
-
-contract!(
-    an_order_round_trips_with_its_lines_state_and_timeline,
-    a_save_at_a_stale_version_is_refused_and_writes_nothing,
-    a_new_order_saved_twice_conflicts,
-    orders_are_listed_newest_first_by_customer_and_status,
-    a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable,
-    an_idempotency_key_belongs_to_one_order,
-    the_catalog_keeps_the_newest_version_of_a_product,
-    the_catalog_lists_products_by_id_with_exact_prices,
-    a_catalog_update_commits_with_its_inbox_record,
+// Each test once per database: `postgres::<test>` and `sqlite::<test>`.
+messaging::contract_tests!(
+    [
+        an_order_round_trips_with_its_lines_state_and_timeline,
+        a_save_at_a_stale_version_is_refused_and_writes_nothing,
+        a_new_order_saved_twice_conflicts,
+        orders_are_listed_newest_first_by_customer_and_status,
+        a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable,
+        an_idempotency_key_belongs_to_one_order,
+        the_catalog_keeps_the_newest_version_of_a_product,
+        the_catalog_lists_products_by_id_with_exact_prices,
+        a_catalog_update_commits_with_its_inbox_record,
+    ],
+    postgres => Postgres, sqlite => Sqlite,
 );
 
 fn item(id: i64, price: &str) -> CatalogItem {
