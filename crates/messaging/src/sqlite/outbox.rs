@@ -33,12 +33,19 @@ pub struct ClaimedRows {
     state: Arc<OutboxState>,
 }
 
+impl ClaimedRows {
+    /// Lets other claims take the rows (unsent), or forgets them (stamped).
+    fn release(&mut self) {
+        let mut claimed = self.state.claimed.lock().expect("claims poisoned");
+        for seq in self.seqs.drain(..) {
+            claimed.remove(&seq);
+        }
+    }
+}
+
 impl Drop for ClaimedRows {
     fn drop(&mut self) {
-        let mut claimed = self.state.claimed.lock().expect("claims poisoned");
-        for seq in &self.seqs {
-            claimed.remove(seq);
-        }
+        self.release();
     }
 }
 
@@ -78,13 +85,17 @@ impl OutboxStore for SqliteOutbox {
         Ok(Claimed { envelopes, claim: ClaimedRows { seqs, state: state.clone() } })
     }
 
-    async fn mark_sent(&self, claim: Self::Claim, _ids: &[Uuid]) -> Result<(), RelayError> {
+    async fn mark_sent(&self, mut claim: Self::Claim, _ids: &[Uuid]) -> Result<(), RelayError> {
         let mut stamp = QueryBuilder::<Sqlite>::new("UPDATE outbox SET sent_at = ");
         stamp.push_bind(Timestamp::now()).push(" WHERE seq IN ");
         stamp.push_tuples(&claim.seqs, |mut row, seq| {
             row.push_bind(*seq);
         });
         stamp.build().execute(self.db.writer()).await?;
+        // Released between two claims, never during one: a claim that read the rows before the
+        // stamp would otherwise find them unsent and no longer claimed, and publish them again.
+        let _between_claims = self.db.outbox.claiming.lock().await;
+        claim.release();
         Ok(())
     }
 
