@@ -148,8 +148,14 @@ impl DataDir {
     /// process runs the system on it. The embedded mode's files hold one system's state: two
     /// processes would each think they own the deliveries in hand.
     pub fn lock(&self) -> anyhow::Result<DataDirLock> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = self.path()?;
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        // The system's state: for this user's eyes only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let path = dir.join(embedded::LOCK);
         let file = std::fs::OpenOptions::new()
             .create(true)

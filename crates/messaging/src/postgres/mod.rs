@@ -1,5 +1,5 @@
 //! PostgreSQL adapter of the reliable-messaging tables: atomic commit of state + outbox + inbox,
-//! the relay, database creation and migrations.
+//! the outbox the relay works on ([`PgOutbox`]), database creation and migrations.
 
 mod outbox;
 
