@@ -134,8 +134,28 @@ pub async fn database(
     Ok(pool)
 }
 
+/// The service's API with the operators' routes (outbox, queues, dead letters) and their docs.
+fn with_operators(parts: ServiceParts, transport: Arc<dyn Transport>) -> ServiceParts {
+    use web::admin::{AdminApiDoc, ConsumerQueue, Operators};
+    let consumers = parts
+        .consumers
+        .iter()
+        .map(|consumer| ConsumerQueue {
+            consumer: consumer.name(),
+            queue: consumer.queue().name.clone(),
+            stats: consumer.stats(),
+        })
+        .collect();
+    let outbox = Arc::new(messaging::postgres::PgOutboxMonitor::new(parts.pool.clone()));
+    let operators = Operators { service: parts.name, transport, outbox, consumers };
+    let mut openapi = parts.openapi;
+    openapi.merge(AdminApiDoc::openapi());
+    ServiceParts { api: parts.api.merge(web::admin::router(operators)), openapi, ..parts }
+}
+
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, pool, consumers, api, openapi, http_addr } = parts;
+    let ServiceParts { name, pool, consumers, api, openapi, http_addr } =
+        with_operators(parts, runtime.transport.clone());
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
     let http = HttpApp {
         service: name,
