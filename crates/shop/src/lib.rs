@@ -5,10 +5,13 @@ pub mod config;
 pub mod dead_letters;
 mod server;
 mod services;
+mod storefront;
 pub mod telemetry;
 pub mod topology;
 
 pub use config::{AuthSettings, BrokerSettings, DataDir, InventorySettings, OrderSettings, Tuning};
+pub use config::{StorefrontDatabase, StorefrontSettings};
+pub use storefront::{STOREFRONT, StorefrontRuntime, migrate_storefront, start_storefront};
 pub use services::{RunningService, Runtime, start_inventory, start_order};
 
 /// Creates both databases if needed and runs their migrations.

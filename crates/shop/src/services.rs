@@ -26,6 +26,10 @@ pub struct RunningService {
 }
 
 impl RunningService {
+    pub(crate) fn new(name: &'static str, http_addr: SocketAddr, shutdown: CancellationToken, done: JoinHandle<()>) -> Self {
+        Self { name, http_addr, shutdown, done }
+    }
+
     /// Graceful stop: stop accepting requests and finish those in flight, stop consuming and
     /// finish the messages in hand, then publish what the outbox still holds.
     pub async fn stop(self) {
@@ -212,7 +216,7 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     Ok(RunningService { name, http_addr, shutdown, done })
 }
 
-struct DatabaseCheck(PgPool);
+pub(crate) struct DatabaseCheck(pub(crate) PgPool);
 
 #[async_trait]
 impl ReadinessCheck for DatabaseCheck {

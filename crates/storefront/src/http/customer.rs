@@ -321,7 +321,10 @@ impl Follow {
             let order = match self.first.take() {
                 Some(order) => order,
                 None => {
-                    tokio::time::sleep(FOLLOW_EVERY).await;
+                    tokio::select! {
+                        _ = self.app.stopping.cancelled() => return None,
+                        _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                    }
                     if tokio::time::Instant::now() >= deadline {
                         return None;
                     }

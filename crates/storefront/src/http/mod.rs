@@ -9,6 +9,7 @@ mod errors;
 mod session;
 mod views;
 
+pub use axum_extra::extract::cookie::Key as CookieKey;
 pub use errors::PageError;
 
 use crate::application::Accounts;
@@ -32,6 +33,9 @@ pub struct Storefront {
     pub cookie_key: Key,
     /// Mark cookies `Secure` (the storefront is served over https).
     pub secure_cookies: bool,
+    /// Cancelled when the storefront stops: live pages' streams end, so that stopping does
+    /// not wait for them.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Every page and the static files. Operational endpoints (`/health/*`) are added by whoever
