@@ -29,10 +29,10 @@ pub mod testing;
 pub use backoff::{Backoff, Jitter};
 pub use consumer::{Consumer, ConsumerConfig, RetryPolicy};
 pub use contracts::Message;
-pub use outbox::{OutboxBacklog, OutboxMonitor};
-pub use stats::{ConsumerFigures, ConsumerStats};
 pub use envelope::{Causation, DecodeError, Envelope, TraceParent, UnreadableEnvelope};
 pub use handler::{BatchHandler, Handler, HandlerError, Inbound, IsTransient, Received, hash};
+pub use outbox::{OutboxBacklog, OutboxMonitor};
+pub use stats::{ConsumerFigures, ConsumerStats};
 pub use transport::{Naming, Transport, TransportError};
 pub use unit_of_work::{
     BoxError, Consumed, Effects, Inbox, IsConflict, LoadError, Outgoing, SaveError, applied, retry_on_conflict,

@@ -142,7 +142,12 @@ pub struct StorefrontSettings {
     pub admin_email: String,
     /// The operator's password on first start [default: generated, written to
     /// <data dir>/storefront/admin-password].
-    #[arg(long = "admin-password", env = "SHOP_ADMIN_PASSWORD", hide_env_values = true, conflicts_with = "admin_password_file")]
+    #[arg(
+        long = "admin-password",
+        env = "SHOP_ADMIN_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "admin_password_file"
+    )]
     pub admin_password: Option<String>,
     /// A file holding the operator's password on first start.
     #[arg(long = "admin-password-file", env = "SHOP_ADMIN_PASSWORD_FILE", value_name = "PATH")]

@@ -11,8 +11,8 @@ pub mod topology;
 
 pub use config::{AuthSettings, BrokerSettings, DataDir, InventorySettings, OrderSettings, Tuning};
 pub use config::{StorefrontDatabase, StorefrontSettings};
-pub use storefront::{STOREFRONT, StorefrontRuntime, migrate_storefront, start_storefront};
 pub use services::{RunningService, Runtime, start_inventory, start_order};
+pub use storefront::{STOREFRONT, StorefrontRuntime, migrate_storefront, start_storefront};
 
 /// Creates both databases if needed and runs their migrations.
 pub async fn migrate(orders: &OrderSettings, inventory: &InventorySettings) -> anyhow::Result<()> {

@@ -187,7 +187,10 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let inventory = shop::start_inventory(&inventory, &runtime).await?;
             let orders = shop::start_order(&orders, &runtime).await?;
             let storefront_runtime = StorefrontRuntime {
-                orders_url: storefront.orders_url.clone().unwrap_or_else(|| StorefrontSettings::local_url(orders.http_addr)),
+                orders_url: storefront
+                    .orders_url
+                    .clone()
+                    .unwrap_or_else(|| StorefrontSettings::local_url(orders.http_addr)),
                 inventory_url: storefront
                     .inventory_url
                     .clone()

@@ -26,7 +26,12 @@ pub struct RunningService {
 }
 
 impl RunningService {
-    pub(crate) fn new(name: &'static str, http_addr: SocketAddr, shutdown: CancellationToken, done: JoinHandle<()>) -> Self {
+    pub(crate) fn new(
+        name: &'static str,
+        http_addr: SocketAddr,
+        shutdown: CancellationToken,
+        done: JoinHandle<()>,
+    ) -> Self {
         Self { name, http_addr, shutdown, done }
     }
 

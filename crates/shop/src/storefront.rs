@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::path::Path;
 use std::sync::Arc;
-use storefront::application::{AdminBootstrap, Accounts};
+use storefront::application::{Accounts, AdminBootstrap};
 use storefront::domain::Role;
 use storefront::infrastructure::api::{Service, ShopApi};
 use storefront::infrastructure::files::{self, ADMIN_PASSWORD_IN_DATA_DIR, COOKIE_KEY_IN_DATA_DIR};
@@ -42,7 +42,10 @@ pub async fn migrate_storefront(database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn start_storefront(settings: &StorefrontSettings, runtime: StorefrontRuntime) -> anyhow::Result<RunningService> {
+pub async fn start_storefront(
+    settings: &StorefrontSettings,
+    runtime: StorefrontRuntime,
+) -> anyhow::Result<RunningService> {
     let pool = database(STOREFRONT, &settings.database.database_url, &runtime.tuning, migrator()).await?;
     let accounts = Arc::new(Accounts::new(Arc::new(PgAccountStore::new(pool.clone()))));
     bootstrap_admin(&accounts, settings, &runtime.data_dir).await?;

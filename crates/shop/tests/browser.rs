@@ -63,8 +63,7 @@ struct Browser {
 }
 
 fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 impl Browser {
@@ -103,8 +102,11 @@ impl Browser {
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("goog:chromeOptions".into(), json!({ "args": args, "binary": "/usr/bin/chromium" }));
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client =
-            ClientBuilder::new(connector).capabilities(capabilities).connect(&driver_url).await.expect("a browser session");
+        let client = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&driver_url)
+            .await
+            .expect("a browser session");
         let screenshots = (std::env::var("SHOP_SCREENSHOTS").as_deref() == Ok("docs"))
             .then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots"));
         Self { client, base: base.to_owned(), screenshots, _driver: driver, _profile: profile }
@@ -305,7 +307,9 @@ async fn customers_shop_and_operators_run_the_shop_in_a_browser() {
     let saga_page = format!("/admin/orders/{confirmed_order}");
     browser.reload_until(&saga_page, "//span[@id='saga-state' and normalize-space()='shipped']").await;
     let timeline = browser.text("#saga-timeline").await;
-    for step in ["saga → reserving", "line: Kettle → reserved", "line: Mug → reserved", "saga → reserved", "saga → shipped"] {
+    for step in
+        ["saga → reserving", "line: Kettle → reserved", "line: Mug → reserved", "saga → reserved", "saga → shipped"]
+    {
         assert!(timeline.contains(step), "the timeline lacks {step:?}:\n{timeline}");
     }
     browser.screenshot("admin-order-saga").await;

@@ -58,7 +58,9 @@ pub enum AppError {
 pub enum AdminBootstrap {
     Created,
     /// An account with the email exists: it is left as it is (its password is not reset).
-    Exists { role: Role },
+    Exists {
+        role: Role,
+    },
 }
 
 pub struct Accounts {
@@ -182,7 +184,10 @@ mod tests {
     #[tokio::test]
     async fn the_admin_account_is_created_once_and_never_reset() {
         let accounts = accounts();
-        assert_eq!(accounts.ensure_admin("ops@shop.local", "first password".into()).await.unwrap(), AdminBootstrap::Created);
+        assert_eq!(
+            accounts.ensure_admin("ops@shop.local", "first password".into()).await.unwrap(),
+            AdminBootstrap::Created
+        );
         let second = accounts.ensure_admin("ops@shop.local", "second password".into()).await.unwrap();
         assert_eq!(second, AdminBootstrap::Exists { role: Role::Admin });
         assert_eq!(accounts.sign_in("ops@shop.local", "first password".into()).await.unwrap().role, Role::Admin);

@@ -127,9 +127,19 @@ mod tests {
 
     #[test]
     fn malformed_emails_are_refused() {
-        for bad in ["", "alice", "@example.com", "alice@", "alice@example", "a b@example.com", "a@@example.com",
-            "alice@.example.com", "alice@example..com", "alice@example.com.", "<a>@example.com"]
-        {
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a b@example.com",
+            "a@@example.com",
+            "alice@.example.com",
+            "alice@example..com",
+            "alice@example.com.",
+            "<a>@example.com",
+        ] {
             assert_eq!(Email::parse(bad), Err(AccountError::InvalidEmail), "{bad:?}");
         }
         let long = format!("{}@example.com", "a".repeat(250));

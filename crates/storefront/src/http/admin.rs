@@ -66,7 +66,8 @@ pub async fn create_product(
         session.warn("stock: enter a whole number of units");
         return Ok(Redirect::to("/admin/products"));
     };
-    let created = app.api.create_product(&acting, form.name.trim(), form.description.trim(), form.price.trim(), stock).await;
+    let created =
+        app.api.create_product(&acting, form.name.trim(), form.description.trim(), form.price.trim(), stock).await;
     after(&session, "/admin/products", created, |product| format!("Created {} (id {}).", product.name, product.id))
 }
 
@@ -154,7 +155,11 @@ pub async fn order(State(app): State<Storefront>, session: SessionHandle, Path(i
     })
 }
 
-pub async fn ship(State(app): State<Storefront>, session: SessionHandle, Path(id): Path<Uuid>) -> Result<Redirect, PageError> {
+pub async fn ship(
+    State(app): State<Storefront>,
+    session: SessionHandle,
+    Path(id): Path<Uuid>,
+) -> Result<Redirect, PageError> {
     let acting = operator(&session)?;
     let shipped = app.api.order_command(&acting, id, "ship", None).await;
     after(&session, &format!("/admin/orders/{id}"), shipped, |_| "Order shipped.".into())

@@ -43,7 +43,10 @@ fn customer(session: &SessionHandle) -> Result<Uuid, PageError> {
 
 pub async fn catalog(State(app): State<Storefront>, session: SessionHandle) -> Page {
     let products = app.api.products(&acting(&session)).await?;
-    html(CatalogPage { chrome: chrome(&session, "Catalog", "catalog"), products: products.into_iter().map(Into::into).collect() })
+    html(CatalogPage {
+        chrome: chrome(&session, "Catalog", "catalog"),
+        products: products.into_iter().map(Into::into).collect(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -151,7 +154,8 @@ pub async fn add_to_cart(
     Form(form): Form<AddForm>,
 ) -> Result<Redirect, PageError> {
     let acting = Acting::Customer(customer(&session)?);
-    let product: i64 = form.product_id.trim().parse().map_err(|_| PageError::BadRequest("product_id: not a number".into()))?;
+    let product: i64 =
+        form.product_id.trim().parse().map_err(|_| PageError::BadRequest("product_id: not a number".into()))?;
     let quantity = match quantity(&form.quantity) {
         Ok(quantity) => quantity,
         Err(problem) => {
@@ -188,11 +192,13 @@ pub async fn change_quantity(
         }
     };
     let changed = async {
-        let cart = app.api.cart(&acting).await?.ok_or_else(|| ApiError::Refused {
-            status: StatusCode::CONFLICT,
-            detail: "Your cart is empty.".into(),
-        })?;
-        let current = cart.lines.iter().find(|line| line.product_id == product).map_or(0, |line| i64::from(line.quantity));
+        let cart = app
+            .api
+            .cart(&acting)
+            .await?
+            .ok_or_else(|| ApiError::Refused { status: StatusCode::CONFLICT, detail: "Your cart is empty.".into() })?;
+        let current =
+            cart.lines.iter().find(|line| line.product_id == product).map_or(0, |line| i64::from(line.quantity));
         match wanted.cmp(&current) {
             std::cmp::Ordering::Equal => Ok(cart),
             // One call: the quantities merge.
@@ -249,7 +255,10 @@ pub struct PageQuery {
 
 pub async fn orders(State(app): State<Storefront>, session: SessionHandle, Query(query): Query<PageQuery>) -> Page {
     let acting = Acting::Customer(customer(&session)?);
-    let page = app.api.page_of_orders(&acting, &OrderQuery { status: None, after: query.after, limit: ORDERS_PER_PAGE }).await?;
+    let page = app
+        .api
+        .page_of_orders(&acting, &OrderQuery { status: None, after: query.after, limit: ORDERS_PER_PAGE })
+        .await?;
     html(OrdersPage {
         chrome: chrome(&session, "My orders", "orders"),
         orders: page.orders.into_iter().map(Into::into).collect(),
@@ -258,7 +267,11 @@ pub async fn orders(State(app): State<Storefront>, session: SessionHandle, Query
     })
 }
 
-pub async fn order(State(app): State<Storefront>, session: SessionHandle, Path(id): Path<Uuid>) -> Result<Response, PageError> {
+pub async fn order(
+    State(app): State<Storefront>,
+    session: SessionHandle,
+    Path(id): Path<Uuid>,
+) -> Result<Response, PageError> {
     if signed_in(&session)?.admin {
         return Ok(Redirect::to(&format!("/admin/orders/{id}")).into_response());
     }
@@ -364,7 +377,8 @@ pub async fn cancel(
     Form(form): Form<CancelForm>,
 ) -> Result<Redirect, PageError> {
     let acting = Acting::Customer(customer(&session)?);
-    let reason = form.reason.filter(|reason| !reason.trim().is_empty()).unwrap_or_else(|| "cancelled by the customer".into());
+    let reason =
+        form.reason.filter(|reason| !reason.trim().is_empty()).unwrap_or_else(|| "cancelled by the customer".into());
     let cancelled = app.api.order_command(&acting, id, "cancel", Some(json!({ "reason": reason }))).await;
     after(&session, &format!("/orders/{id}"), cancelled, |_| "Your order is cancelled.".into())
 }

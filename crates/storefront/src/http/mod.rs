@@ -66,7 +66,10 @@ pub fn router(app: Storefront) -> Router {
         .route("/admin/system/{service}/{consumer}/{action}", post(admin::dead_letters))
         .layer(axum::middleware::from_fn_with_state(app.clone(), session::sessions))
         .route("/static/app.css", get(|| static_file("text/css; charset=utf-8", include_str!("../../static/app.css"))))
-        .route("/static/app.js", get(|| static_file("text/javascript; charset=utf-8", include_str!("../../static/app.js"))))
+        .route(
+            "/static/app.js",
+            get(|| static_file("text/javascript; charset=utf-8", include_str!("../../static/app.js"))),
+        )
         .fallback(|| async { PageError::NotFound })
         .with_state(app)
         .layer(axum::middleware::from_fn(security_headers))

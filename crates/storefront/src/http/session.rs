@@ -52,7 +52,8 @@ pub struct Notice {
 impl Session {
     fn fresh() -> Self {
         use base64::Engine;
-        let csrf = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::infrastructure::files::random_bytes(32));
+        let csrf =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::infrastructure::files::random_bytes(32));
         Self { csrf, user: None, notice: None, expires_at: chrono::Utc::now().timestamp() + LIFETIME_SECS }
     }
 
@@ -135,10 +136,8 @@ pub async fn sessions(State(app): State<Storefront>, request: Request, next: Nex
             Ok(body) => Request::from_parts(parts, body),
             Err(refusal) => {
                 tracing::info!(path = %parts.uri.path(), reason = refusal, "form refused");
-                return PageError::Forbidden(format!(
-                    "{refusal}. Reload the page and send the form again."
-                ))
-                .into_response();
+                return PageError::Forbidden(format!("{refusal}. Reload the page and send the form again."))
+                    .into_response();
             }
         }
     } else {

@@ -22,7 +22,8 @@ fn unavailable(error: sqlx::Error) -> StoreError {
 
 fn restore(row: &PgRow) -> Result<Account, StoreError> {
     let email: String = row.try_get("email").map_err(unavailable)?;
-    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt { what: email.clone(), source };
+    let corrupt =
+        |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Corrupt { what: email.clone(), source };
     let role: String = row.try_get("role").map_err(|error| corrupt(error.into()))?;
     Ok(Account {
         id: row.try_get("id").map_err(|error| corrupt(error.into()))?,

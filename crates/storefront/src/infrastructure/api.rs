@@ -251,8 +251,10 @@ impl ShopApi {
         path: &str,
         body: Option<Value>,
     ) -> Result<T, ApiError> {
-        let unavailable =
-            |source: Box<dyn std::error::Error + Send + Sync>| ApiError::Unavailable { service: service.name(), source };
+        let unavailable = |source: Box<dyn std::error::Error + Send + Sync>| ApiError::Unavailable {
+            service: service.name(),
+            source,
+        };
         let mut request =
             self.http.request(method, format!("{}{path}", self.base(service))).bearer_auth(self.token(acting));
         if let Some(body) = body {
@@ -287,8 +289,9 @@ impl ShopApi {
         let mut all: Vec<Product> = Vec::new();
         loop {
             let after = all.last().map(|product| format!("&after={}", product.id)).unwrap_or_default();
-            let page: Vec<Product> =
-                self.call(acting, Method::GET, Service::Inventory, &format!("/api/products?limit=500{after}"), None).await?;
+            let page: Vec<Product> = self
+                .call(acting, Method::GET, Service::Inventory, &format!("/api/products?limit=500{after}"), None)
+                .await?;
             let done = page.len() < 500;
             all.extend(page);
             if done {

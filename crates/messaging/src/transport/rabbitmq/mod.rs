@@ -81,7 +81,8 @@ impl Transport for RabbitMq {
         let channel = self.channel().await?;
         // Passive: reads the queue as it was declared, whatever its arguments, creating nothing.
         let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let declared = channel.queue_declare(queue.into(), options, FieldTable::default()).await.map_err(unavailable)?;
+        let declared =
+            channel.queue_declare(queue.into(), options, FieldTable::default()).await.map_err(unavailable)?;
         let _ = channel.close(200, "OK".into()).await;
         Ok(Some(QueueStats { depth: declared.message_count(), consumers: declared.consumer_count() }))
     }
