@@ -115,6 +115,12 @@ pub struct MovedResponse {
 
 type Operations = State<Arc<Operators>>;
 
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    Replay,
+    Purge,
+}
+
 fn unavailable(error: TransportError) -> Problem {
     Problem::unavailable("the broker cannot be reached now").with_cause(error)
 }
@@ -125,6 +131,24 @@ impl Operators {
             let known: Vec<&str> = self.consumers.iter().map(|queue| queue.consumer).collect();
             Problem::not_found(format!("{} has no consumer {name:?}; it has {}", self.service, known.join(", ")))
         })
+    }
+
+    /// Replays or purges the dead letters of `consumer`.
+    async fn move_dead_letters(
+        &self,
+        consumer: &str,
+        admin: &Admin,
+        action: Move,
+    ) -> Result<axum::Json<MovedResponse>, Problem> {
+        let error_queue = error_queue_of(&self.consumer(consumer)?.queue);
+        let tools = self.dead_letter_tools()?;
+        let count = match action {
+            Move::Replay => tools.replay(&error_queue).await,
+            Move::Purge => tools.purge(&error_queue).await,
+        }
+        .map_err(unavailable)?;
+        tracing::info!(queue = %error_queue, count, by = %admin.subject, ?action, "dead letters moved");
+        Ok(axum::Json(MovedResponse { count }))
     }
 
     fn dead_letter_tools(&self) -> Result<&dyn DeadLetters, Problem> {
@@ -224,10 +248,7 @@ async fn replay(
     admin: Admin,
     crate::Path(consumer): crate::Path<String>,
 ) -> Result<axum::Json<MovedResponse>, Problem> {
-    let error_queue = error_queue_of(&operators.consumer(&consumer)?.queue);
-    let count = operators.dead_letter_tools()?.replay(&error_queue).await.map_err(unavailable)?;
-    tracing::info!(queue = %error_queue, count, by = %admin.subject, "dead letters replayed");
-    Ok(axum::Json(MovedResponse { count }))
+    operators.move_dead_letters(&consumer, &admin, Move::Replay).await
 }
 
 /// Deletes every dead letter of a consumer.
@@ -246,10 +267,7 @@ async fn purge(
     admin: Admin,
     crate::Path(consumer): crate::Path<String>,
 ) -> Result<axum::Json<MovedResponse>, Problem> {
-    let error_queue = error_queue_of(&operators.consumer(&consumer)?.queue);
-    let count = operators.dead_letter_tools()?.purge(&error_queue).await.map_err(unavailable)?;
-    tracing::info!(queue = %error_queue, count, by = %admin.subject, "dead letters purged");
-    Ok(axum::Json(MovedResponse { count }))
+    operators.move_dead_letters(&consumer, &admin, Move::Purge).await
 }
 
 impl From<DeadLetter> for DeadLetterResponse {

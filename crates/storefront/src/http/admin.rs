@@ -41,10 +41,7 @@ pub async fn home(session: SessionHandle) -> Result<Redirect, PageError> {
 pub async fn products(State(app): State<Storefront>, session: SessionHandle) -> Page {
     let acting = operator(&session)?;
     let products = app.api.products(&acting).await?;
-    html(AdminProductsPage {
-        chrome: chrome(&session, "Products", "admin-products"),
-        products: products.into_iter().map(Into::into).collect(),
-    })
+    html(AdminProductsPage { chrome: chrome(&session, "Products", "admin-products"), products })
 }
 
 #[derive(Deserialize)]

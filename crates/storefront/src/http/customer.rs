@@ -43,10 +43,7 @@ fn customer(session: &SessionHandle) -> Result<Uuid, PageError> {
 
 pub async fn catalog(State(app): State<Storefront>, session: SessionHandle) -> Page {
     let products = app.api.products(&acting(&session)).await?;
-    html(CatalogPage {
-        chrome: chrome(&session, "Catalog", "catalog"),
-        products: products.into_iter().map(Into::into).collect(),
-    })
+    html(CatalogPage { chrome: chrome(&session, "Catalog", "catalog"), products })
 }
 
 #[derive(Deserialize)]

@@ -49,35 +49,11 @@ pub struct ErrorPage<'a> {
     pub detail: &'a str,
 }
 
-pub struct ProductView {
-    pub id: i64,
-    pub name: String,
-    pub description: String,
-    pub price: String,
-    pub stock: u32,
-    pub reserved: u32,
-    pub available: u32,
-}
-
-impl From<Product> for ProductView {
-    fn from(product: Product) -> Self {
-        Self {
-            id: product.id,
-            name: product.name,
-            description: product.description,
-            price: product.price,
-            stock: product.stock,
-            reserved: product.reserved,
-            available: product.available,
-        }
-    }
-}
-
 #[derive(Template)]
 #[template(path = "catalog.html")]
 pub struct CatalogPage {
     pub chrome: Chrome,
-    pub products: Vec<ProductView>,
+    pub products: Vec<Product>,
 }
 
 #[derive(Template)]
@@ -215,7 +191,7 @@ pub struct OrderPage {
 #[template(path = "admin/products.html")]
 pub struct AdminProductsPage {
     pub chrome: Chrome,
-    pub products: Vec<ProductView>,
+    pub products: Vec<Product>,
 }
 
 #[derive(Template)]
