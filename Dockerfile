@@ -1,5 +1,5 @@
 # Multi-stage build of the `shop` binary; the same image runs either service (see
-# docker-compose.yml) or both (`shop up`).
+# docker-compose.yml), the storefront, or all three (`shop up`).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -17,12 +17,13 @@ RUN apt-get update \
     && install -d -o shop -m 0700 /var/lib/shop
 COPY --from=build /usr/local/bin/shop /usr/local/bin/shop
 USER shop
-# The data directory holds the local signing key (auth/signing-key.pem); mount one volume there
-# in every container that must trust the same tokens.
+# The data directory holds the local signing key (auth/signing-key.pem) and the storefront's
+# cookie key; mount one volume there in every container that must trust the same tokens.
 ENV SHOP_DATA_DIR=/var/lib/shop \
     SHOP_LOG_FORMAT=json \
     SHOP_ORDERS_HTTP_ADDR=0.0.0.0:8081 \
-    SHOP_INVENTORY_HTTP_ADDR=0.0.0.0:8082
-EXPOSE 8081 8082
+    SHOP_INVENTORY_HTTP_ADDR=0.0.0.0:8082 \
+    SHOP_STOREFRONT_HTTP_ADDR=0.0.0.0:8080
+EXPOSE 8080 8081 8082
 ENTRYPOINT ["shop"]
 CMD ["up"]

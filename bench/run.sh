@@ -58,6 +58,7 @@ AMQP_URL=amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f
 PGBENCH_DB=bench_pgbench
 ORDERS_DB=bench_orders
 INVENTORY_DB=bench_inventory
+STOREFRONT_DB=bench_storefront
 # Queues and exchange of this run only: a stale queue of an earlier run cannot feed it.
 QUEUE_PREFIX=bench-$(date -u +%Y%m%d%H%M%S)-$$
 
@@ -132,7 +133,7 @@ cleanup() {
     stop_sampler
     stop_shop
     local db
-    for db in "$PGBENCH_DB" "$ORDERS_DB" "$INVENTORY_DB"; do
+    for db in "$PGBENCH_DB" "$ORDERS_DB" "$INVENTORY_DB" "$STOREFRONT_DB"; do
         ((PG_REACHABLE)) || break
         drop_db "$db" 2>/dev/null || echo "bench: could not drop the database $db" >&2
     done
@@ -269,6 +270,9 @@ start_shop() {
     log "starting shop up (queue prefix $QUEUE_PREFIX, $ORDERS_ADDR and $INVENTORY_ADDR)"
     drop_db "$ORDERS_DB"
     drop_db "$INVENTORY_DB"
+    drop_db "$STOREFRONT_DB"
+    # The storefront runs too (shop up serves it), on a port of its own choosing.
+    SHOP_STOREFRONT_DATABASE_URL=$PG_URL/$STOREFRONT_DB SHOP_STOREFRONT_HTTP_ADDR=127.0.0.1:0 \
     SHOP_ORDERS_DATABASE_URL=$PG_URL/$ORDERS_DB SHOP_INVENTORY_DATABASE_URL=$PG_URL/$INVENTORY_DB \
         SHOP_AMQP_URL=$AMQP_URL SHOP_QUEUE_PREFIX=$QUEUE_PREFIX \
         SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR \

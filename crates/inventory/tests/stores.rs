@@ -101,10 +101,10 @@ async fn a_saga_round_trips_and_refuses_a_stale_save() {
     assert_eq!(store.load(saga.order_id()).await.unwrap().unwrap(), saga);
 
     let mut first = saga.clone();
-    first.on_stock_reserved(product).unwrap();
+    first.on_stock_reserved(product, kernel::now()).unwrap();
     store.save(&first, &Effects::new()).await.unwrap();
     let mut stale = saga.clone();
-    stale.on_order_cancelled();
+    stale.on_order_cancelled(kernel::now());
     assert!(matches!(store.save(&stale, &Effects::new()).await, Err(SaveError::Conflict)));
     assert_eq!(store.load(saga.order_id()).await.unwrap().unwrap().state(), first.state());
 }

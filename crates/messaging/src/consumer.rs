@@ -7,6 +7,7 @@ use crate::ErrorChain;
 use crate::backoff::{Backoff, Jitter};
 use crate::envelope::{DecodeError, Envelope, UnreadableEnvelope};
 use crate::handler::{Handler, HandlerError, Inbound, Received};
+use crate::stats::ConsumerStats;
 use crate::transport::{Deliveries, Delivery, Failure, Naming, QueueSpec, Settlement, Transport};
 use crate::unit_of_work::Inbox;
 use futures::StreamExt;
@@ -70,6 +71,7 @@ struct Settings {
     inbox: Option<Arc<dyn Inbox>>,
     concurrency: usize,
     retry: RetryPolicy,
+    stats: Arc<ConsumerStats>,
 }
 
 impl Consumer {
@@ -82,7 +84,13 @@ impl Consumer {
             message_types: H::Message::TYPES.iter().map(|&message_type| message_type.to_owned()).collect(),
             prefetch: config.prefetch,
         };
-        let settings = Settings { service, inbox: None, concurrency: config.concurrency.max(1), retry: config.retry };
+        let settings = Settings {
+            service,
+            inbox: None,
+            concurrency: config.concurrency.max(1),
+            retry: config.retry,
+            stats: Arc::default(),
+        };
         Self { name, queue, settings, handler }
     }
 
@@ -100,6 +108,11 @@ impl Consumer {
     /// The queue it consumes.
     pub fn queue(&self) -> &QueueSpec {
         &self.queue
+    }
+
+    /// What it has handled and dead-lettered, counted as it runs.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.settings.stats.clone()
     }
 
     /// Consumes until `shutdown`; then stops taking deliveries and finishes those in flight.
@@ -405,6 +418,7 @@ impl<H: Handler> Worker<H> {
         let consumer = self.handler.name();
         metrics::counter!("messages_consumed_total", "consumer" => consumer, "type" => message.message_type.clone(), "outcome" => outcome)
             .increment(1);
+        self.settings.stats.record_handled();
         if let Err(error) = settlement.ack().await {
             // The broker will deliver it again; the inbox makes that harmless.
             tracing::warn!(error = %ErrorChain(&error), "ack failed after the message was handled");
@@ -416,6 +430,7 @@ impl<H: Handler> Worker<H> {
         tracing::error!(reason = %failure.reason, attempts = failure.attempts, "message moved to the error queue");
         metrics::counter!("messages_dead_lettered_total", "consumer" => consumer, "type" => message_type.to_owned())
             .increment(1);
+        self.settings.stats.record_dead_lettered();
         if let Err(error) = settlement.dead_letter(failure).await {
             tracing::warn!(error = %ErrorChain(&error), "could not dead-letter the message; it will be delivered again");
         }

@@ -96,6 +96,75 @@ impl Default for Tuning {
     }
 }
 
+/// The storefront's own database: its accounts.
+#[derive(Debug, Clone, Args)]
+pub struct StorefrontDatabase {
+    /// PostgreSQL database of the storefront's accounts (created if missing).
+    #[arg(
+        id = "storefront_database_url",
+        value_name = "URL",
+        long = "storefront-database-url",
+        env = "SHOP_STOREFRONT_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shop_storefront"
+    )]
+    pub database_url: String,
+}
+
+/// The storefront: where it listens, which APIs it calls, how it serves cookies, and the
+/// operator's account it creates on first start.
+#[derive(Debug, Clone, Args)]
+pub struct StorefrontSettings {
+    #[command(flatten)]
+    pub database: StorefrontDatabase,
+    /// Address the storefront (the shop's web pages) listens on.
+    #[arg(
+        id = "storefront_http_addr",
+        value_name = "ADDR",
+        long = "storefront-http-addr",
+        env = "SHOP_STOREFRONT_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http_addr: SocketAddr,
+    /// The order API the storefront calls [default: the order service of this process, or
+    /// http://127.0.0.1:8081].
+    #[arg(long = "storefront-orders-url", env = "SHOP_STOREFRONT_ORDERS_URL", value_name = "URL")]
+    pub orders_url: Option<String>,
+    /// The inventory API the storefront calls [default: the inventory service of this process,
+    /// or http://127.0.0.1:8082].
+    #[arg(long = "storefront-inventory-url", env = "SHOP_STOREFRONT_INVENTORY_URL", value_name = "URL")]
+    pub inventory_url: Option<String>,
+    /// Mark session cookies Secure (and name them __Host-): set it when people reach the
+    /// storefront over https.
+    #[arg(long = "storefront-secure-cookies", env = "SHOP_STOREFRONT_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+    /// The operator's account, created on first start if no account has this email.
+    #[arg(long = "admin-email", env = "SHOP_ADMIN_EMAIL", default_value = "admin@shop.local")]
+    pub admin_email: String,
+    /// The operator's password on first start [default: generated, written to
+    /// <data dir>/storefront/admin-password].
+    #[arg(
+        long = "admin-password",
+        env = "SHOP_ADMIN_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "admin_password_file"
+    )]
+    pub admin_password: Option<String>,
+    /// A file holding the operator's password on first start.
+    #[arg(long = "admin-password-file", env = "SHOP_ADMIN_PASSWORD_FILE", value_name = "PATH")]
+    pub admin_password_file: Option<PathBuf>,
+}
+
+impl StorefrontSettings {
+    /// Where an API of this process listens, as a URL the storefront can call.
+    pub fn local_url(addr: SocketAddr) -> String {
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        match addr {
+            SocketAddr::V6(_) if !addr.ip().is_unspecified() => format!("http://[{host}]:{}", addr.port()),
+            _ => format!("http://{host}:{}", addr.port()),
+        }
+    }
+}
+
 /// Where the system keeps its own files: the local signing key (`auth/signing-key.pem`).
 #[derive(Debug, Clone, Default, Args)]
 pub struct DataDir {

@@ -5,11 +5,14 @@ pub mod config;
 pub mod dead_letters;
 mod server;
 mod services;
+mod storefront;
 pub mod telemetry;
 pub mod topology;
 
 pub use config::{AuthSettings, BrokerSettings, DataDir, InventorySettings, OrderSettings, Tuning};
+pub use config::{StorefrontDatabase, StorefrontSettings};
 pub use services::{RunningService, Runtime, start_inventory, start_order};
+pub use storefront::{STOREFRONT, StorefrontRuntime, migrate_storefront, start_storefront};
 
 /// Creates both databases if needed and runs their migrations.
 pub async fn migrate(orders: &OrderSettings, inventory: &InventorySettings) -> anyhow::Result<()> {

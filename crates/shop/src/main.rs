@@ -8,6 +8,7 @@ use messaging::transport::rabbitmq::RabbitMq;
 use messaging::{Naming, Transport};
 use shop::telemetry::{LogFormat, SpanExport, init_metrics};
 use shop::{AuthSettings, BrokerSettings, DataDir, InventorySettings, OrderSettings, RunningService, Runtime, Tuning};
+use shop::{StorefrontDatabase, StorefrontRuntime, StorefrontSettings};
 use std::sync::Arc;
 use std::time::Duration;
 use web::auth::{Role, Verifier};
@@ -43,6 +44,8 @@ enum Command {
         auth: AuthSettings,
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        storefront: StorefrontSettings,
         /// `memory` runs without RabbitMQ (messages stay in this process).
         #[arg(long, env = "SHOP_TRANSPORT", value_enum, default_value = "rabbitmq")]
         transport: TransportKind,
@@ -58,6 +61,8 @@ enum Command {
         orders: OrderSettings,
         #[command(flatten)]
         inventory: InventorySettings,
+        #[command(flatten)]
+        storefront: StorefrontDatabase,
     },
     /// List, replay or purge the messages that consumers could not process.
     DeadLetters {
@@ -92,6 +97,18 @@ enum Service {
         settings: InventorySettings,
         #[command(flatten)]
         broker: BrokerSettings,
+        #[command(flatten)]
+        tuning: Tuning,
+        #[command(flatten)]
+        auth: AuthSettings,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// The storefront: the shop's web pages for customers and operators, in front of the two
+    /// APIs (at SHOP_STOREFRONT_ORDERS_URL and SHOP_STOREFRONT_INVENTORY_URL).
+    Storefront {
+        #[command(flatten)]
+        settings: StorefrontSettings,
         #[command(flatten)]
         tuning: Tuning,
         #[command(flatten)]
@@ -157,9 +174,10 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Up { orders, inventory, broker, tuning, auth, data, transport } => {
+        Command::Up { orders, inventory, broker, tuning, auth, data, storefront, transport } => {
             let metrics = Some(init_metrics()?);
             let verifier = verifier(&auth, &data)?;
+            let signer = storefront_signer(&auth, &data)?;
             let naming = Naming::new(&broker.queue_prefix);
             let transport: Arc<dyn Transport> = match transport {
                 TransportKind::Rabbitmq => Arc::new(rabbitmq(&broker, "shop").await?),
@@ -168,8 +186,38 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let runtime = Runtime { transport, naming, tuning, metrics, verifier };
             let inventory = shop::start_inventory(&inventory, &runtime).await?;
             let orders = shop::start_order(&orders, &runtime).await?;
+            let storefront_runtime = StorefrontRuntime {
+                orders_url: storefront
+                    .orders_url
+                    .clone()
+                    .unwrap_or_else(|| StorefrontSettings::local_url(orders.http_addr)),
+                inventory_url: storefront
+                    .inventory_url
+                    .clone()
+                    .unwrap_or_else(|| StorefrontSettings::local_url(inventory.http_addr)),
+                signer,
+                data_dir: data.path()?,
+                tuning: runtime.tuning.clone(),
+                metrics: runtime.metrics.clone(),
+            };
+            let storefront = shop::start_storefront(&storefront, storefront_runtime).await?;
             print_ready(&[&orders, &inventory]);
-            run_until_signal(vec![orders, inventory]).await
+            print_storefront(&storefront);
+            run_until_signal(vec![storefront, orders, inventory]).await
+        }
+        Command::Serve { service: Service::Storefront { settings, tuning, auth, data } } => {
+            let metrics = Some(init_metrics()?);
+            let runtime = StorefrontRuntime {
+                orders_url: settings.orders_url.clone().unwrap_or_else(|| "http://127.0.0.1:8081".into()),
+                inventory_url: settings.inventory_url.clone().unwrap_or_else(|| "http://127.0.0.1:8082".into()),
+                signer: storefront_signer(&auth, &data)?,
+                data_dir: data.path()?,
+                tuning,
+                metrics,
+            };
+            let running = shop::start_storefront(&settings, runtime).await?;
+            print_storefront(&running);
+            run_until_signal(vec![running]).await
         }
         Command::Serve { service } => {
             let metrics = Some(init_metrics()?);
@@ -191,12 +239,14 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                     let transport = rabbitmq(&broker, "shop-inventory").await?;
                     shop::start_inventory(&settings, &runtime(&broker, transport, tuning, verifier)).await?
                 }
+                Service::Storefront { .. } => unreachable!("matched above"),
             };
             print_ready(&[&running]);
             run_until_signal(vec![running]).await
         }
-        Command::Migrate { orders, inventory } => {
+        Command::Migrate { orders, inventory, storefront } => {
             shop::migrate(&orders, &inventory).await?;
+            shop::migrate_storefront(&storefront.database_url).await?;
             println!("databases are up to date");
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -216,6 +266,22 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
+}
+
+/// What the storefront signs its users' tokens with: the local key, or nothing when the
+/// services trust only an identity provider.
+fn storefront_signer(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<web::auth::Signer> {
+    auth.signer(data).context(
+        "the storefront cannot start: it signs the tokens of the people it serves with the local key, which \
+         the services do not trust with this configuration",
+    )
+}
+
+fn print_storefront(storefront: &RunningService) {
+    tracing::info!(
+        "storefront on http://{} (operators: sign in with SHOP_ADMIN_EMAIL, admin@shop.local by default)",
+        storefront.http_addr
+    );
 }
 
 fn verifier(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<Arc<Verifier>> {

@@ -26,6 +26,15 @@ pub struct RunningService {
 }
 
 impl RunningService {
+    pub(crate) fn new(
+        name: &'static str,
+        http_addr: SocketAddr,
+        shutdown: CancellationToken,
+        done: JoinHandle<()>,
+    ) -> Self {
+        Self { name, http_addr, shutdown, done }
+    }
+
     /// Graceful stop: stop accepting requests and finish those in flight, stop consuming and
     /// finish the messages in hand, then publish what the outbox still holds.
     pub async fn stop(self) {
@@ -134,8 +143,28 @@ pub async fn database(
     Ok(pool)
 }
 
+/// The service's API with the operators' routes (outbox, queues, dead letters) and their docs.
+fn with_operators(parts: ServiceParts, transport: Arc<dyn Transport>) -> ServiceParts {
+    use web::admin::{AdminApiDoc, ConsumerQueue, Operators};
+    let consumers = parts
+        .consumers
+        .iter()
+        .map(|consumer| ConsumerQueue {
+            consumer: consumer.name(),
+            queue: consumer.queue().name.clone(),
+            stats: consumer.stats(),
+        })
+        .collect();
+    let outbox = Arc::new(messaging::postgres::PgOutboxMonitor::new(parts.pool.clone()));
+    let operators = Operators { service: parts.name, transport, outbox, consumers };
+    let mut openapi = parts.openapi;
+    openapi.merge(AdminApiDoc::openapi());
+    ServiceParts { api: parts.api.merge(web::admin::router(operators)), openapi, ..parts }
+}
+
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, pool, consumers, api, openapi, http_addr } = parts;
+    let ServiceParts { name, pool, consumers, api, openapi, http_addr } =
+        with_operators(parts, runtime.transport.clone());
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
     let http = HttpApp {
         service: name,
@@ -192,7 +221,7 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     Ok(RunningService { name, http_addr, shutdown, done })
 }
 
-struct DatabaseCheck(PgPool);
+pub(crate) struct DatabaseCheck(pub(crate) PgPool);
 
 #[async_trait]
 impl ReadinessCheck for DatabaseCheck {

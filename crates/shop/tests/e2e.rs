@@ -475,3 +475,96 @@ async fn each_service_reports_health_metrics_and_its_api_document() {
     assert!(returned.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{returned}");
     system.stop().await;
 }
+
+#[tokio::test]
+async fn the_saga_records_when_each_line_and_state_changed() {
+    let system = System::start().await;
+    let kettle = system.product("Kettle", "1.00", 5).await;
+    let mug = system.product("Mug", "1.00", 5).await;
+    let order = system.placed_order(&[(kettle, 1), (mug, 2)]).await;
+    assert_eq!(system.settled(&order).await["status"], "confirmed");
+    let saga = system.reservation_in(&order, "reserved").await;
+
+    let history = saga["history"].as_array().unwrap();
+    let changes: Vec<(Value, Value, Value)> =
+        history.iter().map(|step| (step["state"].clone(), step["productId"].clone(), step["status"].clone())).collect();
+    assert_eq!(changes.first(), Some(&(json!("reserving"), Value::Null, Value::Null)), "{saga}");
+    assert_eq!(changes.last(), Some(&(json!("reserved"), Value::Null, Value::Null)), "{saga}");
+    for product in [kettle, mug] {
+        assert!(changes.contains(&(Value::Null, json!(product), json!("reserved"))), "{saga}");
+    }
+    let at = |value: &Value| chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap();
+    let times: Vec<_> = history.iter().map(|step| at(&step["at"])).collect();
+    assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "the history is in order: {saga}");
+    assert_eq!(at(&saga["startedAt"]), times[0]);
+    for line in saga["lines"].as_array().unwrap() {
+        assert!(at(&line["changedAt"]) >= times[0], "{line}");
+    }
+    system.stop().await;
+}
+
+#[tokio::test]
+async fn operators_see_the_outbox_the_queues_and_the_dead_letters_and_replay_or_purge_them() {
+    let system = System::start().await;
+    let kettle = system.product("Kettle", "1.00", 5).await;
+    let order = system.placed_order(&[(kettle, 1)]).await;
+    assert_eq!(system.settled(&order).await["status"], "confirmed");
+
+    for base in [&system.orders_url, &system.inventory_url] {
+        let mut outbox = Value::Null;
+        eventually(Duration::from_secs(10), "the outbox is drained", async || {
+            outbox = system.call(Method::GET, &format!("{base}/api/admin/outbox"), None).await.1;
+            outbox["unsent"] == 0
+        })
+        .await;
+        assert_eq!(outbox["scheduled"], 0, "the timeout was withdrawn: {outbox}");
+        assert!(outbox["oldestUnsentAgeSeconds"].is_null(), "{outbox}");
+    }
+    let (status, queues) = system.call(Method::GET, &system.inventory_url("/api/admin/queues"), None).await;
+    assert_eq!(status, StatusCode::OK, "{queues}");
+    let saga = queues.as_array().unwrap().iter().find(|queue| queue["consumer"] == "saga").unwrap().clone();
+    assert_eq!(
+        (saga["depth"].clone(), saga["consumers"].clone(), saga["deadLetters"].clone()),
+        (json!(0), json!(1), json!(0))
+    );
+    assert!(saga["handled"].as_u64().unwrap() >= 2, "order.placed and the stock's answer: {saga}");
+    assert!(saga["handledPerSecond"].as_f64().unwrap() > 0.0, "{saga}");
+
+    let poison = messaging::Envelope {
+        message_id: Uuid::now_v7(),
+        message_type: "inventory.stock-reserved.v1".into(),
+        correlation_id: "poison".into(),
+        causation_id: None,
+        occurred_at: chrono::Utc::now(),
+        traceparent: None,
+        payload: json!({ "orderId": "not-an-order" }),
+    };
+    system.publish(poison.clone()).await;
+    let letters_url = system.inventory_url("/api/admin/queues/saga/dead-letters");
+    let mut letters = Value::Null;
+    eventually(Duration::from_secs(10), "the poison is dead-lettered", async || {
+        letters = system.call(Method::GET, &letters_url, None).await.1;
+        letters.as_array().is_some_and(|letters| letters.len() == 1)
+    })
+    .await;
+    let letter = &letters[0];
+    assert_eq!(letter["messageId"], poison.message_id.to_string());
+    assert_eq!(letter["messageType"], "inventory.stock-reserved.v1");
+    assert!(letter["reason"].as_str().unwrap().contains("does not match its contract"), "{letter}");
+
+    let (status, replayed) = system.call(Method::POST, &format!("{letters_url}/replay"), None).await;
+    assert_eq!((status, replayed), (StatusCode::OK, json!({ "count": 1 })));
+    eventually(Duration::from_secs(10), "the replayed poison is dead-lettered again", async || {
+        system.call(Method::GET, &letters_url, None).await.1.as_array().is_some_and(|letters| letters.len() == 1)
+    })
+    .await;
+    let (status, purged) = system.call(Method::POST, &format!("{letters_url}/purge"), None).await;
+    assert_eq!((status, purged), (StatusCode::OK, json!({ "count": 1 })));
+    assert_eq!(system.call(Method::GET, &letters_url, None).await.1, json!([]));
+
+    let (status, problem) =
+        system.call(Method::GET, &system.inventory_url("/api/admin/queues/nobody/dead-letters"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("saga, stock"), "{problem}");
+    system.stop().await;
+}

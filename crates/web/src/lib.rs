@@ -7,7 +7,9 @@
 //!   the caller's W3C trace context, and that context for the commands the request runs.
 //! - [`operations_router`]: `/health/live`, `/health/ready`, `/metrics`.
 //! - [`auth`]: bearer tokens, who is calling, and minting tokens with the local key.
+//! - [`admin`]: the operators' routes every service mounts (outbox, queues, dead letters).
 
+pub mod admin;
 pub mod auth;
 mod extract;
 mod operations;

@@ -1,7 +1,7 @@
 //! Request and response bodies: JSON, camelCase, money as decimal strings.
 
 use crate::application::ProductSummary;
-use crate::application::saga::{LineStatus, ReservationSaga};
+use crate::application::saga::{Change, LineStatus, ReservationSaga};
 use crate::domain::Product;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,25 @@ pub struct ReservationResponse {
     pub failure_reason: Option<String>,
     pub lines: Vec<ReservationLineResponse>,
     pub started_at: DateTime<Utc>,
+    /// Every change of the saga and its lines, oldest first: the saga's timeline (empty for
+    /// sagas recorded before the timeline was kept).
+    pub history: Vec<ReservationStepResponse>,
     pub version: i64,
+}
+
+/// One change: the saga's `state`, or one line's (`productId`) `status` with its `reason`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationStepResponse {
+    pub at: DateTime<Utc>,
+    /// The saga's new state, for a change of the saga.
+    #[schema(example = "reserved")]
+    pub state: Option<String>,
+    /// The line's product, for a change of a line.
+    pub product_id: Option<i64>,
+    /// The line's new status, for a change of a line.
+    pub status: Option<String>,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -85,6 +103,19 @@ pub struct ReservationLineResponse {
     /// pending, reserved, rejected, released or deducted.
     pub status: String,
     pub reason: Option<String>,
+    /// When the line took its status (the saga's start for a pending line), if recorded.
+    pub changed_at: Option<DateTime<Utc>>,
+}
+
+/// A line status as text, with the reason of a rejection.
+fn line_status(status: &LineStatus) -> (&'static str, Option<String>) {
+    match status {
+        LineStatus::Pending => ("pending", None),
+        LineStatus::Reserved => ("reserved", None),
+        LineStatus::Rejected { reason } => ("rejected", Some(reason.clone())),
+        LineStatus::Released => ("released", None),
+        LineStatus::Deducted => ("deducted", None),
+    }
 }
 
 impl From<&Product> for ProductResponse {
@@ -127,22 +158,40 @@ impl From<ReservationSaga> for ReservationResponse {
                 .lines()
                 .iter()
                 .map(|line| {
-                    let (status, reason) = match &line.status {
-                        LineStatus::Pending => ("pending", None),
-                        LineStatus::Reserved => ("reserved", None),
-                        LineStatus::Rejected { reason } => ("rejected", Some(reason.clone())),
-                        LineStatus::Released => ("released", None),
-                        LineStatus::Deducted => ("deducted", None),
-                    };
+                    let (status, reason) = line_status(&line.status);
                     ReservationLineResponse {
                         product_id: line.product_id.get(),
                         quantity: line.quantity.get(),
                         status: status.to_owned(),
                         reason,
+                        changed_at: saga.line_changed_at(line.product_id),
                     }
                 })
                 .collect(),
             started_at: saga.started_at(),
+            history: saga
+                .history()
+                .iter()
+                .map(|step| match &step.change {
+                    Change::State(state) => ReservationStepResponse {
+                        at: step.at,
+                        state: Some(state.as_str().to_owned()),
+                        product_id: None,
+                        status: None,
+                        reason: None,
+                    },
+                    Change::Line { product_id, status } => {
+                        let (status, reason) = line_status(status);
+                        ReservationStepResponse {
+                            at: step.at,
+                            state: None,
+                            product_id: Some(product_id.get()),
+                            status: Some(status.to_owned()),
+                            reason,
+                        }
+                    }
+                })
+                .collect(),
             version: saga.version(),
         }
     }

@@ -5,6 +5,7 @@ mod relay;
 
 pub use relay::{Relay, RelayConfig, RelayError};
 
+use crate::outbox::{OutboxBacklog, OutboxMonitor};
 use crate::unit_of_work::{BoxError, Effects, Inbox, LoadError, SaveError};
 use async_trait::async_trait;
 use sqlx::migrate::{MigrateDatabase, Migrator};
@@ -194,5 +195,38 @@ impl Inbox for PgInbox {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(found)
+    }
+}
+
+/// The backlog of the outbox table behind a pool.
+#[derive(Clone)]
+pub struct PgOutboxMonitor {
+    pool: PgPool,
+}
+
+impl PgOutboxMonitor {
+    /// The monitor of the outbox of the database behind `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl OutboxMonitor for PgOutboxMonitor {
+    async fn backlog(&self) -> Result<OutboxBacklog, BoxError> {
+        // Both partial indexes cover `sent_at IS NULL`: this reads only unsent rows.
+        let (unsent, scheduled, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE deliver_after <= now()), \
+                    count(*) FILTER (WHERE deliver_after > now()), \
+                    extract(epoch FROM now() - min(deliver_after) FILTER (WHERE deliver_after <= now()))::float8 \
+             FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxBacklog {
+            unsent: unsent.max(0) as u64,
+            scheduled: scheduled.max(0) as u64,
+            oldest_unsent_age_secs: oldest.map(|age| age.max(0.0)),
+        })
     }
 }

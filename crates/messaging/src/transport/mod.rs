@@ -104,6 +104,26 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Whether the broker is reachable right now (for readiness probes).
     async fn is_ready(&self) -> bool;
+
+    /// How many messages wait in `queue` and how many consumers take from it; `None` when
+    /// this adapter cannot tell.
+    async fn queue_stats(&self, _queue: &str) -> Result<Option<QueueStats>, TransportError> {
+        Ok(None)
+    }
+
+    /// The operator tools on error queues, when this adapter has them.
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        None
+    }
+}
+
+/// A queue as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready to be delivered (not counting those delivered and not yet acknowledged).
+    pub depth: u32,
+    /// Consumers subscribed to it, in every process.
+    pub consumers: u32,
 }
 
 /// The deliveries of one queue, as they arrive.

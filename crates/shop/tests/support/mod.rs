@@ -94,6 +94,12 @@ impl System {
         self.transport.list(&error_queue).await.expect("error queue readable")
     }
 
+    /// Publishes a message through the system's broker, as any service would.
+    pub async fn publish(&self, message: messaging::Envelope) {
+        use messaging::Transport;
+        self.transport.publish(&[message]).await.expect("the broker confirms");
+    }
+
     /// A customer's token, valid for the rest of the test.
     pub fn token_of(&self, customer: Uuid) -> String {
         self.signer.sign(&customer.to_string(), Role::Customer, TOKEN_TTL)

@@ -22,12 +22,12 @@ mod dead_letters;
 
 pub use connection::RabbitMq;
 
-use super::{Deliveries, QueueSpec, Transport, TransportError};
+use super::{DeadLetters, Deliveries, QueueSpec, QueueStats, Transport, TransportError};
 use crate::envelope::Envelope;
 use async_trait::async_trait;
 use connection::{declare_exchange, declare_queue, unavailable};
 use consuming::{stream_from, subscribe, supervise_consumer};
-use lapin::options::QueueBindOptions;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 
@@ -75,5 +75,19 @@ impl Transport for RabbitMq {
 
     async fn is_ready(&self) -> bool {
         self.publisher().await.is_ok()
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, TransportError> {
+        let channel = self.channel().await?;
+        // Passive: reads the queue as it was declared, whatever its arguments, creating nothing.
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared =
+            channel.queue_declare(queue.into(), options, FieldTable::default()).await.map_err(unavailable)?;
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(Some(QueueStats { depth: declared.message_count(), consumers: declared.consumer_count() }))
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
     }
 }
