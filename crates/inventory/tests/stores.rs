@@ -1,7 +1,7 @@
 //! The inventory service's PostgreSQL stores against the real database.
 
 use inventory::application::{ProductStore, ReservationSaga, SagaStore};
-use inventory::domain::{Money, OrderId, Product, ProductName, Quantity};
+use inventory::domain::{Money, OrderId, Product, ProductDescription, ProductName, Quantity};
 use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
 use messaging::testing::TestDatabase;
 use messaging::{Effects, SaveError};
@@ -19,7 +19,7 @@ async fn saved_product(store: &PgProductStore, stock: u32) -> Product {
     let mut product = Product::create(
         id,
         ProductName::new("Lamp").unwrap(),
-        "brass".into(),
+        ProductDescription::new("brass").ok(),
         Money::new(Decimal::new(3000, 2)).unwrap(),
         stock,
     )

@@ -35,12 +35,36 @@ pub struct System {
     services: Vec<RunningService>,
 }
 
+/// What a test may change about the system it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub reservation_timeout: Duration,
+    /// High by default: tests that are not about overload must not meet it.
+    pub max_requests_in_flight: usize,
+    pub idempotency_key_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            reservation_timeout: Duration::from_secs(600),
+            max_requests_in_flight: 10_000,
+            idempotency_key_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 impl System {
     pub async fn start() -> Self {
-        Self::with_reservation_timeout(Duration::from_secs(600)).await
+        Self::with(Options::default()).await
     }
 
     pub async fn with_reservation_timeout(reservation_timeout: Duration) -> Self {
+        Self::with(Options { reservation_timeout, ..Options::default() }).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let Options { reservation_timeout, max_requests_in_flight, idempotency_key_ttl } = options;
         init_logs();
         let (orders_db, inventory_db) = (TestDatabase::empty().await, TestDatabase::empty().await);
         let naming = unique_naming();
@@ -51,7 +75,7 @@ impl System {
         let runtime = Runtime {
             transport: Arc::new(transport.clone()),
             naming: naming.clone(),
-            tuning: Tuning { db_pool_size: 8, ..Tuning::default() },
+            tuning: Tuning { db_pool_size: 8, max_requests_in_flight, ..Tuning::default() },
             metrics: None,
             verifier: Arc::new(verifier),
         };
@@ -59,7 +83,8 @@ impl System {
         let inventory_settings =
             InventorySettings { database_url: inventory_db.url.clone(), http_addr: ephemeral(), reservation_timeout };
         let inventory = shop::start_inventory(&inventory_settings, &runtime).await.expect("inventory starts");
-        let order_settings = OrderSettings { database_url: orders_db.url.clone(), http_addr: ephemeral() };
+        let order_settings =
+            OrderSettings { database_url: orders_db.url.clone(), http_addr: ephemeral(), idempotency_key_ttl };
         let orders = shop::start_order(&order_settings, &runtime).await.expect("orders start");
         let admin = signer.sign("e2e-admin", Role::Admin, TOKEN_TTL);
         let customer = Uuid::now_v7();
