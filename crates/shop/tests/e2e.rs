@@ -442,6 +442,10 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500() {
             .is(400, "productId: invalid type"),
         bad(post.clone(), items.clone()).json(r#"{"productId": 1, "quantity": 1.5}"#).is(400, "quantity: invalid type"),
         bad(post.clone(), items.clone()).json(r#"{"productId": 1}"#).is(400, "missing field `quantity`"),
+        bad(post.clone(), items.clone()).json(format!("[{product}, 1]")).is(400, "the body must be a JSON object"),
+        bad(post.clone(), cancel.clone())
+            .json(r#"["an array, not an object"]"#)
+            .is(400, "the body must be a JSON object"),
         // text the stores cannot hold or that makes no sense in its field: NUL, control
         // characters, a line break in a one-line name, too long, blank, not UTF-8
         bad(post.clone(), orders.clone())

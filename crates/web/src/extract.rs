@@ -3,11 +3,12 @@
 //! (`kernel::Text`, `Quantity`, ...) bring their own rules; these extractors add the name.
 
 use crate::Problem;
+use axum::body::Bytes;
 use axum::extract::path::ErrorKind;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use std::error::Error as _;
 
@@ -15,8 +16,9 @@ use std::error::Error as _;
 /// larger is refused (413) before it is read.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A JSON body. Malformed JSON, a wrong type, a missing field or an invalid value is a 400
-/// problem naming the field; a body that is not declared JSON is 415, one too large 413.
+/// A JSON body, which is always an object. Malformed JSON, another kind of value, a wrong type,
+/// a missing field or an invalid value is a 400 problem naming the field; a body that is not
+/// declared JSON is 415, one too large 413.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -24,10 +26,47 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
+        if !is_json(request.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "the body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
+        let body = Bytes::from_request(request, state).await.map_err(body_problem)?;
+        // serde would also read a struct from an array of its fields; the documents say object.
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(Problem::invalid_input("the body must be a JSON object"));
+        }
+        match axum::Json::<T>::from_bytes(&body) {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(json_problem(&rejection)),
         }
+    }
+}
+
+/// `application/json` or `application/<something>+json`, with any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence
+        .split_once('/')
+        .is_some_and(|(kind, subtype)| kind == "application" && (subtype == "json" || subtype.ends_with("+json")))
+}
+
+fn body_problem(rejection: BytesRejection) -> Problem {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    } else {
+        Problem::invalid_input(format!("the body could not be read: {}", rejection.body_text()))
     }
 }
 
@@ -39,18 +78,6 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
 
 fn json_problem(rejection: &JsonRejection) -> Problem {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "the body must be JSON, sent with Content-Type: application/json",
-        ),
-        JsonRejection::BytesRejection(_) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            "Payload too large",
-            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-        ),
         // The cause, without axum's preamble: "name: a product name must not ... at line 1".
         JsonRejection::JsonDataError(error) => {
             Problem::invalid_input(error.source().map_or_else(|| error.body_text(), ToString::to_string))
@@ -216,6 +243,23 @@ mod tests {
         let (status, problem) = answer(app(), post_json("{oops", Some("application/json"))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(problem["detail"].as_str().unwrap().starts_with("the body is not valid JSON"), "{problem}");
+    }
+
+    #[tokio::test]
+    async fn a_body_is_an_object() {
+        for body in [r#"[1]"#, "1", r#""quantity""#, "null", ""] {
+            let (status, problem) = answer(app(), post_json(body, Some("application/json"))).await;
+            assert_eq!(
+                (status, problem["detail"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("the body must be a JSON object")),
+                "{body}"
+            );
+        }
+        let (status, _) =
+            answer(app(), post_json(r#" {"quantity": 1}"#, Some("application/json; charset=utf-8"))).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = answer(app(), post_json(r#"{"quantity": 1}"#, Some("application/problem+json"))).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]
