@@ -1,5 +1,6 @@
 use super::dto::{
-    ChangePriceRequest, CreateProductRequest, ListProductsQuery, ProductResponse, ReservationResponse, RestockRequest,
+    ChangePriceRequest, CreateProductRequest, ListProductsQuery, ProductPageSize, ProductResponse, ReservationResponse,
+    RestockRequest,
 };
 use crate::application::{NewProduct, ProductService};
 use crate::domain::{OrderId, Product, ProductId};
@@ -18,7 +19,8 @@ use web::{Json, Path, Problem, Query, RequestTrace, SharedResponses};
 #[openapi(
     info(title = "Inventory service", description = "Products, their stock, and the stock reservations of orders."),
     paths(list_products, get_product, create_product, restock, change_price, get_reservation),
-    components(schemas(Problem)),
+    // Schemas of parameters (bodies and responses bring theirs).
+    components(schemas(Problem, ProductId, ProductPageSize)),
     modifiers(&BearerAuth, &SharedResponses),
     tags((name = "products"), (name = "reservations", description = "The ReserveStocks saga's record of each order"))
 )]

@@ -1,6 +1,6 @@
 use super::dto::{
     AddItemRequest, CancelRequest, CatalogItemResponse, CreateOrderRequest, ListOrdersQuery, OrderPageResponse,
-    OrderResponse,
+    OrderPageSize, OrderResponse, OrderStatusName,
 };
 use crate::application::{Actor, IdempotencyKey, NewOrder, OrderFilter, OrderService};
 use crate::domain::{CustomerId, OrderId, ProductId};
@@ -25,7 +25,8 @@ struct AppState {
 #[openapi(
     info(title = "Order service", description = "Customer orders: drafts, lines, placing, cancelling, shipping."),
     paths(create_order, get_order, list_orders, add_item, remove_item, place_order, cancel_order, ship_order, list_catalog),
-    components(schemas(Problem)),
+    // Schemas of parameters (bodies and responses bring theirs).
+    components(schemas(Problem, IdempotencyKey, OrderPageSize, OrderStatusName, ProductId)),
     modifiers(&BearerAuth, &SharedResponses),
     tags((name = "orders"), (name = "catalog", description = "The order service's copy of inventory's catalog"))
 )]
