@@ -341,6 +341,45 @@ async fn past_its_limit_of_requests_in_flight_a_service_answers_503_at_once_and_
     system.stop().await;
 }
 
+/// The load client against services that take fewer requests than it sends: they refuse the
+/// rest at once, the client waits as told and tries again, and every order gets through with
+/// every invariant intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_more_load_than_it_takes_a_service_sheds_and_the_load_client_waits_its_turn() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        load: harness::load::LoadArgs,
+    }
+    let system = System::with(Options { max_requests_in_flight: 3, ..Options::default() }).await;
+    let data_dir = system.data_dir.path().to_str().unwrap();
+    let cli = <Cli as clap::Parser>::parse_from([
+        "load",
+        "--orders",
+        "30",
+        "--concurrency",
+        "12",
+        "--products",
+        "4",
+        "--quiet",
+        "--seed",
+        "7",
+        "--orders-url",
+        &system.orders_url,
+        "--inventory-url",
+        &system.inventory_url,
+        "--data-dir",
+        data_dir,
+    ]);
+    let report = harness::load::drive(&cli.load).await.expect("the load run completes");
+    harness::load::print_report(&report);
+    assert!(report.passed(), "{:#?}", report.violations);
+    assert_eq!(report.orders, 30);
+    assert!(report.http_shed > 0, "12 customers against 3 places: some requests are refused");
+    assert_eq!(report.http_errors, 0, "a refusal is not an error");
+    system.stop().await;
+}
+
 #[tokio::test]
 async fn orders_are_listed_by_customer_and_status_a_page_at_a_time() {
     let system = System::start().await;

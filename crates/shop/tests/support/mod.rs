@@ -23,8 +23,10 @@ pub struct System {
     pub http: Client,
     pub inventory_db: TestDatabase,
     pub orders_db: TestDatabase,
-    /// The key the services trust, and a signer with it.
+    /// The key the services trust (in `data_dir`, where `shop token` and `harness load` find
+    /// it), and a signer with it.
     pub key: LocalKey,
+    pub data_dir: tempfile::TempDir,
     pub signer: Signer,
     pub admin: String,
     /// The customer whose token `new_order`, `add` and `command` use.
@@ -69,7 +71,8 @@ impl System {
         let (orders_db, inventory_db) = (TestDatabase::empty().await, TestDatabase::empty().await);
         let naming = unique_naming();
         let transport = RabbitMq::connect(&amqp_url(), naming.clone(), "e2e").await.expect("RabbitMQ reachable");
-        let key = LocalKey::generate();
+        let data_dir = tempfile::tempdir().expect("a data directory");
+        let key = LocalKey::load_or_create(&data_dir.path().join(LocalKey::PATH_IN_DATA_DIR)).expect("a key");
         let verifier = Verifier::new(KeySource::Local(key.clone()), &issuance()).expect("the key is usable");
         let signer = Signer::new(&key, issuance());
         let runtime = Runtime {
@@ -96,6 +99,7 @@ impl System {
             inventory_db,
             orders_db,
             key,
+            data_dir,
             signer,
             admin,
             customer,
