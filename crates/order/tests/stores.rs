@@ -224,3 +224,27 @@ async fn a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is
     assert!(matches!(unavailable, LoadError::Unavailable(_)), "{unavailable:?}");
     assert!(matches!(HandlerError::from(AppError::from(unavailable)), HandlerError::Transient(_)));
 }
+
+#[tokio::test]
+async fn a_reason_stored_before_reasons_refused_control_characters_still_restores() {
+    let db = TestDatabase::empty().await;
+    let all = migrator();
+    let before = sqlx::migrate::Migrator::with_migrations(
+        all.migrations.iter().filter(|migration| migration.version < 102).cloned().collect(),
+    );
+    before.run(&db.pool).await.unwrap();
+    let store = PgOrderStore::new(db.pool.clone());
+    let mut order = draft();
+    order.cancel(order::domain::Reason::new("later").unwrap()).unwrap();
+    store.save(&order, None, &Effects::new()).await.unwrap();
+    sqlx::query("UPDATE orders SET status_reason = $2 WHERE id = $1")
+        .bind(order.id().as_uuid())
+        .bind("rang the \u{7}bell\ntwice")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    all.run(&db.pool).await.unwrap();
+
+    let loaded = store.load(order.id()).await.unwrap().unwrap();
+    assert_eq!(loaded.state().reason().unwrap().as_str(), "rang the  bell\ntwice");
+}
