@@ -1,7 +1,7 @@
 //! The inventory service's PostgreSQL stores against the real database.
 
 use inventory::application::{ProductStore, ReservationSaga, SagaStore};
-use inventory::domain::{Money, OrderId, Product, ProductName, Quantity};
+use inventory::domain::{Money, OrderId, Product, ProductDescription, ProductName, Quantity};
 use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
 use messaging::testing::TestDatabase;
 use messaging::{Effects, SaveError};
@@ -19,7 +19,7 @@ async fn saved_product(store: &PgProductStore, stock: u32) -> Product {
     let mut product = Product::create(
         id,
         ProductName::new("Lamp").unwrap(),
-        "brass".into(),
+        ProductDescription::new("brass").ok(),
         Money::new(Decimal::new(3000, 2)).unwrap(),
         stock,
     )
@@ -107,4 +107,26 @@ async fn a_saga_round_trips_and_refuses_a_stale_save() {
     stale.on_order_cancelled(kernel::now());
     assert!(matches!(store.save(&stale, &Effects::new()).await, Err(SaveError::Conflict)));
     assert_eq!(store.load(saga.order_id()).await.unwrap().unwrap().state(), first.state());
+}
+
+#[tokio::test]
+async fn a_name_stored_before_names_were_one_line_still_restores() {
+    let db = TestDatabase::empty().await;
+    let all = migrator();
+    let before = sqlx::migrate::Migrator::with_migrations(
+        all.migrations.iter().filter(|migration| migration.version < 101).cloned().collect(),
+    );
+    before.run(&db.pool).await.unwrap();
+    sqlx::query("INSERT INTO products (id, name, price, stock, version) VALUES (1, $1, 2, 5, 1), (2, $2, 2, 5, 1)")
+        .bind("Two\nline\tname")
+        .bind("\u{7}")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    all.run(&db.pool).await.unwrap();
+
+    let store = PgProductStore::new(db.pool.clone());
+    let load = async |id| store.load(inventory::domain::ProductId::new(id).unwrap()).await.unwrap().unwrap();
+    assert_eq!(load(1).await.name().as_str(), "Two line name");
+    assert_eq!(load(2).await.name().as_str(), "?");
 }

@@ -28,6 +28,10 @@ pub struct OrderSettings {
         default_value = "127.0.0.1:8081"
     )]
     pub http_addr: SocketAddr,
+    /// How long an Idempotency-Key holds: after that, a request under it creates a new order,
+    /// and the key is deleted (e.g. 24h, 90m).
+    #[arg(long, env = "SHOP_IDEMPOTENCY_KEY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_key_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +86,17 @@ pub struct Tuning {
     /// How long a request may run before it is answered with 503.
     #[arg(long, env = "SHOP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// API requests each service handles at once; beyond them it answers 503 with Retry-After
+    /// at once instead of queueing (health and metrics are never refused).
+    #[arg(long, env = "SHOP_MAX_REQUESTS_IN_FLIGHT", default_value_t = Tuning::DEFAULT_MAX_REQUESTS_IN_FLIGHT)]
+    pub max_requests_in_flight: usize,
+}
+
+impl Tuning {
+    /// Four times the default pool. Measured on the 2-core development machine at 128 load
+    /// customers (4x saturation): throughput holds and about 1% of requests are shed; at 32 or
+    /// 48 momentary bursts are shed too, and each refusal costs its client a second.
+    pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 64;
 }
 
 impl Default for Tuning {
@@ -92,6 +107,7 @@ impl Default for Tuning {
             prefetch: 64,
             relay_sweep: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            max_requests_in_flight: Self::DEFAULT_MAX_REQUESTS_IN_FLIGHT,
         }
     }
 }

@@ -4,12 +4,14 @@ use crate::config::{InventorySettings, OrderSettings, Tuning};
 use crate::server::HttpApp;
 use anyhow::Context;
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use messaging::postgres::{PgInbox, Relay, RelayConfig};
 use messaging::{Consumer, ConsumerConfig, Handler, Naming, RetryPolicy, Transport};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -62,6 +64,8 @@ struct ServiceParts {
     api: axum::Router,
     openapi: utoipa::openapi::OpenApi,
     http_addr: SocketAddr,
+    /// Housekeeping that runs until the service stops.
+    chores: Vec<BoxFuture<'static, ()>>,
 }
 
 pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow::Result<RunningService> {
@@ -71,10 +75,12 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let pool = database(SERVICE, &settings.database_url, &runtime.tuning, migrator()).await?;
     let orders = Arc::new(PgOrderStore::new(pool.clone()));
     let catalog = Arc::new(PgCatalog::new(pool.clone()));
-    let service = Arc::new(OrderService::new(orders.clone(), catalog.clone()));
+    let service = OrderService::new(orders.clone(), catalog.clone());
+    let service = Arc::new(service.with_idempotency_key_ttl(settings.idempotency_key_ttl));
     let consumers = Consumers::new(SERVICE, runtime, &pool);
     let consumers =
         vec![consumers.of(CatalogHandler::new(catalog)), consumers.of(ReservationOutcomeHandler::new(orders))];
+    let chores = vec![forget_expired_idempotency_keys(service.clone(), settings.idempotency_key_ttl)];
     let api = order::http::router(service);
     let parts = ServiceParts {
         name: SERVICE,
@@ -83,6 +89,7 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
         api,
         openapi: order::http::ApiDoc::openapi(),
         http_addr: settings.http_addr,
+        chores,
     };
     run(parts, runtime).await
 }
@@ -102,7 +109,31 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     ];
     let api = inventory::http::router(service);
     let openapi = inventory::http::ApiDoc::openapi();
-    run(ServiceParts { name: SERVICE, pool, consumers, api, openapi, http_addr: settings.http_addr }, runtime).await
+    let http_addr = settings.http_addr;
+    run(ServiceParts { name: SERVICE, pool, consumers, api, openapi, http_addr, chores: Vec::new() }, runtime).await
+}
+
+/// Deletes the idempotency keys that have expired, as the relay deletes sent outbox rows: every
+/// minute, or as often as keys expire when they live shorter.
+fn forget_expired_idempotency_keys(
+    orders: Arc<order::application::OrderService>,
+    ttl: Duration,
+) -> BoxFuture<'static, ()> {
+    let period = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    Box::pin(async move {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match orders.forget_expired_idempotency_keys().await {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::debug!(forgotten, "forgot expired idempotency keys"),
+                Err(error) => {
+                    tracing::warn!(error = %messaging::ErrorChain(&error), "could not forget expired idempotency keys");
+                }
+            }
+        }
+    })
 }
 
 /// Makes the consumers of one service: queues under the runtime's names, its tuning, the
@@ -163,7 +194,7 @@ fn with_operators(parts: ServiceParts, transport: Arc<dyn Transport>) -> Service
 }
 
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, pool, consumers, api, openapi, http_addr } =
+    let ServiceParts { name, pool, consumers, api, openapi, http_addr, chores } =
         with_operators(parts, runtime.transport.clone());
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
     let http = HttpApp {
@@ -174,6 +205,7 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         checks: vec![Box::new(DatabaseCheck(pool.clone())), Box::new(BrokerCheck(transport.clone()))],
         metrics,
         request_timeout: tuning.request_timeout,
+        max_requests_in_flight: tuning.max_requests_in_flight,
     };
     // Queues exist before the first request, so nothing this service is sent is unroutable.
     for consumer in &consumers {
@@ -196,6 +228,13 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     let relay_config = RelayConfig { sweep_interval: tuning.relay_sweep, ..RelayConfig::default() };
     let relaying =
         tokio::spawn(Relay::new(name, pool.clone(), transport.clone(), relay_config).run(relay_stop.clone()));
+    let chores: Vec<_> = chores
+        .into_iter()
+        .map(|chore| {
+            let stop = relay_stop.clone();
+            tokio::spawn(async move { stop.run_until_cancelled(chore).await })
+        })
+        .collect();
     let router = http.into_router();
     let serving = tokio::spawn(
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
@@ -215,6 +254,9 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         }
         relay_stop.cancel();
         let _ = relaying.await;
+        for chore in chores {
+            let _ = chore.await;
+        }
         pool.close().await;
         tracing::info!(service = name, "stopped");
     });

@@ -23,8 +23,10 @@ pub struct System {
     pub http: Client,
     pub inventory_db: TestDatabase,
     pub orders_db: TestDatabase,
-    /// The key the services trust, and a signer with it.
+    /// The key the services trust (in `data_dir`, where `shop token` and `harness load` find
+    /// it), and a signer with it.
     pub key: LocalKey,
+    pub data_dir: tempfile::TempDir,
     pub signer: Signer,
     pub admin: String,
     /// The customer whose token `new_order`, `add` and `command` use.
@@ -35,23 +37,48 @@ pub struct System {
     services: Vec<RunningService>,
 }
 
+/// What a test may change about the system it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub reservation_timeout: Duration,
+    /// High by default: tests that are not about overload must not meet it.
+    pub max_requests_in_flight: usize,
+    pub idempotency_key_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            reservation_timeout: Duration::from_secs(600),
+            max_requests_in_flight: 10_000,
+            idempotency_key_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 impl System {
     pub async fn start() -> Self {
-        Self::with_reservation_timeout(Duration::from_secs(600)).await
+        Self::with(Options::default()).await
     }
 
     pub async fn with_reservation_timeout(reservation_timeout: Duration) -> Self {
+        Self::with(Options { reservation_timeout, ..Options::default() }).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let Options { reservation_timeout, max_requests_in_flight, idempotency_key_ttl } = options;
         init_logs();
         let (orders_db, inventory_db) = (TestDatabase::empty().await, TestDatabase::empty().await);
         let naming = unique_naming();
         let transport = RabbitMq::connect(&amqp_url(), naming.clone(), "e2e").await.expect("RabbitMQ reachable");
-        let key = LocalKey::generate();
+        let data_dir = tempfile::tempdir().expect("a data directory");
+        let key = LocalKey::load_or_create(&data_dir.path().join(LocalKey::PATH_IN_DATA_DIR)).expect("a key");
         let verifier = Verifier::new(KeySource::Local(key.clone()), &issuance()).expect("the key is usable");
         let signer = Signer::new(&key, issuance());
         let runtime = Runtime {
             transport: Arc::new(transport.clone()),
             naming: naming.clone(),
-            tuning: Tuning { db_pool_size: 8, ..Tuning::default() },
+            tuning: Tuning { db_pool_size: 8, max_requests_in_flight, ..Tuning::default() },
             metrics: None,
             verifier: Arc::new(verifier),
         };
@@ -59,7 +86,8 @@ impl System {
         let inventory_settings =
             InventorySettings { database_url: inventory_db.url.clone(), http_addr: ephemeral(), reservation_timeout };
         let inventory = shop::start_inventory(&inventory_settings, &runtime).await.expect("inventory starts");
-        let order_settings = OrderSettings { database_url: orders_db.url.clone(), http_addr: ephemeral() };
+        let order_settings =
+            OrderSettings { database_url: orders_db.url.clone(), http_addr: ephemeral(), idempotency_key_ttl };
         let orders = shop::start_order(&order_settings, &runtime).await.expect("orders start");
         let admin = signer.sign("e2e-admin", Role::Admin, TOKEN_TTL);
         let customer = Uuid::now_v7();
@@ -71,6 +99,7 @@ impl System {
             inventory_db,
             orders_db,
             key,
+            data_dir,
             signer,
             admin,
             customer,
