@@ -3,6 +3,8 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
+use messaging::postgres::PoolSettings;
+use messaging::transport::rabbitmq::{QueueType, RabbitMqSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -63,6 +65,21 @@ pub struct BrokerSettings {
     /// Prefix of every exchange and queue name, so several systems can share one broker.
     #[arg(long, env = "SHOP_QUEUE_PREFIX", default_value = "shop")]
     pub queue_prefix: String,
+    /// `classic` or `quorum` (replicated across a RabbitMQ cluster's nodes) queues. A queue
+    /// keeps the type it was created with.
+    #[arg(long, env = "SHOP_QUEUE_TYPE", value_name = "TYPE", default_value = "classic")]
+    pub queue_type: QueueType,
+    /// AMQP heartbeat: a broker connection silent for twice this long is dropped and reopened
+    /// (0s takes the broker's, 60s by default).
+    #[arg(long, env = "SHOP_AMQP_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub amqp_heartbeat: Duration,
+}
+
+impl BrokerSettings {
+    /// How the RabbitMQ transport is set up.
+    pub fn rabbitmq(&self) -> RabbitMqSettings {
+        RabbitMqSettings { heartbeat: self.amqp_heartbeat, queue_type: self.queue_type }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +99,25 @@ pub struct Tuning {
     /// How long a request may run before it is answered with 503.
     #[arg(long, env = "SHOP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// How long a consumer's unit of work (one message, or a batch) may run before it is
+    /// abandoned and retried.
+    #[arg(long, env = "SHOP_HANDLER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handler_timeout: Duration,
+    /// PostgreSQL's statement_timeout and idle_in_transaction_session_timeout for the
+    /// services' connections (0s: none).
+    #[arg(long, env = "SHOP_DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub db_statement_timeout: Duration,
+}
+
+impl Tuning {
+    /// How the services' database pools are set up.
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_pool_size,
+            statement_timeout: self.db_statement_timeout,
+            ..PoolSettings::default()
+        }
+    }
 }
 
 impl Default for Tuning {
@@ -92,6 +128,8 @@ impl Default for Tuning {
             prefetch: 64,
             relay_sweep: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            handler_timeout: Duration::from_secs(10),
+            db_statement_timeout: Duration::from_secs(30),
         }
     }
 }

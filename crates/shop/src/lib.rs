@@ -5,6 +5,7 @@ pub mod config;
 pub mod dead_letters;
 mod server;
 mod services;
+pub mod supervision;
 pub mod telemetry;
 pub mod topology;
 

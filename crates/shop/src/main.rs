@@ -225,7 +225,7 @@ fn verifier(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<Arc<Verifier>
 }
 
 async fn rabbitmq(broker: &BrokerSettings, connection_name: &str) -> anyhow::Result<RabbitMq> {
-    RabbitMq::connect(&broker.amqp_url, Naming::new(&broker.queue_prefix), connection_name)
+    RabbitMq::connect_with(&broker.amqp_url, Naming::new(&broker.queue_prefix), connection_name, broker.rabbitmq())
         .await
         .with_context(|| "cannot reach RabbitMQ (is it running? see SHOP_AMQP_URL)")
 }

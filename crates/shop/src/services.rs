@@ -2,10 +2,11 @@
 
 use crate::config::{InventorySettings, OrderSettings, Tuning};
 use crate::server::HttpApp;
+use crate::supervision::Supervisor;
 use anyhow::Context;
 use async_trait::async_trait;
 use messaging::postgres::{PgInbox, Relay, RelayConfig};
-use messaging::{Consumer, ConsumerConfig, Handler, Naming, RetryPolicy, Transport};
+use messaging::{Consumer, ConsumerConfig, Handler, Naming, RetryPolicy, Transport, TransportError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -111,6 +112,7 @@ impl Consumers {
             concurrency: runtime.tuning.consumer_concurrency,
             prefetch: runtime.tuning.prefetch,
             retry: RetryPolicy::default(),
+            handler_timeout: runtime.tuning.handler_timeout,
         };
         Self { service, naming: runtime.naming.clone(), config, inbox: Arc::new(PgInbox::new(pool.clone())) }
     }
@@ -127,31 +129,35 @@ pub async fn database(
     tuning: &Tuning,
     migrator: sqlx::migrate::Migrator,
 ) -> anyhow::Result<PgPool> {
-    let pool = messaging::postgres::connect(url, tuning.db_pool_size)
+    let pool = messaging::postgres::connect_with(url, &tuning.pool())
         .await
         .with_context(|| format!("cannot open the {service} database at {}", messaging::redact_url(url)))?;
-    migrator.run(&pool).await.with_context(|| format!("cannot migrate the {service} database"))?;
+    messaging::postgres::migrate(&pool, &migrator)
+        .await
+        .with_context(|| format!("cannot migrate the {service} database"))?;
     Ok(pool)
 }
 
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
     let ServiceParts { name, pool, consumers, api, openapi, http_addr } = parts;
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
+    let supervisor = Supervisor::new(name);
     let http = HttpApp {
         service: name,
         api,
         verifier,
         openapi,
-        checks: vec![Box::new(DatabaseCheck(pool.clone())), Box::new(BrokerCheck(transport.clone()))],
+        checks: vec![
+            Box::new(DatabaseCheck(pool.clone())),
+            Box::new(BrokerCheck(transport.clone())),
+            Box::new(supervisor.readiness()),
+        ],
         metrics,
         request_timeout: tuning.request_timeout,
     };
     // Queues exist before the first request, so nothing this service is sent is unroutable.
     for consumer in &consumers {
-        transport
-            .declare(consumer.queue())
-            .await
-            .with_context(|| format!("cannot declare queue {}", consumer.queue().name))?;
+        transport.declare(consumer.queue()).await.map_err(declare_error)?;
     }
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -162,11 +168,14 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     let (consumers_stop, relay_stop) = (CancellationToken::new(), CancellationToken::new());
     let consuming: Vec<_> = consumers
         .into_iter()
-        .map(|consumer| tokio::spawn(consumer.run(transport.clone(), consumers_stop.clone())))
+        .map(|consumer| {
+            let task = format!("consumer {}", consumer.name());
+            supervisor.spawn(task, consumers_stop.clone(), consumer.run(transport.clone(), consumers_stop.clone()))
+        })
         .collect();
     let relay_config = RelayConfig { sweep_interval: tuning.relay_sweep, ..RelayConfig::default() };
-    let relaying =
-        tokio::spawn(Relay::new(name, pool.clone(), transport.clone(), relay_config).run(relay_stop.clone()));
+    let relay = Relay::new(name, pool.clone(), transport.clone(), relay_config);
+    let relaying = supervisor.spawn("relay".into(), relay_stop.clone(), relay.run(relay_stop.clone()));
     let router = http.into_router();
     let serving = tokio::spawn(
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
@@ -190,6 +199,22 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         tracing::info!(service = name, "stopped");
     });
     Ok(RunningService { name, http_addr, shutdown, done })
+}
+
+/// Why a queue could not be declared, with what to do when it exists as another type.
+fn declare_error(error: TransportError) -> anyhow::Error {
+    let hint = match &error {
+        TransportError::Inequivalent { queue, .. } => format!(
+            "cannot declare queue {queue}: a queue keeps the type it was created with; set SHOP_QUEUE_TYPE to the type \
+             the service's queues have, or drain and delete its queues and their .error queues so that they are \
+             created again with this one"
+        ),
+        TransportError::Unavailable(_)
+        | TransportError::TimedOut(_)
+        | TransportError::Nacked
+        | TransportError::Unroutable { .. } => "cannot declare the service's queues".to_owned(),
+    };
+    anyhow::Error::new(error).context(hint)
 }
 
 struct DatabaseCheck(PgPool);

@@ -24,15 +24,74 @@ pub fn with_messaging_migrations(service: &Migrator) -> Migrator {
     Migrator::with_migrations(migrations)
 }
 
-/// Creates the database named in `url` if it does not exist yet, then opens a pool on it.
+/// How a pool of connections to a service's database is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most connections open at once.
+    pub max_connections: u32,
+    /// Longest wait for a connection, including opening a new one.
+    pub acquire_timeout: Duration,
+    /// The server's `statement_timeout` and `idle_in_transaction_session_timeout` on every
+    /// connection (zero: the server's own). The first bounds lock waits; the second ends a
+    /// transaction whose client went silent, which would otherwise hold its locks (and the
+    /// outbox rows it claimed) for as long as the server believes the client is there.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How long a connection handed back to the pool may take to answer a ping. A connection given
+/// up in the middle of a query (its caller's deadline passed) is pinged before it is reused;
+/// on a connection that went silent, that ping would wait forever and hold a pool slot.
+const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Creates the database named in `url` if it does not exist yet, then opens a pool of up to
+/// `max_connections` on it (the other settings as [`PoolSettings::default`]).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    connect_with(url, &PoolSettings { max_connections, ..PoolSettings::default() }).await
+}
+
+/// Creates the database named in `url` if it does not exist yet, then opens a pool on it.
+pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     create_database_if_missing(url).await?;
-    let options = PgConnectOptions::from_str(url)?;
+    let mut options = PgConnectOptions::from_str(url)?;
+    if !settings.statement_timeout.is_zero() {
+        let timeout = format!("{}ms", settings.statement_timeout.as_millis());
+        options = options.options([("statement_timeout", &timeout), ("idle_in_transaction_session_timeout", &timeout)]);
+    }
     PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .after_release(|connection, _| {
+            Box::pin(async move {
+                match tokio::time::timeout(RELEASE_CHECK_TIMEOUT, sqlx::Connection::ping(connection)).await {
+                    Ok(answer) => answer.map(|()| true),
+                    Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+                }
+            })
+        })
         .connect_with(options)
         .await
+}
+
+/// Runs `migrator` on a connection of its own without the pool's statement timeouts: a
+/// migration may rewrite a large table, or wait for another instance's.
+pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut connection = pool.acquire().await?.detach();
+    sqlx::raw_sql("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+        .execute(&mut connection)
+        .await?;
+    migrator.run(&mut connection).await?;
+    sqlx::Connection::close(connection).await?;
+    Ok(())
 }
 
 /// Creates the database named in `url` unless it exists; safe when several instances race.
