@@ -48,10 +48,22 @@ impl Default for PoolSettings {
     }
 }
 
-/// How long a connection handed back to the pool may take to answer a ping. A connection given
-/// up in the middle of a query (its caller's deadline passed) is pinged before it is reused;
-/// on a connection that went silent, that ping would wait forever and hold a pool slot.
-const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may take to answer a ping. sqlx pings a connection handed back to
+/// the pool (it may have been given up in the middle of a query when its caller's deadline
+/// passed) without a deadline: on a connection that went silent, that ping would wait forever
+/// and hold a pool slot. The pool pings it first, within this.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection idle for less than this is handed out without a ping (a server that went away
+/// meanwhile shows as a transient failure of the query); one idle longer is pinged first.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
+/// Pings `connection`, within [`PING_TIMEOUT`].
+async fn ping(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    match tokio::time::timeout(PING_TIMEOUT, sqlx::Connection::ping(connection)).await {
+        Ok(answer) => answer.map(|()| true),
+        Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
 
 /// Creates the database named in `url` if it does not exist yet, then opens a pool of up to
 /// `max_connections` on it (the other settings as [`PoolSettings::default`]).
@@ -67,17 +79,17 @@ pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<PgPool, 
         let timeout = format!("{}ms", settings.statement_timeout.as_millis());
         options = options.options([("statement_timeout", &timeout), ("idle_in_transaction_session_timeout", &timeout)]);
     }
+    // Pings, each bounded: on release (before sqlx's own), and on acquire only after a second of
+    // idleness (instead of sqlx's unbounded ping on every acquire), so that the bound costs no
+    // round trip under load.
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
-        .after_release(|connection, _| {
-            Box::pin(async move {
-                match tokio::time::timeout(RELEASE_CHECK_TIMEOUT, sqlx::Connection::ping(connection)).await {
-                    Ok(answer) => answer.map(|()| true),
-                    Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
-                }
-            })
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move { if metadata.idle_for < TRUSTED_IDLE { Ok(true) } else { ping(connection).await } })
         })
+        .after_release(|connection, _| Box::pin(ping(connection)))
         .connect_with(options)
         .await
 }
