@@ -349,16 +349,7 @@ impl<H: Handler> Worker<H> {
         let started = std::time::Instant::now();
         let messages: Vec<&Received<H::Message>> = run.iter().map(|ready| &ready.received).collect();
         let outcome = self.guarded(self.handler.handle_many(&messages)).instrument(span).await;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(abandoned) => {
-                if let Abandoned::Panicked(_) = abandoned {
-                    tracing::error!(count = run.len(), error = %abandoned, "handler panicked on a batch");
-                }
-                Some(Err(HandlerError::transient(abandoned)))
-            }
-        };
-        match outcome {
+        match outcome.unwrap_or_else(|abandoned| Some(Err(HandlerError::transient(abandoned)))) {
             Some(Ok(())) => {
                 tracing::debug!(count = run.len(), took = ?started.elapsed(), "handled together");
                 for ready in run {
@@ -423,12 +414,8 @@ impl<H: Handler> Worker<H> {
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let outcome = self.guarded(self.handler.handle(&received)).await.unwrap_or_else(|abandoned| {
-                if let Abandoned::Panicked(_) = abandoned {
-                    tracing::error!(attempt, error = %abandoned, "handler panicked");
-                }
-                Err(HandlerError::transient(abandoned))
-            });
+            let outcome = self.guarded(self.handler.handle(&received)).await;
+            let outcome = outcome.unwrap_or_else(|abandoned| Err(HandlerError::transient(abandoned)));
             metrics::histogram!("message_handling_seconds", "consumer" => consumer, "type" => message.message_type.clone())
                 .record(started.elapsed().as_secs_f64());
             let reason = match outcome {
@@ -467,8 +454,11 @@ impl<H: Handler> Worker<H> {
         match tokio::time::timeout(deadline, AssertUnwindSafe(work).catch_unwind()).await {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(panic)) => {
-                metrics::counter!("handler_panics_total", "consumer" => self.handler.name()).increment(1);
-                Err(Abandoned::Panicked(panic_message(panic.as_ref())))
+                let consumer = self.handler.name();
+                let message = panic_message(panic.as_ref());
+                tracing::error!(panic = %message, "handler panicked");
+                metrics::counter!("handler_panics_total", "consumer" => consumer).increment(1);
+                Err(Abandoned::Panicked(message))
             }
             Err(_) => Err(Abandoned::TimedOut(deadline)),
         }

@@ -157,7 +157,7 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     };
     // Queues exist before the first request, so nothing this service is sent is unroutable.
     for consumer in &consumers {
-        transport.declare(consumer.queue()).await.map_err(declare_error)?;
+        transport.declare(consumer.queue()).await.map_err(|error| declare_error(&consumer.queue().name, error))?;
     }
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -201,20 +201,20 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     Ok(RunningService { name, http_addr, shutdown, done })
 }
 
-/// Why a queue could not be declared, with what to do when it exists as another type.
-fn declare_error(error: TransportError) -> anyhow::Error {
-    let hint = match &error {
-        TransportError::Inequivalent { queue, .. } => format!(
-            "cannot declare queue {queue}: a queue keeps the type it was created with; set SHOP_QUEUE_TYPE to the type \
-             the service's queues have, or drain and delete its queues and their .error queues so that they are \
-             created again with this one"
+/// Why `queue` could not be declared, with what to do when it exists as another type.
+fn declare_error(queue: &str, error: TransportError) -> anyhow::Error {
+    let context = match &error {
+        TransportError::Inequivalent { .. } => format!(
+            "cannot declare queue {queue}: a queue keeps the type it was created with; set SHOP_QUEUE_TYPE to the \
+             type the service's queues have, or drain and delete its queues and their .error queues so that they \
+             are created again with this one"
         ),
         TransportError::Unavailable(_)
         | TransportError::TimedOut(_)
         | TransportError::Nacked
-        | TransportError::Unroutable { .. } => "cannot declare the service's queues".to_owned(),
+        | TransportError::Unroutable { .. } => format!("cannot declare queue {queue}"),
     };
-    anyhow::Error::new(error).context(hint)
+    anyhow::Error::new(error).context(context)
 }
 
 struct DatabaseCheck(PgPool);

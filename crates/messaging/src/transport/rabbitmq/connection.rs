@@ -1,5 +1,6 @@
-//! The connection to RabbitMQ: opened lazily, shared by every channel of this process, dropped
-//! and reopened when it dies; publishing with confirms; exchange and queue declarations.
+//! The connection to RabbitMQ: opened lazily with a heartbeat, shared by every channel of this
+//! process, dropped and reopened when it dies; publishing with confirms; the exchange; a
+//! deadline on every request.
 
 use super::queues::{self, QueueType};
 use crate::transport::{Naming, QueueSpec, TransportError};
@@ -97,11 +98,6 @@ impl RabbitMq {
                 link: Mutex::new(Link::default()),
             }),
         }
-    }
-
-    /// How it talks to the broker and what it declares.
-    pub fn settings(&self) -> &RabbitMqSettings {
-        &self.inner.settings
     }
 
     /// The names of its exchange and queues.
@@ -214,9 +210,6 @@ impl RabbitMq {
             .await
             .unwrap_or_else(|_| Err(TransportError::TimedOut("confirms")));
         if matches!(outcome, Err(TransportError::Unavailable(_) | TransportError::TimedOut(_))) {
-            // Confirms still owed on this channel would only be in the way: the next publish
-            // opens a new one (and a new connection, once the heartbeat found this one dead).
-            self.inner.link.lock().await.publisher = None;
             self.forget_dead_connection().await;
         }
         outcome
