@@ -27,7 +27,7 @@ pub mod unit_of_work;
 pub mod testing;
 
 pub use backoff::{Backoff, Jitter};
-pub use consumer::{Consumer, ConsumerConfig, RetryPolicy};
+pub use consumer::{Abandoned, Consumer, ConsumerConfig, RetryPolicy, panic_message};
 pub use contracts::Message;
 pub use envelope::{Causation, DecodeError, Envelope, TraceParent, UnreadableEnvelope};
 pub use handler::{BatchHandler, Handler, HandlerError, Inbound, IsTransient, Received, hash};

@@ -3,6 +3,8 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
+use messaging::postgres::PoolSettings;
+use messaging::transport::rabbitmq::{QueueType, RabbitMqSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +69,21 @@ pub struct BrokerSettings {
     /// Prefix of every exchange and queue name, so several systems can share one broker.
     #[arg(long, env = "SHOP_QUEUE_PREFIX", default_value = "shop")]
     pub queue_prefix: String,
+    /// `classic` or `quorum` (replicated across a RabbitMQ cluster's nodes) queues. A queue
+    /// keeps the type it was created with.
+    #[arg(long, env = "SHOP_QUEUE_TYPE", value_name = "TYPE", default_value = "classic")]
+    pub queue_type: QueueType,
+    /// AMQP heartbeat: a broker connection silent for twice this long is dropped and reopened
+    /// (0s takes the broker's, 60s by default).
+    #[arg(long, env = "SHOP_AMQP_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub amqp_heartbeat: Duration,
+}
+
+impl BrokerSettings {
+    /// How the RabbitMQ transport is set up.
+    pub fn rabbitmq(&self) -> RabbitMqSettings {
+        RabbitMqSettings { heartbeat: self.amqp_heartbeat, queue_type: self.queue_type }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -90,6 +107,14 @@ pub struct Tuning {
     /// at once instead of queueing (health and metrics are never refused).
     #[arg(long, env = "SHOP_MAX_REQUESTS_IN_FLIGHT", default_value_t = Tuning::DEFAULT_MAX_REQUESTS_IN_FLIGHT)]
     pub max_requests_in_flight: usize,
+    /// How long a consumer's unit of work (one message, or a batch) may run before it is
+    /// abandoned and retried.
+    #[arg(long, env = "SHOP_HANDLER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handler_timeout: Duration,
+    /// PostgreSQL's statement_timeout and idle_in_transaction_session_timeout for the
+    /// services' connections (0s: none).
+    #[arg(long, env = "SHOP_DB_STATEMENT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub db_statement_timeout: Duration,
 }
 
 impl Tuning {
@@ -97,6 +122,15 @@ impl Tuning {
     /// customers (4x saturation): throughput holds and about 1% of requests are shed; at 32 or
     /// 48 momentary bursts are shed too, and each refusal costs its client a second.
     pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 64;
+
+    /// How the services' database pools are set up.
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_pool_size,
+            statement_timeout: self.db_statement_timeout,
+            ..PoolSettings::default()
+        }
+    }
 }
 
 impl Default for Tuning {
@@ -108,6 +142,8 @@ impl Default for Tuning {
             relay_sweep: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
             max_requests_in_flight: Self::DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+            handler_timeout: Duration::from_secs(10),
+            db_statement_timeout: Duration::from_secs(30),
         }
     }
 }

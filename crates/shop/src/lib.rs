@@ -6,6 +6,7 @@ pub mod dead_letters;
 mod server;
 mod services;
 mod storefront;
+pub mod supervision;
 pub mod telemetry;
 pub mod topology;
 

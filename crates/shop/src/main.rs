@@ -28,6 +28,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start; boxing would only obscure the flags")]
 enum Command {
     /// Run both services in this process, each with its own database and HTTP listener,
     /// talking only through the broker.
@@ -291,7 +292,7 @@ fn verifier(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<Arc<Verifier>
 }
 
 async fn rabbitmq(broker: &BrokerSettings, connection_name: &str) -> anyhow::Result<RabbitMq> {
-    RabbitMq::connect(&broker.amqp_url, Naming::new(&broker.queue_prefix), connection_name)
+    RabbitMq::connect_with(&broker.amqp_url, Naming::new(&broker.queue_prefix), connection_name, broker.rabbitmq())
         .await
         .with_context(|| "cannot reach RabbitMQ (is it running? see SHOP_AMQP_URL)")
 }

@@ -2,11 +2,12 @@
 
 use crate::config::{InventorySettings, OrderSettings, Tuning};
 use crate::server::HttpApp;
+use crate::supervision::Supervisor;
 use anyhow::Context;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use messaging::postgres::{PgInbox, Relay, RelayConfig};
-use messaging::{Consumer, ConsumerConfig, Handler, Naming, RetryPolicy, Transport};
+use messaging::{Consumer, ConsumerConfig, Handler, Naming, RetryPolicy, Transport, TransportError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use std::net::SocketAddr;
@@ -151,6 +152,7 @@ impl Consumers {
             concurrency: runtime.tuning.consumer_concurrency,
             prefetch: runtime.tuning.prefetch,
             retry: RetryPolicy::default(),
+            handler_timeout: runtime.tuning.handler_timeout,
         };
         Self { service, naming: runtime.naming.clone(), config, inbox: Arc::new(PgInbox::new(pool.clone())) }
     }
@@ -167,10 +169,12 @@ pub async fn database(
     tuning: &Tuning,
     migrator: sqlx::migrate::Migrator,
 ) -> anyhow::Result<PgPool> {
-    let pool = messaging::postgres::connect(url, tuning.db_pool_size)
+    let pool = messaging::postgres::connect_with(url, &tuning.pool())
         .await
         .with_context(|| format!("cannot open the {service} database at {}", messaging::redact_url(url)))?;
-    migrator.run(&pool).await.with_context(|| format!("cannot migrate the {service} database"))?;
+    messaging::postgres::migrate(&pool, &migrator)
+        .await
+        .with_context(|| format!("cannot migrate the {service} database"))?;
     Ok(pool)
 }
 
@@ -197,22 +201,24 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     let ServiceParts { name, pool, consumers, api, openapi, http_addr, chores } =
         with_operators(parts, runtime.transport.clone());
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
+    let supervisor = Supervisor::new(name);
     let http = HttpApp {
         service: name,
         api,
         verifier,
         openapi,
-        checks: vec![Box::new(DatabaseCheck(pool.clone())), Box::new(BrokerCheck(transport.clone()))],
+        checks: vec![
+            Box::new(DatabaseCheck(pool.clone())),
+            Box::new(BrokerCheck(transport.clone())),
+            Box::new(supervisor.readiness()),
+        ],
         metrics,
         request_timeout: tuning.request_timeout,
         max_requests_in_flight: tuning.max_requests_in_flight,
     };
     // Queues exist before the first request, so nothing this service is sent is unroutable.
     for consumer in &consumers {
-        transport
-            .declare(consumer.queue())
-            .await
-            .with_context(|| format!("cannot declare queue {}", consumer.queue().name))?;
+        transport.declare(consumer.queue()).await.map_err(|error| declare_error(&consumer.queue().name, error))?;
     }
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -223,16 +229,21 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     let (consumers_stop, relay_stop) = (CancellationToken::new(), CancellationToken::new());
     let consuming: Vec<_> = consumers
         .into_iter()
-        .map(|consumer| tokio::spawn(consumer.run(transport.clone(), consumers_stop.clone())))
+        .map(|consumer| {
+            let task = format!("consumer {}", consumer.name());
+            supervisor.spawn(task, consumers_stop.clone(), consumer.run(transport.clone(), consumers_stop.clone()))
+        })
         .collect();
     let relay_config = RelayConfig { sweep_interval: tuning.relay_sweep, ..RelayConfig::default() };
-    let relaying =
-        tokio::spawn(Relay::new(name, pool.clone(), transport.clone(), relay_config).run(relay_stop.clone()));
+    let relay = Relay::new(name, pool.clone(), transport.clone(), relay_config);
+    let relaying = supervisor.spawn("relay".into(), relay_stop.clone(), relay.run(relay_stop.clone()));
     let chores: Vec<_> = chores
         .into_iter()
         .map(|chore| {
             let stop = relay_stop.clone();
-            tokio::spawn(async move { stop.run_until_cancelled(chore).await })
+            supervisor.spawn("chore".into(), relay_stop.clone(), async move {
+                stop.run_until_cancelled(chore).await;
+            })
         })
         .collect();
     let router = http.into_router();
@@ -261,6 +272,22 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         tracing::info!(service = name, "stopped");
     });
     Ok(RunningService { name, http_addr, shutdown, done })
+}
+
+/// Why `queue` could not be declared, with what to do when it exists as another type.
+fn declare_error(queue: &str, error: TransportError) -> anyhow::Error {
+    let context = match &error {
+        TransportError::Inequivalent { .. } => format!(
+            "cannot declare queue {queue}: a queue keeps the type it was created with; set SHOP_QUEUE_TYPE to the \
+             type the service's queues have, or drain and delete its queues and their .error queues so that they \
+             are created again with this one"
+        ),
+        TransportError::Unavailable(_)
+        | TransportError::TimedOut(_)
+        | TransportError::Nacked
+        | TransportError::Unroutable { .. } => format!("cannot declare queue {queue}"),
+    };
+    anyhow::Error::new(error).context(context)
 }
 
 pub(crate) struct DatabaseCheck(pub(crate) PgPool);

@@ -8,13 +8,17 @@
 //!
 //! It sleeps until woken by the `outbox` notification (sent at commit by a trigger), by the due
 //! time of the next scheduled row, or by the periodic sweep that catches lost notifications.
+//!
+//! Nothing it waits for may take forever: a batch, each query, and the listener's connection
+//! (probed when it has been quiet) have deadlines, so that a database connection that went
+//! silent is abandoned instead of stalling publication.
 
 use crate::ErrorChain;
 use crate::backoff::Backoff;
 use crate::envelope::Envelope;
 use crate::transport::Transport;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +29,10 @@ use uuid::Uuid;
 
 /// Pauses after failed publishes: a broker that is down must not be hammered by new commits.
 const PUBLISH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// A listener that heard nothing for this long is asked to prove it is still connected.
+const LISTENER_PROBE_AFTER: Duration = Duration::from_secs(10);
+/// Longest wait for the listener to connect, or to answer a probe.
+const LISTENER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a relay claims, publishes and cleans up.
 #[derive(Debug, Clone)]
@@ -41,6 +49,9 @@ pub struct RelayConfig {
     pub inbox_retention: Duration,
     /// How often sent outbox rows and old inbox records are deleted.
     pub cleanup_interval: Duration,
+    /// Longest a batch (claim, publish, confirms, stamp) or any other query may take before it
+    /// is abandoned (its rows stay unsent); longer than the transport's wait for confirms.
+    pub deadline: Duration,
 }
 
 impl Default for RelayConfig {
@@ -52,6 +63,7 @@ impl Default for RelayConfig {
             sent_retention: Duration::from_secs(3600),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             cleanup_interval: Duration::from_secs(60),
+            deadline: Duration::from_secs(20),
         }
     }
 }
@@ -80,6 +92,9 @@ pub enum RelayError {
     /// A publishing task panicked or was cancelled.
     #[error("relay task crashed")]
     Crashed(#[source] tokio::task::JoinError),
+    /// The batch took longer than [`RelayConfig::deadline`].
+    #[error("the batch did not finish within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl Relay {
@@ -97,6 +112,8 @@ impl Relay {
         let relay = Arc::new(self);
         let workers = relay.config.workers.max(1);
         let mut listener = relay.listen().await;
+        // When the listener last proved alive (a notification, a probe), or was last tried.
+        let mut heard_at = Instant::now();
         let mut in_flight: JoinSet<Result<usize, RelayError>> = JoinSet::new();
         // Batches worth starting: rows may be due.
         let mut wanted = 1usize;
@@ -105,7 +122,19 @@ impl Relay {
         let mut next_cleanup = Instant::now();
         loop {
             if listener.is_none() {
-                listener = relay.listen().await;
+                // Not more often than the sweep: while the database is away, each try waits.
+                if heard_at.elapsed() >= relay.config.sweep_interval {
+                    listener = relay.listen().await;
+                    heard_at = Instant::now();
+                }
+            } else if heard_at.elapsed() >= LISTENER_PROBE_AFTER {
+                if let Some(active) = &mut listener
+                    && !probe(active).await
+                {
+                    tracing::warn!(relay = relay.name, "outbox listener stopped answering; connecting again");
+                    listener = relay.listen().await;
+                }
+                heard_at = Instant::now();
             }
             if Instant::now() >= next_cleanup {
                 relay.clean_up().await;
@@ -144,7 +173,10 @@ impl Relay {
                         }
                     }
                 }
-                _ = wait_for_notification(&mut listener), if !backing_off => wanted = wanted.max(1),
+                _ = wait_for_notification(&mut listener), if !backing_off => {
+                    heard_at = Instant::now();
+                    wanted = wanted.max(1);
+                }
                 _ = tokio::time::sleep(pause) => wanted = wanted.max(1),
             }
         }
@@ -155,10 +187,19 @@ impl Relay {
         tracing::info!(relay = relay.name, "relay stopped");
     }
 
+    /// A listener on a connection of its own: one abandoned (it stopped answering) is left to
+    /// sqlx to clean up, and must not take a slot of the pool with it.
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen("outbox").await.ok()?;
-        Some(listener)
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(LISTENER_TIMEOUT)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let connecting = async {
+            let mut listener = PgListener::connect_with(&own).await.ok()?;
+            listener.listen("outbox").await.ok()?;
+            Some(listener)
+        };
+        tokio::time::timeout(LISTENER_TIMEOUT, connecting).await.ok().flatten()
     }
 
     /// Publishes batches until nothing due is left; a backlog is drained `workers` batches at a time.
@@ -174,8 +215,14 @@ impl Relay {
         Ok(())
     }
 
-    /// Claims, publishes and stamps one batch of due rows; returns how many.
+    /// Claims, publishes and stamps one batch of due rows, within the deadline; returns how many.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        tokio::time::timeout(self.config.deadline, self.claim_and_publish())
+            .await
+            .unwrap_or(Err(RelayError::TimedOut(self.config.deadline)))
+    }
+
+    async fn claim_and_publish(&self) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
         // Walk the pending index in order and stop after one batch. Left alone, the planner can
         // pick a bitmap scan and sort every pending row when its statistics are stale (a burst
@@ -255,12 +302,12 @@ impl Relay {
 
     /// How long to sleep before the next scheduled row is due (or the sweep interval).
     async fn time_to_next_due(&self) -> Duration {
-        let next: Result<Option<DateTime<Utc>>, _> =
-            sqlx::query_scalar("SELECT min(deliver_after) FROM outbox WHERE sent_at IS NULL")
-                .fetch_one(&self.pool)
-                .await;
-        match next {
-            Ok(Some(due)) => {
+        let next = sqlx::query_scalar::<_, Option<DateTime<Utc>>>(
+            "SELECT min(deliver_after) FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&self.pool);
+        match tokio::time::timeout(self.config.deadline, next).await {
+            Ok(Ok(Some(due))) => {
                 // A due row we could not claim is being published by another relay: let it be.
                 let until_due = (due - Utc::now()).to_std().unwrap_or(self.config.sweep_interval);
                 until_due.min(self.config.sweep_interval)
@@ -269,27 +316,50 @@ impl Relay {
         }
     }
 
+    /// Deletes sent outbox rows and inbox records past their retention, a bounded batch per
+    /// statement, so that a large backlog (after a long stop) is worked off within the deadline.
     async fn clean_up(&self) {
-        let sent_before = Utc::now() - self.config.sent_retention;
-        let consumed_before = Utc::now() - self.config.inbox_retention;
-        let outcome = async {
-            let sent =
-                sqlx::query("DELETE FROM outbox WHERE sent_at < $1").bind(sent_before).execute(&self.pool).await?;
-            let consumed = sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
-                .bind(consumed_before)
-                .execute(&self.pool)
-                .await?;
-            Ok::<_, sqlx::Error>((sent.rows_affected(), consumed.rows_affected()))
-        }
-        .await;
-        match outcome {
-            Ok((0, 0)) => {}
-            Ok((sent, consumed)) => {
-                tracing::debug!(relay = self.name, sent, consumed, "cleaned up old outbox and inbox rows");
+        const BATCH: i64 = 10_000;
+        let tables = [
+            ("outbox", "sent_at", Utc::now() - self.config.sent_retention),
+            ("inbox", "processed_at", Utc::now() - self.config.inbox_retention),
+        ];
+        for (table, stamp, before) in tables {
+            let statement = format!(
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {stamp} < $1 LIMIT $2))"
+            );
+            let mut deleted = 0;
+            loop {
+                let deleting =
+                    sqlx::query(sqlx::AssertSqlSafe(statement.as_str())).bind(before).bind(BATCH).execute(&self.pool);
+                match tokio::time::timeout(self.config.deadline, deleting).await {
+                    Ok(Ok(done)) => {
+                        deleted += done.rows_affected();
+                        if done.rows_affected() < BATCH as u64 {
+                            break;
+                        }
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(relay = self.name, table, error = %ErrorChain(&error), "cleanup failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(relay = self.name, table, "cleanup did not finish in time");
+                        break;
+                    }
+                }
             }
-            Err(error) => tracing::warn!(relay = self.name, error = %ErrorChain(&error), "outbox cleanup failed"),
+            if deleted > 0 {
+                tracing::debug!(relay = self.name, table, deleted, "cleaned up old rows");
+            }
         }
     }
+}
+
+/// Whether the listener's connection still answers.
+async fn probe(listener: &mut PgListener) -> bool {
+    let answer = sqlx::query("SELECT 1").execute(&mut *listener);
+    matches!(tokio::time::timeout(LISTENER_TIMEOUT, answer).await, Ok(Ok(_)))
 }
 
 /// Resolves at the next notification. Without a listener (or once it lost its connection,

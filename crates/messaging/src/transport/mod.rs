@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-/// Why the transport could not do what it was asked. Every one is worth trying again later.
+/// Why the transport could not do what it was asked. Every one but
+/// [`Inequivalent`](Self::Inequivalent) is worth trying again later.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The broker could not be reached, or the connection or channel failed.
@@ -30,6 +31,15 @@ pub enum TransportError {
     Unroutable {
         /// The type (routing key) nobody is bound for.
         message_type: String,
+    },
+    /// A queue exists with other arguments than declared (such as another queue type): it
+    /// keeps them until it is deleted, so trying again cannot help.
+    #[error("queue {queue} exists with other arguments than declared ({detail})")]
+    Inequivalent {
+        /// The queue.
+        queue: String,
+        /// What the broker said.
+        detail: String,
     },
 }
 
