@@ -1,7 +1,7 @@
-# Multi-stage build of the `shop` binary; the same image runs either service on PostgreSQL and
-# RabbitMQ (docker-compose.yml sets their URLs), or both with `shop up`: with no URL set, that is
-# the embedded mode, every file in /var/lib/shop
-# (`docker run -p 8081:8081 -p 8082:8082 -v shop-data:/var/lib/shop <image>`).
+# Multi-stage build of the `shop` binary; the same image runs either service or the storefront on
+# PostgreSQL and RabbitMQ (docker-compose.yml sets their URLs), or all three with `shop up`: with
+# no URL set, that is the embedded mode, every file in /var/lib/shop
+# (`docker run -p 8080:8080 -p 8081:8081 -p 8082:8082 -v shop-data:/var/lib/shop <image>`).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -19,12 +19,14 @@ RUN apt-get update \
     && install -d -o shop -m 0700 /var/lib/shop
 COPY --from=build /usr/local/bin/shop /usr/local/bin/shop
 USER shop
-# The data directory holds the local signing key (auth/signing-key.pem), and in the embedded mode
-# the SQLite files; mount one volume there in every container that must trust the same tokens.
+# The data directory holds the local signing key (auth/signing-key.pem), the storefront's cookie
+# key, and in the embedded mode the SQLite files; mount one volume there in every container that
+# must trust the same tokens.
 ENV SHOP_DATA_DIR=/var/lib/shop \
     SHOP_LOG_FORMAT=json \
     SHOP_ORDERS_HTTP_ADDR=0.0.0.0:8081 \
-    SHOP_INVENTORY_HTTP_ADDR=0.0.0.0:8082
-EXPOSE 8081 8082
+    SHOP_INVENTORY_HTTP_ADDR=0.0.0.0:8082 \
+    SHOP_STOREFRONT_HTTP_ADDR=0.0.0.0:8080
+EXPOSE 8080 8081 8082
 ENTRYPOINT ["shop"]
 CMD ["up"]

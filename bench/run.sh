@@ -6,16 +6,20 @@
 #   QUICK=1 bench/run.sh    smoke run with tiny numbers (about 1 minute after the build)
 #
 # Settings (environment):
-#   LOAD_CONCURRENCY   customers per load step               default "1 4 16 32"  (QUICK: "1 4")
+#   LOAD_CONCURRENCY   customers per load step               default "1 4 16 32 64 128"  (QUICK: "1 4")
+#                      (throughput saturates near 16-32 customers here: 64 and 128 are 4x that,
+#                      where the services shed what they cannot take)
 #   LOAD_ORDERS_FIRST  orders of the first step               default 300          (QUICK: 20)
 #   LOAD_ORDERS        orders of every later step             default 2000         (QUICK: 40)
 #   LATENCY_ORDERS     3-line orders placed one at a time     default 200          (QUICK: 20)
 #   PGBENCH_CLIENTS    pgbench client counts                  default "1 8 16"
 #   PGBENCH_SECONDS    seconds per pgbench client count       default 10           (QUICK: 2)
 #   PGBENCH_ARGS       extra pgbench flags, e.g. "-M prepared" default none
+#   MAX_REQUESTS_IN_FLIGHT  SHOP_MAX_REQUESTS_IN_FLIGHT of `shop up`   default: the service's own
 #   ORDERS_ADDR, INVENTORY_ADDR   listeners of `shop up`      default 127.0.0.1:18081, :18082
 #   PGHOST PGPORT PGUSER          PostgreSQL                  default 127.0.0.1 5432 postgres
-#   PGBENCH_DB ORDERS_DB INVENTORY_DB   scratch databases     default bench_pgbench, bench_orders, bench_inventory
+#   PGBENCH_DB ORDERS_DB INVENTORY_DB STOREFRONT_DB   scratch databases   default bench_pgbench,
+#                      bench_orders, bench_inventory, bench_storefront
 #   AMQP_HOST AMQP_PORT           RabbitMQ (guest/guest)      default 127.0.0.1 5672
 #   EMBEDDED=0         skip the embedded-mode steps (shop up on SQLite, same load)   default 1
 #   RESULTS_DIR        where the result files go              default bench/results
@@ -38,13 +42,14 @@ if [[ $QUICK == 1 ]]; then
     : "${LOAD_CONCURRENCY:=1 4}" "${LOAD_ORDERS_FIRST:=20}" "${LOAD_ORDERS:=40}" "${PGBENCH_SECONDS:=2}"
     : "${LATENCY_ORDERS:=20}"
 fi
-LOAD_CONCURRENCY=${LOAD_CONCURRENCY:-1 4 16 32}
+LOAD_CONCURRENCY=${LOAD_CONCURRENCY:-1 4 16 32 64 128}
 LOAD_ORDERS_FIRST=${LOAD_ORDERS_FIRST:-300}
 LOAD_ORDERS=${LOAD_ORDERS:-2000}
 LATENCY_ORDERS=${LATENCY_ORDERS:-200}
 PGBENCH_CLIENTS=${PGBENCH_CLIENTS:-1 8 16}
 PGBENCH_SECONDS=${PGBENCH_SECONDS:-10}
 PGBENCH_ARGS=${PGBENCH_ARGS:-}
+MAX_REQUESTS_IN_FLIGHT=${MAX_REQUESTS_IN_FLIGHT:-}
 ORDERS_ADDR=${ORDERS_ADDR:-127.0.0.1:18081}
 INVENTORY_ADDR=${INVENTORY_ADDR:-127.0.0.1:18082}
 export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
@@ -61,6 +66,7 @@ AMQP_URL=amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f
 PGBENCH_DB=${PGBENCH_DB:-bench_pgbench}
 ORDERS_DB=${ORDERS_DB:-bench_orders}
 INVENTORY_DB=${INVENTORY_DB:-bench_inventory}
+STOREFRONT_DB=${STOREFRONT_DB:-bench_storefront}
 # Queues and exchange of this run only: a stale queue of an earlier run cannot feed it.
 QUEUE_PREFIX=bench-$(date -u +%Y%m%d%H%M%S)-$$
 
@@ -139,7 +145,7 @@ cleanup() {
     stop_sampler
     stop_shop
     local db
-    for db in "$PGBENCH_DB" "$ORDERS_DB" "$INVENTORY_DB"; do
+    for db in "$PGBENCH_DB" "$ORDERS_DB" "$INVENTORY_DB" "$STOREFRONT_DB"; do
         ((PG_REACHABLE)) || break
         drop_db "$db" 2>/dev/null || echo "bench: could not drop the database $db" >&2
     done
@@ -274,19 +280,33 @@ vm_kb() {
 
 start_shop() {
     log "starting shop up in $MODE mode ($ORDERS_ADDR and $INVENTORY_ADDR)"
+    # The limit the services shed load at: the setting, or the default `shop up --help` states.
+    local limit=$MAX_REQUESTS_IN_FLIGHT
+    if [[ -n $limit ]]; then
+        export SHOP_MAX_REQUESTS_IN_FLIGHT=$limit
+    else
+        limit=$(env -u SHOP_MAX_REQUESTS_IN_FLIGHT "$SHOP_BIN" up --help |
+            sed -n 's/.*SHOP_MAX_REQUESTS_IN_FLIGHT=\].*\[default: \([0-9]*\)\].*/\1/p')
+    fi
+    # The storefront runs too (shop up serves it), on a port of its own choosing.
     if [[ $MODE == postgres ]]; then
+        echo "max_requests_in_flight=$limit" >>"$WORK/config.env"
         # Configured explicitly: without these URLs shop up runs embedded.
         drop_db "$ORDERS_DB"
         drop_db "$INVENTORY_DB"
+        drop_db "$STOREFRONT_DB"
         SHOP_ORDERS_DATABASE_URL=$PG_URL/$ORDERS_DB SHOP_INVENTORY_DATABASE_URL=$PG_URL/$INVENTORY_DB \
-            SHOP_AMQP_URL=$AMQP_URL SHOP_QUEUE_PREFIX=$QUEUE_PREFIX \
-            SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR \
+            SHOP_STOREFRONT_DATABASE_URL=$PG_URL/$STOREFRONT_DB SHOP_AMQP_URL=$AMQP_URL SHOP_QUEUE_PREFIX=$QUEUE_PREFIX \
+            SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR SHOP_STOREFRONT_HTTP_ADDR=127.0.0.1:0 \
             "$SHOP_BIN" up >"$WORK/shop.log" 2>&1 &
         SHOP_STARTED=1
     else
-        # Nothing configured: SQLite files and the embedded broker in the run's data directory.
+        # Nothing configured: SQLite files and the embedded broker in the run's data directory
+        # (the storefront's accounts stay in PostgreSQL).
+        drop_db "$STOREFRONT_DB"
         env -u SHOP_ORDERS_DATABASE_URL -u SHOP_INVENTORY_DATABASE_URL -u SHOP_AMQP_URL \
-            SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR \
+            SHOP_STOREFRONT_DATABASE_URL=$PG_URL/$STOREFRONT_DB \
+            SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR SHOP_STOREFRONT_HTTP_ADDR=127.0.0.1:0 \
             "$SHOP_BIN" up >"$WORK/${PREFIX}shop.log" 2>&1 &
     fi
     SHOP_PID=$!

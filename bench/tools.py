@@ -346,30 +346,42 @@ def markdown(result):
         out.append(f"- place-to-decision latency of 3-line orders, one in flight at a time: {latency_line(single)}")
     out.append(f"- `shop up` peak RSS over the whole run (VmHWM): {fmt(result['shop']['vmhwm_mib'], 1, ' MiB')}, "
                f"exit code on SIGINT: {result['shop']['exit_code']}")
+    limit = result["config"].get("max_requests_in_flight")
+    out.append(f"- each service sheds API requests beyond {limit or 'n/a'} in flight (SHOP_MAX_REQUESTS_IN_FLIGHT): "
+               f"503 with Retry-After, which `harness load` waits out before trying again")
     out.append("")
     out.append("| customers | orders | orders/s | DB bound, all commits | DB bound, writes | broker bound "
-               "| achieved / min bound | same, writes | p50 ms | p90 ms | p99 ms | peak RSS MiB | check |")
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+               "| achieved / min bound | same, writes | p50 ms | p90 ms | p99 ms | shed | accepted p99 ms "
+               "| peak RSS MiB | check |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for s in result["steps"]:
         load = s["load"] or {}
         latency = load.get("latency_ms", {})
         check = check_cell(s)
         db_bound = (f"{fmt(s['db_bound_orders_per_s'])} (pgbench c={s['db_bound_pgbench_clients']})"
                     if s["db_bound_orders_per_s"] else "n/a")
+        accepted_p99 = load.get("http_latency_ms", {}).get("p99")
         out.append(f"| {s['concurrency']} | {load.get('orders', s['orders_requested'])} | {fmt(s['orders_per_s'])} "
                    f"| {db_bound} | {fmt(s['db_writes_bound_orders_per_s'])} | {fmt(s['broker_bound_orders_per_s'])} "
                    f"| {fmt(s['achieved_over_min_bound'], 2)} | {fmt(s['achieved_over_min_writes_bound'], 2)} "
                    f"| {fmt(latency.get('p50'))} | {fmt(latency.get('p90'))} | {fmt(latency.get('p99'))} "
-                   f"| {fmt(s['peak_rss_mib'])} | {check} |")
+                   f"| {shed_share(load)} | {fmt(accepted_p99)} | {fmt(s['peak_rss_mib'])} | {check} |")
     out.append("")
     out.append("DB bound = pgbench tps at the closest client count (shown) / transactions per order, counting "
                "every commit or only the writing ones; broker bound = raw confirmed publishes per second / "
                "messages per order; achieved / min bound = orders/s over the lower of the DB and broker bounds; "
-               "latency is place-to-decision. See bench/README.md.")
+               "p50/p90/p99 are place-to-decision latency; shed = share of HTTP requests refused with 503 for "
+               "overload (each retried after its Retry-After); accepted p99 = latency of the HTTP requests the "
+               "services accepted. See bench/README.md.")
     out.extend(embedded_markdown(result))
     out.append("")
     out.append(f"Result: {'PASSED' if result['passed'] else '**FAILED**'}")
     return "\n".join(out) + "\n"
+
+
+def shed_share(load):
+    requests, shed = load.get("http_requests"), load.get("http_shed")
+    return fmt(100.0 * shed / requests, 1, "%") if requests and shed is not None else "n/a"
 
 
 def check_cell(step):
@@ -403,8 +415,8 @@ def embedded_markdown(result):
                f"exit code on SIGINT: {embedded['shop']['exit_code']}")
     out.append("")
     out.append("| customers | orders | orders/s | PostgreSQL mode orders/s | embedded / PostgreSQL | p50 ms | p90 ms "
-               "| p99 ms | PostgreSQL mode p50 / p99 ms | peak RSS MiB | check |")
-    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+               "| p99 ms | PostgreSQL mode p50 / p99 ms | shed | peak RSS MiB | check |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     postgres = {step["concurrency"]: step for step in result["steps"]}
     for s in embedded["steps"]:
         load = s["load"] or {}
@@ -416,7 +428,7 @@ def embedded_markdown(result):
                    f"| {fmt(other.get('orders_per_s'))} | {fmt(ratio, 2)} | {fmt(latency.get('p50'))} "
                    f"| {fmt(latency.get('p90'))} | {fmt(latency.get('p99'))} "
                    f"| {fmt(other_latency.get('p50'))} / {fmt(other_latency.get('p99'))} "
-                   f"| {fmt(s['peak_rss_mib'])} | {check_cell(s)} |")
+                   f"| {shed_share(load)} | {fmt(s['peak_rss_mib'])} | {check_cell(s)} |")
     return out
 
 

@@ -1,19 +1,23 @@
 //! `harness chaos`: the guarantees under real faults, Jepsen-style.
 //!
 //! Runs two instances of each service as OS processes against the real PostgreSQL and RabbitMQ,
-//! puts them under order load (the `harness load` customers), and meanwhile, at random moments
-//! drawn from a printed seed: kills service processes with SIGKILL and restarts them, restarts
-//! RabbitMQ, cuts every database connection (or restarts PostgreSQL), republishes copies of
-//! messages already delivered, and publishes poison messages. Then it waits for the system to
-//! go quiet and checks every invariant, through the APIs and in the databases.
+//! each reached through a proxy of this process, puts them under order load (the `harness load`
+//! customers), and meanwhile, at random moments drawn from a printed seed: kills service
+//! processes with SIGKILL and restarts them, restarts RabbitMQ, cuts every database connection
+//! (or restarts PostgreSQL), makes the connections to PostgreSQL or RabbitMQ go silent or slow
+//! (at the proxy: only the services of this run see it), republishes copies of messages already
+//! delivered, and publishes poison messages. Then it waits for the system to go quiet, checks
+//! every invariant, through the APIs and in the databases, and reports how long the services
+//! took to notice the silent connections.
 
 use crate::load::{Api, LoadArgs, summarize};
+use crate::proxy::{Detection, Episode, Proxy};
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use messaging::Envelope;
-use messaging::transport::rabbitmq::RabbitMq;
+use messaging::transport::rabbitmq::{QueueType, RabbitMq};
 use messaging::transport::{DeadLetters, Naming, QueueSpec, Transport};
 use serde::Serialize;
 use shop::config::{AuthSettings, DataDir};
@@ -53,6 +57,15 @@ pub struct ChaosArgs {
     /// The saga's reservation timeout in the services under test.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub reservation_timeout: Duration,
+    /// The kinds of faults to inject, comma-separated [default: every kind].
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = FAULTS, hide_default_value = true)]
+    pub faults: Vec<Fault>,
+    /// Latency the slow-postgres and slow-broker faults add to every chunk, each way.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub slow_latency: Duration,
+    /// Queue type of the services under test (`classic` or `quorum`).
+    #[arg(long, env = "SHOP_QUEUE_TYPE", default_value = "classic")]
+    pub queue_type: QueueType,
     /// Restart PostgreSQL (pg_ctlcluster) instead of cutting the services' connections.
     #[arg(long)]
     pub restart_postgres: bool,
@@ -75,25 +88,51 @@ pub struct ChaosArgs {
     pub json: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fault {
+    /// SIGKILL an order service process (restarted after a moment).
     KillOrderService,
+    /// SIGKILL an inventory service process (restarted after a moment).
     KillInventoryService,
+    /// Stop and start RabbitMQ (for every client of the broker).
     RestartBroker,
+    /// Terminate every database connection of the run (or restart PostgreSQL).
     Database,
+    /// The services' PostgreSQL connections go silent for good (no FIN, no RST), and new ones
+    /// for a few seconds.
+    SilentPostgres,
+    /// The services' RabbitMQ connections go silent for good, and new ones for a few seconds.
+    SilentBroker,
+    /// The services' PostgreSQL connections turn slow for a few seconds.
+    SlowPostgres,
+    /// The services' RabbitMQ connections turn slow for a few seconds.
+    SlowBroker,
+    /// Publish copies of messages already delivered.
     Duplicates,
+    /// Publish messages no consumer can read.
     Poison,
 }
 
-const FAULTS: [Fault; 6] = [
+/// Every kind of fault.
+pub const FAULTS: [Fault; 10] = [
     Fault::KillOrderService,
     Fault::KillInventoryService,
     Fault::RestartBroker,
     Fault::Database,
+    Fault::SilentPostgres,
+    Fault::SilentBroker,
+    Fault::SlowPostgres,
+    Fault::SlowBroker,
     Fault::Duplicates,
     Fault::Poison,
 ];
+
+impl Fault {
+    fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|name| name.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
 
 #[derive(Debug, Default, Serialize)]
 pub struct ChaosReport {
@@ -105,8 +144,63 @@ pub struct ChaosReport {
     pub duplicates_injected: usize,
     pub poison_injected: usize,
     pub quiescence_s: f64,
+    /// Per kind of silent or slow fault, what the services did about it.
+    pub detection: BTreeMap<String, DetectionSummary>,
     pub violations: Vec<String>,
     pub logs: Option<String>,
+}
+
+/// How the services dealt with the faults of one kind, measured at the proxy.
+#[derive(Debug, Default, Serialize)]
+pub struct DetectionSummary {
+    pub faults: usize,
+    /// Connections open when a fault began (silenced or slowed).
+    pub connections: usize,
+    /// Silent faults: those the services closed, and how long after the fault began.
+    pub abandoned: usize,
+    pub abandoned_median_s: Option<f64>,
+    pub abandoned_max_s: Option<f64>,
+    /// Silent faults: those left open, waiting for an answer that cannot come, or idle.
+    pub left_waiting: usize,
+    pub left_idle: usize,
+    /// Silent faults: connections opened while the fault lasted (each blackholed too).
+    pub attempts_during: usize,
+    /// Silent faults: the longest wait, after a fault ended, for the first new connection.
+    pub reconnected_max_s: Option<f64>,
+    /// Slow faults: connections the services gave up while the fault lasted (false alarms).
+    pub abandoned_while_slow: usize,
+}
+
+impl DetectionSummary {
+    fn of(fault: Fault, episodes: &[(Episode, Detection)]) -> Self {
+        let mut abandoned: Vec<f64> = Vec::new();
+        let mut summary = DetectionSummary { faults: episodes.len(), ..Self::default() };
+        for (episode, detection) in episodes {
+            summary.connections += detection.open;
+            match fault {
+                Fault::SlowPostgres | Fault::SlowBroker => {
+                    let lasted = episode.duration().as_secs_f64();
+                    summary.abandoned_while_slow +=
+                        detection.abandoned_after_s.iter().filter(|after| **after <= lasted).count();
+                }
+                _ => {
+                    abandoned.extend(&detection.abandoned_after_s);
+                    summary.left_waiting += detection.waiting;
+                    summary.left_idle += detection.idle;
+                    summary.attempts_during += detection.opened_meanwhile;
+                    summary.reconnected_max_s = match (summary.reconnected_max_s, detection.reconnected_after_s) {
+                        (Some(longest), Some(this)) => Some(longest.max(this)),
+                        (longest, this) => longest.or(this),
+                    };
+                }
+            }
+        }
+        abandoned.sort_by(f64::total_cmp);
+        summary.abandoned = abandoned.len();
+        summary.abandoned_median_s = abandoned.get(abandoned.len() / 2).copied();
+        summary.abandoned_max_s = abandoned.last().copied();
+        summary
+    }
 }
 
 impl ChaosReport {
@@ -120,6 +214,40 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<std::process::ExitCode> {
     crate::conclude(&report, print_report, report.passed(), args.json.as_deref())
 }
 
+/// The proxies between the services under test and the servers.
+struct Proxies {
+    postgres: Arc<Proxy>,
+    broker: Arc<Proxy>,
+}
+
+impl Proxies {
+    async fn start(args: &ChaosArgs) -> anyhow::Result<Self> {
+        let postgres = Proxy::start(server_of(&args.postgres_url, 5432)?).await?;
+        let broker = Proxy::start(server_of(&args.amqp_url, 5672)?).await?;
+        Ok(Self { postgres: Arc::new(postgres), broker: Arc::new(broker) })
+    }
+}
+
+/// The address of the server `url` names.
+fn server_of(url: &str, default_port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    let url = reqwest::Url::parse(url).with_context(|| format!("{} is no URL", messaging::redact_url(url)))?;
+    url.socket_addrs(|| Some(default_port))?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} names no address", messaging::redact_url(url.as_str())))
+}
+
+/// `url` with its host and port replaced by `proxy`'s.
+fn through(url: &str, proxy: &Proxy) -> anyhow::Result<String> {
+    let mut url = reqwest::Url::parse(url)?;
+    let addr = proxy.addr();
+    url.set_ip_host(addr.ip())
+        .map_err(|()| anyhow::anyhow!("cannot set the host of {}", messaging::redact_url(url.as_str())))?;
+    url.set_port(Some(addr.port()))
+        .map_err(|()| anyhow::anyhow!("cannot set the port of {}", messaging::redact_url(url.as_str())))?;
+    Ok(url.to_string())
+}
+
 /// The system under test: four service processes, their databases and broker names.
 struct Cluster {
     binary: PathBuf,
@@ -130,6 +258,7 @@ struct Cluster {
     postgres_url: String,
     naming: Naming,
     instances: Vec<Instance>,
+    proxies: Proxies,
 }
 
 struct Instance {
@@ -173,7 +302,7 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Cluster {
-    fn new(args: &ChaosArgs, run_id: &str) -> anyhow::Result<Self> {
+    fn new(args: &ChaosArgs, run_id: &str, proxies: Proxies) -> anyhow::Result<Self> {
         let binary = match &args.binary {
             Some(binary) => binary.clone(),
             None => shop_binary()?,
@@ -184,11 +313,15 @@ impl Cluster {
         let inventory_db = format!("chaos_{run_id}_inventory");
         let naming = Naming::new(format!("chaos-{run_id}"));
         let server = args.postgres_url.trim_end_matches('/');
+        // The services reach both servers through the proxies; the harness itself does not.
+        let proxied_server = through(server, &proxies.postgres)?;
+        let proxied_server = proxied_server.trim_end_matches('/');
         let env = vec![
-            ("SHOP_ORDERS_DATABASE_URL".into(), format!("{server}/{orders_db}")),
-            ("SHOP_INVENTORY_DATABASE_URL".into(), format!("{server}/{inventory_db}")),
-            ("SHOP_AMQP_URL".into(), args.amqp_url.clone()),
+            ("SHOP_ORDERS_DATABASE_URL".into(), format!("{proxied_server}/{orders_db}")),
+            ("SHOP_INVENTORY_DATABASE_URL".into(), format!("{proxied_server}/{inventory_db}")),
+            ("SHOP_AMQP_URL".into(), through(&args.amqp_url, &proxies.broker)?),
             ("SHOP_QUEUE_PREFIX".into(), naming.prefix().to_owned()),
+            ("SHOP_QUEUE_TYPE".into(), args.queue_type.to_string()),
             ("SHOP_RESERVATION_TIMEOUT".into(), humantime::format_duration(args.reservation_timeout).to_string()),
             ("SHOP_DB_POOL_SIZE".into(), "6".into()),
             // The run's own signing key (created by whichever process needs it first).
@@ -201,7 +334,25 @@ impl Cluster {
         for service in ["order", "order", "inventory", "inventory"] {
             instances.push(Instance { service, port: free_port()?, child: None, held_down: false });
         }
-        Ok(Self { binary, logs, env, orders_db, inventory_db, postgres_url: server.to_owned(), naming, instances })
+        Ok(Self {
+            binary,
+            logs,
+            env,
+            orders_db,
+            inventory_db,
+            postgres_url: server.to_owned(),
+            naming,
+            instances,
+            proxies,
+        })
+    }
+
+    /// The proxy a silent or slow fault acts on.
+    fn proxy_for(&self, fault: Fault) -> Arc<Proxy> {
+        match fault {
+            Fault::SilentBroker | Fault::SlowBroker => self.proxies.broker.clone(),
+            _ => self.proxies.postgres.clone(),
+        }
     }
 
     fn urls(&self, service: &str) -> Vec<String> {
@@ -314,7 +465,9 @@ pub async fn execute(args: &ChaosArgs) -> anyhow::Result<ChaosReport> {
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     let run_id = format!("{:x}", seed % 0xffff_ffff);
     println!("chaos seed {seed} (repeat with --seed {seed})");
-    let cluster = Arc::new(tokio::sync::Mutex::new(Cluster::new(args, &run_id)?));
+    anyhow::ensure!(!args.faults.is_empty(), "--faults names no kind of fault");
+    let proxies = Proxies::start(args).await?;
+    let cluster = Arc::new(tokio::sync::Mutex::new(Cluster::new(args, &run_id, proxies)?));
     let outcome = chaos(args, seed, cluster.clone()).await;
     let mut cluster = cluster.lock().await;
     let keep = args.keep || !outcome.as_ref().is_ok_and(ChaosReport::passed);
@@ -401,6 +554,7 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
     let tally = std::mem::take(&mut *tally.lock().unwrap());
     violations.extend(check_database(&cluster, Duration::from_secs(30)).await?);
     violations.extend(check_dead_letters(&broker, tally.poison).await?);
+    let detection = detection(&cluster, &tally).await;
 
     supervisor.abort();
     let summary = summarize(seed, args.concurrency, load_duration, &finals);
@@ -409,14 +563,11 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         orders: orders.len(),
         statuses: summary.statuses,
         load_duration_s: load_duration.as_secs_f64(),
-        faults: tally
-            .faults
-            .iter()
-            .map(|(fault, n)| (serde_json::to_value(fault).unwrap().as_str().unwrap().to_owned(), *n))
-            .collect(),
+        faults: tally.faults.iter().map(|(fault, n)| (fault.name(), *n)).collect(),
         duplicates_injected: tally.duplicates,
         poison_injected: tally.poison,
         quiescence_s: quiescence.as_secs_f64(),
+        detection,
         violations,
         logs: None,
     })
@@ -432,11 +583,24 @@ async fn supervise(cluster: Arc<tokio::sync::Mutex<Cluster>>) {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Tally {
     faults: BTreeMap<Fault, usize>,
     duplicates: usize,
     poison: usize,
+    /// The silent and slow faults, each with the proxy's view of its connections.
+    episodes: Vec<(Fault, Episode)>,
+}
+
+/// What the services did about each kind of silent or slow fault, as the proxies saw it by now.
+async fn detection(cluster: &tokio::sync::Mutex<Cluster>, tally: &Tally) -> BTreeMap<String, DetectionSummary> {
+    let cluster = cluster.lock().await;
+    let mut by_kind: BTreeMap<Fault, Vec<(Episode, Detection)>> = BTreeMap::new();
+    for (fault, episode) in &tally.episodes {
+        let seen = episode.detection(&cluster.proxy_for(*fault));
+        by_kind.entry(*fault).or_default().push((episode.clone(), seen));
+    }
+    by_kind.into_iter().map(|(fault, episodes)| (fault.name(), DetectionSummary::of(fault, &episodes))).collect()
 }
 
 impl Tally {
@@ -465,7 +629,7 @@ async fn inject_faults(
             _ = tokio::time::sleep(pause) => {}
         }
         if round.is_empty() {
-            round = FAULTS.to_vec();
+            round = args.faults.clone();
             rng.shuffle(&mut round);
         }
         let fault = round.pop().expect("refilled above");
@@ -499,6 +663,17 @@ async fn inject_faults(
                 .bind(&cluster.inventory_db)
                 .execute(&mut admin)
                 .await?;
+            }
+            Fault::SilentPostgres | Fault::SilentBroker | Fault::SlowPostgres | Fault::SlowBroker => {
+                let proxy = cluster.lock().await.proxy_for(fault);
+                let lasting = Duration::from_millis(rng.u64(3_000..10_000));
+                let mut episode = match fault {
+                    Fault::SlowPostgres | Fault::SlowBroker => proxy.slow_down(args.slow_latency),
+                    _ => proxy.silence(),
+                };
+                tokio::time::sleep(lasting).await;
+                proxy.heal(&mut episode);
+                tally.lock().unwrap().episodes.push((fault, episode));
             }
             Fault::Duplicates => {
                 let copies = republish_delivered(&cluster, &broker, &mut rng).await?;
@@ -687,6 +862,30 @@ pub fn print_report(report: &ChaosReport) {
         report.duplicates_injected, report.poison_injected
     );
     println!("quiescence      {:.1}s after the last fault", report.quiescence_s);
+    for (kind, seen) in &report.detection {
+        let seconds = |value: Option<f64>| value.map_or("-".to_owned(), |s| format!("{s:.1}s"));
+        if seen.connections > 0 && seen.abandoned == 0 && seen.attempts_during == 0 {
+            println!(
+                "{kind:<15} {} faults, {} connections slowed, {} given up while slow",
+                seen.faults, seen.connections, seen.abandoned_while_slow
+            );
+        } else {
+            println!(
+                "{kind:<15} {} faults, {} of {} connections given up after {} (median), {} (max), \
+                 {} left waiting, {} left idle; {} attempts while silent; first new connection {} (max) \
+                 after the fault ended",
+                seen.faults,
+                seen.abandoned,
+                seen.connections,
+                seconds(seen.abandoned_median_s),
+                seconds(seen.abandoned_max_s),
+                seen.left_waiting,
+                seen.left_idle,
+                seen.attempts_during,
+                seconds(seen.reconnected_max_s),
+            );
+        }
+    }
     if report.violations.is_empty() {
         println!("violations      none");
     } else {

@@ -127,6 +127,8 @@ impl System {
             .env("SHOP_DATA_DIR", &self.dir)
             .env("SHOP_ORDERS_HTTP_ADDR", format!("127.0.0.1:{}", self.ports.0))
             .env("SHOP_INVENTORY_HTTP_ADDR", format!("127.0.0.1:{}", self.ports.1))
+            // The storefront runs too; no port of the machine's own.
+            .env("SHOP_STOREFRONT_HTTP_ADDR", "127.0.0.1:0")
             .env("SHOP_RESERVATION_TIMEOUT", humantime::format_duration(self.reservation_timeout).to_string())
             .env("RUST_LOG", "info,sqlx=warn")
             .env("SHOP_LOG_FORMAT", "text")

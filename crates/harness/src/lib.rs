@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod crash;
 pub mod invariants;
 pub mod load;
+pub mod proxy;
 
 use anyhow::Context;
 use std::path::Path;

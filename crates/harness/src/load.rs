@@ -12,7 +12,9 @@
 //!
 //! The customers tolerate failures the way a careful client would: they spread requests over
 //! every instance given, retry what failed in transit (and check before repeating anything that
-//! is not idempotent), so the same code drives the fault-injection runs of `harness chaos`.
+//! is not idempotent), so the same code drives the fault-injection runs of `harness chaos`. A
+//! service that sheds load (503 with `Retry-After`) is honoured: the customer waits that long
+//! (with some jitter) and tries again; those refusals are counted, not treated as failures.
 
 use anyhow::{Context, bail, ensure};
 use clap::Args;
@@ -97,8 +99,15 @@ pub struct Report {
     pub latency_ms: LatencySummary,
     pub statuses: BTreeMap<String, usize>,
     pub unfinished: usize,
-    /// Answers 5xx or no answer at all (each was retried).
+    /// Requests sent, retries and refusals included.
+    pub http_requests: usize,
+    /// Requests a service refused because it had too many in flight (503 with Retry-After);
+    /// each was sent again after the wait it asked for.
+    pub http_shed: usize,
+    /// Answers 5xx (other than shed load) or no answer at all (each was retried).
     pub http_errors: usize,
+    /// Latency of the requests a service accepted (answered, shed ones excluded).
+    pub http_latency_ms: LatencySummary,
     pub violations: Vec<String>,
 }
 
@@ -136,7 +145,7 @@ pub async fn drive(args: &LoadArgs) -> anyhow::Result<Report> {
     let finals = api.settle(&orders, args.settle_timeout).await?;
     let mut report = summarize(seed, args.concurrency, started.elapsed(), &finals);
     report.violations = api.check_invariants(&catalog, &finals, args.settle_timeout).await?;
-    report.http_errors = api.errors();
+    api.http_figures(&mut report);
     Ok(report)
 }
 
@@ -151,7 +160,20 @@ pub struct Api {
     orders: Vec<String>,
     inventory: Vec<String>,
     next: AtomicUsize,
+    requests: AtomicUsize,
+    shed: AtomicUsize,
     errors: AtomicUsize,
+    /// Microseconds per accepted request.
+    latency: std::sync::Mutex<Histogram<u64>>,
+}
+
+/// Why an attempt brought no usable answer.
+enum NoAnswer {
+    /// No connection, a timeout or a 5xx: the request may or may not have been applied.
+    Failed,
+    /// The service refused it unread (a 503 problem of type `overloaded`) and asked to be called
+    /// again after this long.
+    Shed(Duration),
 }
 
 struct Request {
@@ -170,6 +192,10 @@ enum Service {
 
 /// Attempts before a request is given up; with the backoff, about 40 s of trying.
 const ATTEMPTS: u32 = 16;
+
+/// How long a request refused for overload is tried again: refusals do not use up attempts,
+/// since a system under more load than it takes refuses many.
+const SHED_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Long enough for any run.
 const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -199,18 +225,28 @@ impl Api {
             orders,
             inventory,
             next: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            shed: AtomicUsize::new(0),
             errors: AtomicUsize::new(0),
+            latency: std::sync::Mutex::new(Histogram::new(3).expect("valid histogram")),
         }))
     }
 
-    /// Requests answered 5xx or not at all so far.
+    /// Requests answered 5xx or not at all so far (shed ones aside).
     pub fn errors(&self) -> usize {
         self.errors.load(Ordering::Relaxed)
     }
 
-    /// One attempt on the next instance: `None` when there was no usable answer (no connection,
-    /// a timeout, a 5xx), in which case the request may or may not have been applied.
-    async fn attempt(&self, service: Service, request: &Request) -> Option<(StatusCode, Value)> {
+    /// Requests sent, shed and failed, and the latency of those accepted, into `report`.
+    pub fn http_figures(&self, report: &mut Report) {
+        report.http_requests = self.requests.load(Ordering::Relaxed);
+        report.http_shed = self.shed.load(Ordering::Relaxed);
+        report.http_errors = self.errors();
+        report.http_latency_ms = LatencySummary::of(&self.latency.lock().expect("latency lock"), 1000.0);
+    }
+
+    /// One attempt on the next instance, or why it brought no usable answer.
+    async fn attempt(&self, service: Service, request: &Request) -> Result<(StatusCode, Value), NoAnswer> {
         let Request { method, path, body, idempotency_key, token } = request;
         let instances = match service {
             Service::Orders => &self.orders,
@@ -224,14 +260,31 @@ impl Api {
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
-        match request.send().await {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let response = request.send().await;
+        let elapsed = started.elapsed();
+        match response {
+            Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                let wait = retry_after(&response);
+                let problem = response.json::<Value>().await.unwrap_or(Value::Null);
+                if problem["type"].as_str().is_some_and(|kind| kind.ends_with("/overloaded")) {
+                    self.shed.fetch_add(1, Ordering::Relaxed);
+                    Err(NoAnswer::Shed(wait))
+                } else {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    Err(NoAnswer::Failed)
+                }
+            }
             Ok(response) if !response.status().is_server_error() => {
+                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+                self.latency.lock().expect("latency lock").record(micros).expect("latency within range");
                 let status = response.status();
-                Some((status, response.json::<Value>().await.unwrap_or(Value::Null)))
+                Ok((status, response.json::<Value>().await.unwrap_or(Value::Null)))
             }
             _ => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                None
+                Err(NoAnswer::Failed)
             }
         }
     }
@@ -260,11 +313,17 @@ impl Api {
     }
 
     async fn send(&self, service: Service, request: &Request) -> anyhow::Result<(StatusCode, Value)> {
-        for attempt in 0..ATTEMPTS {
-            if let Some(answer) = self.attempt(service, request).await {
-                return Ok(answer);
+        let patience = Instant::now() + SHED_PATIENCE;
+        let mut attempt = 0;
+        while attempt < ATTEMPTS {
+            match self.attempt(service, request).await {
+                Ok(answer) => return Ok(answer),
+                Err(NoAnswer::Shed(wait)) if Instant::now() < patience => tokio::time::sleep(wait).await,
+                Err(NoAnswer::Shed(_) | NoAnswer::Failed) => {
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                    attempt += 1;
+                }
             }
-            tokio::time::sleep(retry_pause(attempt)).await;
         }
         bail!("{} {}: no answer after {ATTEMPTS} attempts", request.method, request.path)
     }
@@ -404,8 +463,11 @@ impl Api {
             idempotency_key: None,
             token: customer.to_owned(),
         };
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
+        let patience = Instant::now() + SHED_PATIENCE;
+        let mut attempt = 0;
+        let mut maybe_applied = false;
+        while attempt < ATTEMPTS {
+            if maybe_applied {
                 let current = self.order(order).await?;
                 let lines = current["lines"].as_array().cloned().unwrap_or_default();
                 if lines.iter().any(|line| line["productId"] == product) {
@@ -413,9 +475,15 @@ impl Api {
                 }
             }
             match self.attempt(Service::Orders, &add).await {
-                Some((StatusCode::OK, _)) => return Ok(()),
-                Some((status, answer)) => bail!("add product {product} to {order}: {status}: {answer}"),
-                None => tokio::time::sleep(retry_pause(attempt)).await,
+                Ok((StatusCode::OK, _)) => return Ok(()),
+                Ok((status, answer)) => bail!("add product {product} to {order}: {status}: {answer}"),
+                // Refused unread: nothing to check before trying again.
+                Err(NoAnswer::Shed(wait)) if Instant::now() < patience => tokio::time::sleep(wait).await,
+                Err(NoAnswer::Shed(_) | NoAnswer::Failed) => {
+                    maybe_applied = true;
+                    tokio::time::sleep(retry_pause(attempt)).await;
+                    attempt += 1;
+                }
             }
         }
         bail!("add product {product} to {order}: no answer after {ATTEMPTS} attempts")
@@ -557,6 +625,20 @@ fn retry_pause(attempt: u32) -> Duration {
     Duration::from_millis((50u64 << attempt.min(6)).min(3_000))
 }
 
+/// The wait a response asks for (`Retry-After` in seconds, at most a minute; 1 s if unreadable),
+/// plus up to half of it again, so that refused clients do not all return at once.
+fn retry_after(response: &reqwest::Response) -> Duration {
+    let seconds = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .unwrap_or(1)
+        .min(60);
+    let wait = Duration::from_secs(seconds);
+    wait + wait.mul_f64(fastrand::f64() / 2.0)
+}
+
 /// Throughput, latency and final statuses of a set of orders.
 pub fn summarize(seed: u64, concurrency: usize, duration: Duration, finals: &HashMap<String, Value>) -> Report {
     let mut report = Report { seed, orders: finals.len(), concurrency, ..Report::default() };
@@ -574,14 +656,21 @@ pub fn summarize(seed: u64, concurrency: usize, duration: Duration, finals: &Has
             latency.record(micros).expect("latency within range");
         }
     }
-    report.latency_ms = LatencySummary {
-        samples: latency.len(),
-        p50: latency.value_at_quantile(0.5) as f64 / 1000.0,
-        p90: latency.value_at_quantile(0.9) as f64 / 1000.0,
-        p99: latency.value_at_quantile(0.99) as f64 / 1000.0,
-        max: latency.max() as f64 / 1000.0,
-    };
+    report.latency_ms = LatencySummary::of(&latency, 1000.0);
     report
+}
+
+impl LatencySummary {
+    /// Quantiles of `histogram`, divided by `per_ms` (its units per millisecond).
+    fn of(histogram: &Histogram<u64>, per_ms: f64) -> Self {
+        Self {
+            samples: histogram.len(),
+            p50: histogram.value_at_quantile(0.5) as f64 / per_ms,
+            p90: histogram.value_at_quantile(0.9) as f64 / per_ms,
+            p99: histogram.value_at_quantile(0.99) as f64 / per_ms,
+            max: histogram.max() as f64 / per_ms,
+        }
+    }
 }
 
 fn timestamp(value: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -614,7 +703,20 @@ pub fn print_report(report: &Report) {
     );
     let statuses: Vec<String> = report.statuses.iter().map(|(status, count)| format!("{status} {count}")).collect();
     println!("final statuses  {}", statuses.join(", "));
-    println!("http errors     {} (5xx or no answer, each retried)", report.http_errors);
+    let shed_share =
+        if report.http_requests == 0 { 0.0 } else { report.http_shed as f64 / report.http_requests as f64 };
+    println!(
+        "http            {} requests, {} shed ({:.1}%, each retried after its Retry-After), {} errors (5xx or no answer, each retried)",
+        report.http_requests,
+        report.http_shed,
+        shed_share * 100.0,
+        report.http_errors
+    );
+    let h = &report.http_latency_ms;
+    println!(
+        "accepted        p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} requests answered)",
+        h.p50, h.p90, h.p99, h.max, h.samples
+    );
     if report.unfinished > 0 {
         println!("UNFINISHED      {} orders never left placed", report.unfinished);
     }

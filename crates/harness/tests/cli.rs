@@ -21,3 +21,12 @@ fn bad_flags_are_refused_with_a_hint() {
     assert!(!output.status.success());
     assert!(text(&output).contains("--orders and --concurrency must be at least 1"), "{}", text(&output));
 }
+
+#[test]
+fn an_unknown_kind_of_fault_is_refused_with_the_kinds_there_are() {
+    let output = harness(&["chaos", "--faults", "silent-postgres,silent-db"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = text(&output);
+    assert!(message.contains("invalid value 'silent-db' for '--faults <FAULTS>'"), "{message}");
+    assert!(message.contains("silent-broker, slow-postgres, slow-broker"), "{message}");
+}

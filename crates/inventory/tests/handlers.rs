@@ -36,7 +36,7 @@ impl Inventory {
         let service = ProductService::new(self.products.clone(), self.sagas.clone());
         let new = NewProduct {
             name: ProductName::new("Kettle").unwrap(),
-            description: String::new(),
+            description: None,
             price: Money::new(Decimal::new(1990, 2)).unwrap(),
             stock,
         };

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use inventory::application::{ProductStore, ReservationSaga, SagaStore};
-use inventory::domain::{Money, OrderId, Product, ProductId, ProductName, Quantity};
+use inventory::domain::{Money, OrderId, Product, ProductDescription, ProductId, ProductName, Quantity};
 use inventory::infrastructure::{
     PgProductStore, PgSagaStore, SqliteProductStore, SqliteSagaStore, migrator, sqlite_migrator,
 };
@@ -123,7 +123,7 @@ async fn saved_product(store: &dyn ProductStore, stock: u32) -> Product {
     let mut product = Product::create(
         id,
         ProductName::new("Lamp").unwrap(),
-        "brass".into(),
+        ProductDescription::new("brass").ok(),
         Money::new(Decimal::new(3000, 2)).unwrap(),
         stock,
     )
@@ -283,11 +283,11 @@ async fn a_saga_round_trips_and_refuses_a_stale_save<B: Backend>() {
     assert!(store.load(OrderId::generate()).await.unwrap().is_none());
 
     let mut first = saga.clone();
-    first.on_stock_rejected(product, "not enough stock".into()).unwrap();
+    first.on_stock_rejected(product, "not enough stock".into(), kernel::now()).unwrap();
     store.save(&first, &Effects::new()).await.unwrap();
     first.record_saved();
     let mut stale = saga.clone();
-    stale.on_order_cancelled();
+    stale.on_order_cancelled(kernel::now());
     assert!(matches!(store.save(&stale, &Effects::new()).await, Err(SaveError::Conflict)));
     assert_eq!(store.load(saga.order_id()).await.unwrap().unwrap(), first);
     // A second saga for the same order is a conflict too.
@@ -308,4 +308,26 @@ async fn a_saga_row_that_does_not_restore_is_corrupt<B: Backend>() {
     let expected = format!("saga of order {}", saga.order_id());
     assert!(matches!(&corrupt, LoadError::Corrupt { what, .. } if *what == expected), "{corrupt:?}");
     assert!(messaging::ErrorChain(&corrupt).to_string().contains("a product id is a positive integer (got 0)"));
+}
+
+#[tokio::test]
+async fn a_name_stored_before_names_were_one_line_still_restores() {
+    let db = TestDatabase::empty().await;
+    let all = migrator();
+    let before = sqlx::migrate::Migrator::with_migrations(
+        all.migrations.iter().filter(|migration| migration.version < 101).cloned().collect(),
+    );
+    before.run(&db.pool).await.unwrap();
+    sqlx::query("INSERT INTO products (id, name, price, stock, version) VALUES (1, $1, 2, 5, 1), (2, $2, 2, 5, 1)")
+        .bind("Two\nline\tname")
+        .bind("\u{7}")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    all.run(&db.pool).await.unwrap();
+
+    let store = PgProductStore::new(db.pool.clone());
+    let load = async |id| store.load(ProductId::new(id).unwrap()).await.unwrap().unwrap();
+    assert_eq!(load(1).await.name().as_str(), "Two line name");
+    assert_eq!(load(2).await.name().as_str(), "?");
 }

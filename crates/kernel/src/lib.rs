@@ -1,5 +1,13 @@
 //! The shared kernel: value objects whose meaning both bounded contexts agree on.
-//! Each constructor enforces the type's rule, so a value that exists is valid.
+//! Each constructor enforces the type's rule, so a value that exists is valid; the values a
+//! client sends deserialize only when valid, and (feature `openapi`) describe their rules to
+//! API documents.
+
+#[cfg(feature = "openapi")]
+mod openapi;
+mod text;
+
+pub use text::{Chars, Text, TextError, TextKind};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rust_decimal::Decimal;
@@ -13,7 +21,8 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-/// An amount of money in the shop's single currency: exact, never negative, whole cents.
+/// An amount of money in the shop's single currency: exact, never negative, whole cents, at
+/// most [`Money::MAX`] (what the stores' `numeric(16, 2)` columns hold).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Money(Decimal);
 
@@ -23,14 +32,18 @@ pub enum MoneyError {
     Negative(Decimal),
     #[error("an amount of money has at most 2 decimal places (got {0})")]
     TooPrecise(Decimal),
-    #[error("not a decimal amount: {0:?}")]
+    #[error("not a decimal amount such as \"19.90\": {0:?}")]
     NotANumber(String),
-    #[error("amount too large")]
+    #[error("an amount of money is at most {max} (got {0})", max = Money::MAX)]
+    TooLarge(Decimal),
+    #[error("the amount would exceed {max}", max = Money::MAX)]
     Overflow,
 }
 
 impl Money {
     pub const ZERO: Money = Money(Decimal::ZERO);
+    /// The largest amount: 14 digits before the point, 2 after.
+    pub const MAX: Money = Money(Decimal::from_parts(1_874_919_423, 2_328_306, 0, false, 2));
 
     pub fn new(amount: Decimal) -> Result<Self, MoneyError> {
         if amount.is_sign_negative() && !amount.is_zero() {
@@ -38,6 +51,9 @@ impl Money {
         }
         if amount.normalize().scale() > 2 {
             return Err(MoneyError::TooPrecise(amount));
+        }
+        if amount > Self::MAX.0 {
+            return Err(MoneyError::TooLarge(amount));
         }
         Ok(Self(amount.round_dp(2).normalize().abs()))
     }
@@ -51,20 +67,38 @@ impl Money {
     }
 
     pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
-        self.0.checked_add(other.0).map(Money).ok_or(MoneyError::Overflow)
+        Self::bounded(self.0.checked_add(other.0))
     }
 
     pub fn times(self, quantity: Quantity) -> Result<Money, MoneyError> {
-        self.0.checked_mul(Decimal::from(quantity.get())).map(Money).ok_or(MoneyError::Overflow)
+        Self::bounded(self.0.checked_mul(Decimal::from(quantity.get())))
+    }
+
+    fn bounded(amount: Option<Decimal>) -> Result<Money, MoneyError> {
+        amount.filter(|amount| *amount <= Self::MAX.0).map(Money).ok_or(MoneyError::Overflow)
     }
 }
 
 impl FromStr for Money {
     type Err = MoneyError;
 
+    /// Digits, optionally a point and more digits: `19.90`, `3`, `0.5`. Nothing else (no sign,
+    /// exponent, separators or spaces), so that the syntax is the one the API documents state.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let amount = Decimal::from_str_exact(text.trim()).map_err(|_| MoneyError::NotANumber(text.to_owned()))?;
-        Self::new(amount)
+        let not_a_number = || MoneyError::NotANumber(text.to_owned());
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(fraction) {
+            return Err(not_a_number());
+        }
+        Self::new(Decimal::from_str_exact(text).map_err(|_| not_a_number())?)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Money {
+    /// From a string in the syntax of [`FromStr`]: JSON numbers are not exact.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -115,6 +149,12 @@ impl fmt::Display for Quantity {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A product of the catalog: a positive integer assigned by inventory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProductId(i64);
@@ -136,6 +176,12 @@ impl ProductId {
 impl fmt::Display for ProductId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProductId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -196,11 +242,26 @@ mod tests {
 
     #[test]
     fn money_refuses_negative_and_sub_cent_amounts_and_text() {
-        assert_eq!("-1".parse::<Money>(), Err(MoneyError::Negative(Decimal::NEGATIVE_ONE)));
+        assert_eq!(Money::new(Decimal::NEGATIVE_ONE), Err(MoneyError::Negative(Decimal::NEGATIVE_ONE)));
         assert!(matches!("1.999".parse::<Money>(), Err(MoneyError::TooPrecise(_))));
-        assert!(matches!("ten".parse::<Money>(), Err(MoneyError::NotANumber(_))));
+        for text in ["ten", "-1", "+1", " 1", "1_000", "1e3", ".5", "1.", "", "1.2.3", "١"] {
+            assert!(matches!(text.parse::<Money>(), Err(MoneyError::NotANumber(_))), "{text:?}");
+        }
         assert_eq!(money("1.500"), money("1.5"), "trailing zeros are not precision");
+        assert_eq!(money("007.5"), money("7.50"));
         assert!(money("0").is_zero());
+    }
+
+    #[test]
+    fn money_stays_within_what_the_stores_hold() {
+        assert_eq!(Money::MAX.to_string(), "99999999999999.99");
+        assert_eq!(money("99999999999999.99"), Money::MAX);
+        assert!(matches!("100000000000000".parse::<Money>(), Err(MoneyError::TooLarge(_))));
+        assert!(matches!("99999999999999999999999999999999999".parse::<Money>(), Err(MoneyError::NotANumber(_))));
+        assert_eq!(Money::MAX.checked_add(money("0.01")), Err(MoneyError::Overflow));
+        assert_eq!(Money::MAX.times(Quantity::new(2).unwrap()), Err(MoneyError::Overflow));
+        assert_eq!(serde_json::from_str::<Money>(r#""2.50""#).unwrap(), money("2.5"));
+        assert!(serde_json::from_str::<Money>("2.5").is_err(), "a JSON number is not exact");
     }
 
     #[test]
@@ -211,6 +272,17 @@ mod tests {
         let most = Quantity::new(1_000_000).unwrap();
         assert!(most.checked_add(Quantity::new(1).unwrap()).is_err());
         assert_eq!(Quantity::new(2).unwrap().checked_add(Quantity::new(3).unwrap()).unwrap().get(), 5);
+    }
+
+    #[test]
+    fn quantities_and_product_ids_deserialize_only_when_valid() {
+        assert_eq!(serde_json::from_str::<Quantity>("3").unwrap().get(), 3);
+        let zero = serde_json::from_str::<Quantity>("0").unwrap_err().to_string();
+        assert!(zero.starts_with("a quantity must be at least 1 (got 0)"), "{zero}");
+        assert!(serde_json::from_str::<Quantity>("1.5").is_err());
+        assert!(serde_json::from_str::<Quantity>("1000001").is_err());
+        assert_eq!(serde_json::from_str::<ProductId>("7").unwrap().get(), 7);
+        assert!(serde_json::from_str::<ProductId>("-7").is_err());
     }
 
     #[test]

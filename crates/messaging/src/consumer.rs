@@ -2,16 +2,22 @@
 //! reads, runs the handler on each with bounded concurrency, retries transient failures with
 //! backoff, moves messages that cannot be processed to the queue's error queue with the reason,
 //! and acknowledges only after the handler has committed.
+//!
+//! A handler that panics or overruns its deadline costs one attempt at one message (or batch),
+//! never its lane: each unit of work runs under `catch_unwind` and a timeout.
 
 use crate::ErrorChain;
 use crate::backoff::{Backoff, Jitter};
 use crate::envelope::{DecodeError, Envelope, UnreadableEnvelope};
 use crate::handler::{Handler, HandlerError, Inbound, Received};
+use crate::stats::ConsumerStats;
 use crate::transport::{Deliveries, Delivery, Failure, Naming, QueueSpec, Settlement, Transport};
 use crate::unit_of_work::Inbox;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use std::any::Any;
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -47,11 +53,36 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
+    /// Longest a unit of work (one message or a batch) may run; past it, it is abandoned and
+    /// counts as a transient failure. It bounds every wait a handler cannot bound itself, such
+    /// as a query on a database connection that went silent.
+    pub handler_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        Self { concurrency: 16, prefetch: 64, retry: RetryPolicy::default() }
+        Self { concurrency: 16, prefetch: 64, retry: RetryPolicy::default(), handler_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Why a unit of work was abandoned by the runtime rather than failed by the handler.
+#[derive(Debug, thiserror::Error)]
+pub enum Abandoned {
+    /// The handler panicked (most likely a defect); the message is retried like a transient
+    /// failure, and its panic message becomes the dead letter's reason.
+    #[error("the handler panicked: {0}")]
+    Panicked(String),
+    /// The handler ran past [`ConsumerConfig::handler_timeout`].
+    #[error("the handler did not finish within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// The message a panic was raised with (`panic!("...")`), or a placeholder.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_owned(),
+        (None, Some(message)) => message.clone(),
+        (None, None) => "a panic without a message".to_owned(),
     }
 }
 
@@ -70,6 +101,8 @@ struct Settings {
     inbox: Option<Arc<dyn Inbox>>,
     concurrency: usize,
     retry: RetryPolicy,
+    stats: Arc<ConsumerStats>,
+    handler_timeout: Duration,
 }
 
 impl Consumer {
@@ -82,7 +115,14 @@ impl Consumer {
             message_types: H::Message::TYPES.iter().map(|&message_type| message_type.to_owned()).collect(),
             prefetch: config.prefetch,
         };
-        let settings = Settings { service, inbox: None, concurrency: config.concurrency.max(1), retry: config.retry };
+        let settings = Settings {
+            service,
+            inbox: None,
+            concurrency: config.concurrency.max(1),
+            retry: config.retry,
+            stats: Arc::default(),
+            handler_timeout: config.handler_timeout,
+        };
         Self { name, queue, settings, handler }
     }
 
@@ -100,6 +140,11 @@ impl Consumer {
     /// The queue it consumes.
     pub fn queue(&self) -> &QueueSpec {
         &self.queue
+    }
+
+    /// What it has handled and dead-lettered, counted as it runs.
+    pub fn stats(&self) -> Arc<ConsumerStats> {
+        self.settings.stats.clone()
     }
 
     /// Consumes until `shutdown`; then stops taking deliveries and finishes those in flight.
@@ -199,9 +244,25 @@ impl<H: Handler> Worker<H> {
             });
             lanes.push(lane);
         }
+        // A lane ends before shutdown only through a defect of the runtime itself (handlers
+        // cannot end it): the consumer then stops too, with the lane's panic, so that its
+        // supervisor sees it stop rather than a queue nobody reads.
+        let mut lane_crashed = None;
         loop {
             let delivery = tokio::select! {
                 _ = worker.shutdown.cancelled() => break,
+                Some(ended) = workers.join_next() => {
+                    let consumer = worker.handler.name();
+                    match ended {
+                        Err(crash) if crash.is_panic() => {
+                            let panic = crash.into_panic();
+                            tracing::error!(consumer, panic = %panic_message(panic.as_ref()), "a lane of the consumer panicked; stopping it");
+                            lane_crashed = Some(panic);
+                        }
+                        Ok(()) | Err(_) => tracing::error!(consumer, "a lane of the consumer ended; stopping it"),
+                    }
+                    break;
+                }
                 delivery = deliveries.next() => match delivery {
                     Some(delivery) => delivery,
                     None => break,
@@ -221,6 +282,9 @@ impl<H: Handler> Worker<H> {
         drop(lanes);
         while workers.join_next().await.is_some() {}
         drop(deliveries);
+        if let Some(panic) = lane_crashed {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// Decodes a delivery and finds its ordering key.
@@ -292,7 +356,8 @@ impl<H: Handler> Worker<H> {
         let span = self.handling_span(run.iter_mut().map(|ready| &mut ready.received.envelope));
         let started = std::time::Instant::now();
         let messages: Vec<&Received<H::Message>> = run.iter().map(|ready| &ready.received).collect();
-        match self.handler.handle_many(&messages).instrument(span).await {
+        let outcome = self.guarded(self.handler.handle_many(&messages)).instrument(span).await;
+        match outcome.unwrap_or_else(|abandoned| Some(Err(HandlerError::transient(abandoned)))) {
             Some(Ok(())) => {
                 tracing::debug!(count = run.len(), took = ?started.elapsed(), "handled together");
                 for ready in run {
@@ -357,7 +422,8 @@ impl<H: Handler> Worker<H> {
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let outcome = self.handler.handle(&received).await;
+            let outcome = self.guarded(self.handler.handle(&received)).await;
+            let outcome = outcome.unwrap_or_else(|abandoned| Err(HandlerError::transient(abandoned)));
             metrics::histogram!("message_handling_seconds", "consumer" => consumer, "type" => message.message_type.clone())
                 .record(started.elapsed().as_secs_f64());
             let reason = match outcome {
@@ -390,12 +456,33 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    /// Runs one unit of work of the handler under its deadline, catching a panic.
+    async fn guarded<T>(&self, work: impl Future<Output = T>) -> Result<T, Abandoned> {
+        let deadline = self.settings.handler_timeout;
+        match tokio::time::timeout(deadline, AssertUnwindSafe(work).catch_unwind()).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(panic)) => {
+                let consumer = self.handler.name();
+                let message = panic_message(panic.as_ref());
+                tracing::error!(panic = %message, "handler panicked");
+                metrics::counter!("handler_panics_total", "consumer" => consumer).increment(1);
+                Err(Abandoned::Panicked(message))
+            }
+            Err(_) => Err(Abandoned::TimedOut(deadline)),
+        }
+    }
+
     async fn already_consumed(&self, message: &Envelope) -> bool {
         let Some(inbox) = &self.settings.inbox else { return false };
-        match inbox.contains(self.handler.name(), message.message_id).await {
-            Ok(found) => found,
-            Err(error) => {
+        let lookup = inbox.contains(self.handler.name(), message.message_id);
+        match tokio::time::timeout(self.settings.handler_timeout, lookup).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
                 tracing::warn!(error = %ErrorChain(error.as_ref()), "inbox lookup failed; handling the message anyway");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("inbox lookup timed out; handling the message anyway");
                 false
             }
         }
@@ -405,6 +492,7 @@ impl<H: Handler> Worker<H> {
         let consumer = self.handler.name();
         metrics::counter!("messages_consumed_total", "consumer" => consumer, "type" => message.message_type.clone(), "outcome" => outcome)
             .increment(1);
+        self.settings.stats.record_handled();
         if let Err(error) = settlement.ack().await {
             // The broker will deliver it again; the inbox makes that harmless.
             tracing::warn!(error = %ErrorChain(&error), "ack failed after the message was handled");
@@ -416,6 +504,7 @@ impl<H: Handler> Worker<H> {
         tracing::error!(reason = %failure.reason, attempts = failure.attempts, "message moved to the error queue");
         metrics::counter!("messages_dead_lettered_total", "consumer" => consumer, "type" => message_type.to_owned())
             .increment(1);
+        self.settings.stats.record_dead_lettered();
         if let Err(error) = settlement.dead_letter(failure).await {
             tracing::warn!(error = %ErrorChain(&error), "could not dead-letter the message; it will be delivered again");
         }

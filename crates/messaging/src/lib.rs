@@ -12,16 +12,19 @@
 //! - [`transport`]: the port and its RabbitMQ, SQLite (embedded broker) and in-memory adapters.
 //! - [`trace`]: spans that continue the trace a message or request carries.
 //! - [`Backoff`]: how every retry loop waits.
+//! - [`stats`] and [`outbox`]: what operators see of consumers and outboxes.
 #![warn(missing_docs)]
 
 pub mod backoff;
 pub mod consumer;
 pub mod envelope;
 pub mod handler;
+pub mod outbox;
 pub mod postgres;
 pub mod relay;
 mod sql;
 pub mod sqlite;
+pub mod stats;
 pub mod trace;
 pub mod transport;
 pub mod unit_of_work;
@@ -30,10 +33,12 @@ pub mod unit_of_work;
 pub mod testing;
 
 pub use backoff::{Backoff, Jitter};
-pub use consumer::{Consumer, ConsumerConfig, RetryPolicy};
+pub use consumer::{Abandoned, Consumer, ConsumerConfig, RetryPolicy, panic_message};
 pub use contracts::Message;
 pub use envelope::{Causation, DecodeError, Envelope, TraceParent, UnreadableEnvelope};
 pub use handler::{BatchHandler, Handler, HandlerError, Inbound, IsTransient, Received, hash};
+pub use outbox::{OutboxBacklog, OutboxMonitor};
+pub use stats::{ConsumerFigures, ConsumerStats};
 pub use transport::{Naming, Transport, TransportError};
 pub use unit_of_work::{
     BoxError, Consumed, Effects, Inbox, IsConflict, LoadError, Outgoing, SaveError, applied, retry_on_conflict,

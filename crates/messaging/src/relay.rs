@@ -9,6 +9,10 @@
 //!
 //! It sleeps until its store reports a commit, the next scheduled row falls due, or the periodic
 //! sweep that catches lost notifications comes round.
+//!
+//! Nothing it waits for may take forever: a batch (claim, publish, confirms, stamp), each query
+//! and each cleanup statement have a deadline, so that a database connection that went silent
+//! is abandoned instead of stalling publication.
 
 use crate::ErrorChain;
 use crate::backoff::Backoff;
@@ -40,13 +44,11 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// When the earliest unsent row falls due, if there is one.
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RelayError>;
 
-    /// Deletes outbox rows sent before `sent_before` and inbox records older than
-    /// `consumed_before`; returns how many of each.
-    async fn delete_old(
-        &self,
-        sent_before: DateTime<Utc>,
-        consumed_before: DateTime<Utc>,
-    ) -> Result<(u64, u64), RelayError>;
+    /// Deletes up to `limit` outbox rows sent before `sent_before`; returns how many.
+    async fn delete_sent(&self, sent_before: DateTime<Utc>, limit: i64) -> Result<u64, RelayError>;
+
+    /// Deletes up to `limit` inbox records older than `consumed_before`; returns how many.
+    async fn delete_consumed(&self, consumed_before: DateTime<Utc>, limit: i64) -> Result<u64, RelayError>;
 
     /// Starts watching for commits that add outbox rows.
     async fn watch(&self) -> Box<dyn CommitWatch>;
@@ -86,6 +88,9 @@ pub struct RelayConfig {
     pub inbox_retention: Duration,
     /// How often sent outbox rows and old inbox records are deleted.
     pub cleanup_interval: Duration,
+    /// Longest a batch (claim, publish, confirms, stamp) or any other query may take before it
+    /// is abandoned (its rows stay unsent); longer than the transport's wait for confirms.
+    pub deadline: Duration,
 }
 
 impl Default for RelayConfig {
@@ -97,6 +102,7 @@ impl Default for RelayConfig {
             sent_retention: Duration::from_secs(3600),
             inbox_retention: Duration::from_secs(7 * 24 * 3600),
             cleanup_interval: Duration::from_secs(60),
+            deadline: Duration::from_secs(20),
         }
     }
 }
@@ -125,6 +131,9 @@ pub enum RelayError {
     /// A publishing task panicked or was cancelled.
     #[error("relay task crashed")]
     Crashed(#[source] tokio::task::JoinError),
+    /// The batch took longer than [`RelayConfig::deadline`].
+    #[error("the batch did not finish within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl<S: OutboxStore> Relay<S> {
@@ -211,8 +220,14 @@ impl<S: OutboxStore> Relay<S> {
         Ok(())
     }
 
-    /// Claims, publishes and stamps one batch of due rows; returns how many.
+    /// Claims, publishes and stamps one batch of due rows, within the deadline; returns how many.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        tokio::time::timeout(self.config.deadline, self.claim_and_publish())
+            .await
+            .unwrap_or(Err(RelayError::TimedOut(self.config.deadline)))
+    }
+
+    async fn claim_and_publish(&self) -> Result<usize, RelayError> {
         let Claimed { mut envelopes, claim } = self.store.claim_due(self.config.batch_size).await?;
         if envelopes.is_empty() {
             return Ok(0);
@@ -269,8 +284,8 @@ impl<S: OutboxStore> Relay<S> {
 
     /// How long to sleep before the next scheduled row is due (or the sweep interval).
     async fn time_to_next_due(&self) -> Duration {
-        match self.store.next_due().await {
-            Ok(Some(due)) => {
+        match tokio::time::timeout(self.config.deadline, self.store.next_due()).await {
+            Ok(Ok(Some(due))) => {
                 // A due row we could not claim is being published by another relay: let it be.
                 let until_due = (due - Utc::now()).to_std().unwrap_or(self.config.sweep_interval);
                 until_due.min(self.config.sweep_interval)
@@ -279,16 +294,42 @@ impl<S: OutboxStore> Relay<S> {
         }
     }
 
+    /// Deletes sent outbox rows and inbox records past their retention, a bounded batch per
+    /// statement, so that a large backlog (after a long stop) is worked off within the deadline.
     async fn clean_up(&self) {
         let sent_before = Utc::now() - self.config.sent_retention;
         let consumed_before = Utc::now() - self.config.inbox_retention;
-        let outcome = self.store.delete_old(sent_before, consumed_before).await;
-        match outcome {
-            Ok((0, 0)) => {}
-            Ok((sent, consumed)) => {
-                tracing::debug!(relay = self.name, sent, consumed, "cleaned up old outbox and inbox rows");
+        self.delete_in_batches("outbox", |limit| self.store.delete_sent(sent_before, limit)).await;
+        self.delete_in_batches("inbox", |limit| self.store.delete_consumed(consumed_before, limit)).await;
+    }
+
+    /// Runs `delete` (which deletes at most `limit` rows of `table`) until it deletes fewer.
+    async fn delete_in_batches<F>(&self, table: &str, delete: impl Fn(i64) -> F)
+    where
+        F: Future<Output = Result<u64, RelayError>>,
+    {
+        const BATCH: i64 = 10_000;
+        let mut deleted = 0;
+        loop {
+            match tokio::time::timeout(self.config.deadline, delete(BATCH)).await {
+                Ok(Ok(done)) => {
+                    deleted += done;
+                    if done < BATCH as u64 {
+                        break;
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(relay = self.name, table, error = %ErrorChain(&error), "cleanup failed");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(relay = self.name, table, "cleanup did not finish in time");
+                    break;
+                }
             }
-            Err(error) => tracing::warn!(relay = self.name, error = %ErrorChain(&error), "outbox cleanup failed"),
+        }
+        if deleted > 0 {
+            tracing::debug!(relay = self.name, table, deleted, "cleaned up old rows");
         }
     }
 }

@@ -84,6 +84,7 @@ async fn run(handler: Arc<Recorder>, messages: Vec<Envelope>) -> MemoryTransport
             max_attempts: 2,
             backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
         },
+        ..ConsumerConfig::default()
     };
     let consumer = Consumer::new("test", &Naming::new("t"), handler.clone(), config);
     let queue = consumer.queue().clone();
@@ -193,4 +194,146 @@ async fn a_message_the_handler_cannot_read_is_dead_lettered_without_reaching_it(
     );
     shutdown.cancel();
     running.await.unwrap();
+}
+
+/// Panics on messages correlated "panic" (alone or in a batch), hangs on those correlated
+/// "hang", and records the others; the one correlated "gate" waits until it is released.
+struct Defective {
+    gate: Semaphore,
+    handled: Mutex<Vec<Uuid>>,
+    attempts_on_culprit: Mutex<u32>,
+    batch_panics: Mutex<u32>,
+}
+
+impl Defective {
+    fn culprit(&self, message: &Received<Shipping>) -> Option<&'static str> {
+        match message.envelope.correlation_id.as_str() {
+            "panic" => Some("panic"),
+            "hang" => Some("hang"),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Defective {
+    type Message = Shipping;
+
+    fn name(&self) -> &'static str {
+        "defective"
+    }
+
+    fn ordering_key(&self, _: &Received<Shipping>) -> u64 {
+        0 // one lane for everything: it must outlive the culprit
+    }
+
+    async fn handle(&self, message: &Received<Shipping>) -> Result<(), HandlerError> {
+        match self.culprit(message) {
+            Some(kind) => {
+                *self.attempts_on_culprit.lock().unwrap() += 1;
+                if kind == "hang" {
+                    std::future::pending::<()>().await;
+                }
+                panic!("index out of bounds: the len is 0 but the index is 0");
+            }
+            None => {
+                if message.envelope.correlation_id == "gate" {
+                    self.gate.acquire().await.unwrap().forget();
+                }
+                self.handled.lock().unwrap().push(message.envelope.message_id);
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle_many(&self, messages: &[&Received<Shipping>]) -> Option<Result<(), HandlerError>> {
+        if messages.iter().any(|message| self.culprit(message).is_some()) {
+            *self.batch_panics.lock().unwrap() += 1;
+            panic!("a batch with a culprit");
+        }
+        self.handled.lock().unwrap().extend(messages.iter().map(|message| message.envelope.message_id));
+        Some(Ok(()))
+    }
+}
+
+/// Publishes a message that holds the lane until the culprit and four good ones queued up behind
+/// it (so that they make one batch), then three more once the culprit was dead-lettered;
+/// returns the handler and its dead letters.
+async fn run_defective(
+    culprit: &str,
+    handler_timeout: Duration,
+) -> (Arc<Defective>, Vec<messaging::transport::DeadLetter>) {
+    let handler = Arc::new(Defective {
+        gate: Semaphore::new(0),
+        handled: Mutex::default(),
+        attempts_on_culprit: Mutex::default(),
+        batch_panics: Mutex::default(),
+    });
+    let transport = MemoryTransport::new();
+    let config = ConsumerConfig {
+        concurrency: 1,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+        },
+        handler_timeout,
+        ..ConsumerConfig::default()
+    };
+    let consumer = Consumer::new("test", &Naming::new("t"), handler.clone(), config);
+    let consumer_queue = consumer.queue().name.clone();
+    transport.declare(consumer.queue()).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
+    let mut messages: Vec<Envelope> = (0..5).map(|_| shipped("order-1")).collect();
+    messages[0].correlation_id = "gate".into();
+    messages.insert(2, shipped(culprit));
+    transport.publish(&messages).await.unwrap();
+    while transport.ready_count(&consumer_queue) > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    handler.gate.add_permits(1);
+    let mut letters = Vec::new();
+    messaging::testing::eventually(Duration::from_secs(10), "the culprit is dead-lettered", async || {
+        letters = transport.list("t.test.defective.error").await.unwrap();
+        !letters.is_empty()
+    })
+    .await;
+    let later: Vec<Envelope> = (0..3).map(|_| shipped("order-2")).collect();
+    transport.publish(&later).await.unwrap();
+    messaging::testing::eventually(Duration::from_secs(10), "every other message is handled", async || {
+        handler.handled.lock().unwrap().len() == 8
+    })
+    .await;
+    let handled = handler.handled.lock().unwrap().clone();
+    for message in messages.iter().chain(&later).filter(|message| message.correlation_id != culprit) {
+        assert!(handled.contains(&message.message_id), "{} was not handled", message.message_id);
+    }
+    assert_eq!(letters[0].message_type.as_deref(), Some("order.shipped.v1"));
+    assert_eq!(letters[0].message_id, Some(messages[2].message_id.to_string()));
+    assert_eq!(*handler.batch_panics.lock().unwrap(), 1, "the culprit's batch panicked and was split");
+    shutdown.cancel();
+    running.await.expect("the consumer ends at shutdown, not before");
+    (handler, letters)
+}
+
+#[tokio::test]
+async fn a_panic_costs_one_message_never_the_lane() {
+    let (handler, letters) = run_defective("panic", Duration::from_secs(10)).await;
+    // Retried like a transient failure, then dead-lettered with the panic message.
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    assert_eq!(
+        letters[0].reason,
+        "gave up after 3 attempts: the handler panicked: index out of bounds: the len is 0 but the index is 0"
+    );
+    // Its batch's panic split the batch and cost it no attempt.
+    assert_eq!(*handler.attempts_on_culprit.lock().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_handler_that_never_finishes_is_abandoned_at_its_deadline() {
+    let (handler, letters) = run_defective("hang", Duration::from_millis(50)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].attempts, *handler.attempts_on_culprit.lock().unwrap()), (3, 3));
+    assert_eq!(letters[0].reason, "gave up after 3 attempts: the handler did not finish within 50ms");
 }

@@ -1,6 +1,6 @@
 //! The `Transport` and `DeadLetters` contract, written once and run against every adapter:
-//! RabbitMQ (the real broker, under names of each test's own), the embedded SQLite broker (a
-//! file of each test's own) and the in-memory one. Then what only the embedded broker has to
+//! RabbitMQ (the real broker, under names of each test's own, with classic and with quorum
+//! queues), the embedded SQLite broker (a file of each test's own) and the in-memory one. Then what only the embedded broker has to
 //! show: what it holds outlives the process.
 
 use async_trait::async_trait;
@@ -8,7 +8,7 @@ use contracts::order::OrderShipped;
 use futures::StreamExt;
 use messaging::testing::{amqp_url, unique_naming};
 use messaging::transport::memory::MemoryTransport;
-use messaging::transport::rabbitmq::RabbitMq;
+use messaging::transport::rabbitmq::{QueueType, RabbitMq, RabbitMqSettings};
 use messaging::transport::sqlite::SqliteTransport;
 use messaging::transport::{DeadLetters, Deliveries, Failure, QueueSpec, Transport, TransportError};
 use messaging::{Causation, Envelope, TraceParent};
@@ -32,14 +32,20 @@ trait Broker: Sized + Send + Sync {
     async fn clean_up(self, queues: &[QueueSpec]);
 }
 
-struct Rabbit(RabbitMq);
+/// RabbitMQ with queues of the type `QUORUM` says.
+struct Rabbit<const QUORUM: bool>(RabbitMq);
+type RabbitClassic = Rabbit<false>;
+type RabbitQuorum = Rabbit<true>;
 
 #[async_trait]
-impl Broker for Rabbit {
+impl<const QUORUM: bool> Broker for Rabbit<QUORUM> {
     type Adapter = RabbitMq;
 
     async fn new() -> Self {
-        Self(RabbitMq::connect(&amqp_url(), unique_naming(), "transport-tests").await.expect("RabbitMQ reachable"))
+        let queue_type = if QUORUM { QueueType::Quorum } else { QueueType::Classic };
+        let settings = RabbitMqSettings { queue_type, ..RabbitMqSettings::default() };
+        let transport = RabbitMq::connect_with(&amqp_url(), unique_naming(), "transport-tests", settings).await;
+        Self(transport.expect("RabbitMQ reachable"))
     }
 
     fn transport(&self) -> &RabbitMq {
@@ -102,7 +108,8 @@ impl Broker for Memory {
     async fn clean_up(self, _: &[QueueSpec]) {}
 }
 
-// Each test once per adapter: `rabbitmq::<test>`, `sqlite::<test>`, `memory::<test>`.
+// Each test once per adapter: `rabbitmq::<test>`, `rabbitmq_quorum::<test>`, `sqlite::<test>`,
+// `memory::<test>`.
 messaging::contract_tests!(
     [
         every_contract_message_round_trips,
@@ -113,7 +120,7 @@ messaging::contract_tests!(
         competing_consumers_share_a_queue_without_duplicates,
         dead_letters_can_be_listed_replayed_and_purged,
     ],
-    rabbitmq => Rabbit, sqlite => Sqlite, memory => Memory,
+    rabbitmq => RabbitClassic, rabbitmq_quorum => RabbitQuorum, sqlite => Sqlite, memory => Memory,
 );
 
 const SHIPPED: &str = "order.shipped.v1";

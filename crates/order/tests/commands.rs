@@ -18,13 +18,17 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|service| service).await
+}
+
+async fn setup_with(configure: impl FnOnce(OrderService) -> OrderService) -> Setup {
     let db = TestDatabase::empty().await;
     migrator().run(&db.pool).await.unwrap();
     let catalog = Arc::new(PgCatalog::new(db.pool.clone()));
     let product = ProductId::new(1).unwrap();
     let item = CatalogItem { product_id: product, name: "Kettle".into(), price: "24.90".parse().unwrap() };
     catalog.upsert(&item, 1, &Effects::new()).await.unwrap();
-    let service = OrderService::new(Arc::new(PgOrderStore::new(db.pool.clone())), catalog);
+    let service = configure(OrderService::new(Arc::new(PgOrderStore::new(db.pool.clone())), catalog));
     Setup { service, product, _db: db }
 }
 
@@ -118,4 +122,22 @@ async fn a_customer_lists_its_own_orders_only() {
     assert!(matches!(refused, Err(AppError::Forbidden(_))), "{refused:?}");
     assert_eq!(ids(service.list(Actor::Admin, filter(None)).await.unwrap()), vec![theirs, mine]);
     assert_eq!(ids(service.list(Actor::Admin, filter(Some(bob))).await.unwrap()), vec![theirs]);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_holds_for_its_time_to_live_only() {
+    let key = || Some(IdempotencyKey::new("checkout-9").unwrap());
+    let (_, as_alice) = customer();
+
+    let lasting = setup().await;
+    let first = lasting.service.create(as_alice, new(None), key(), trace()).await.unwrap().0;
+    assert_eq!(lasting.service.create(as_alice, new(None), key(), trace()).await.unwrap(), (first, false));
+    assert_eq!(lasting.service.forget_expired_idempotency_keys().await.unwrap(), 0);
+
+    // Keys that expire at once: a repeat is a new order, and the cleanup finds the old uses.
+    let fleeting = setup_with(|service| service.with_idempotency_key_ttl(std::time::Duration::ZERO)).await;
+    let first = fleeting.service.create(as_alice, new(None), key(), trace()).await.unwrap().0;
+    let (second, created) = fleeting.service.create(as_alice, new(None), key(), trace()).await.unwrap();
+    assert!(created && second.id() != first.id(), "an expired key replayed its order");
+    assert_eq!(fleeting.service.forget_expired_idempotency_keys().await.unwrap(), 1);
 }

@@ -3,10 +3,13 @@
 //! database of its own.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use messaging::testing::{TestDatabase, TestSqlite};
 use messaging::{Causation, Effects, HandlerError, LoadError, SaveError, TraceParent};
-use order::application::{AppError, Catalog, OrderFilter, OrderStore};
-use order::domain::{CatalogItem, CustomerId, Order, OrderId, OrderStatus, ProductId, Quantity};
+use order::application::{AppError, Catalog, IdempotencyKeyUse, OrderFilter, OrderStore};
+use order::domain::{
+    CatalogItem, CustomerId, Order, OrderDescription, OrderId, OrderState, OrderStatus, ProductId, Quantity, Timeline,
+};
 use order::infrastructure::{PgCatalog, PgOrderStore, SqliteCatalog, SqliteOrderStore, migrator, sqlite_migrator};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -111,6 +114,7 @@ messaging::contract_tests!(
         orders_are_listed_newest_first_by_customer_and_status,
         a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable,
         an_idempotency_key_belongs_to_one_order,
+        an_expired_idempotency_key_no_longer_finds_its_order_is_taken_over_and_is_forgotten,
         the_catalog_keeps_the_newest_version_of_a_product,
         the_catalog_lists_products_by_id_with_exact_prices,
         a_catalog_update_commits_with_its_inbox_record,
@@ -127,11 +131,26 @@ fn item(id: i64, price: &str) -> CatalogItem {
 }
 
 fn draft() -> Order {
+    let description = OrderDescription::new("gifts").ok();
     let mut order =
-        Order::create(OrderId::generate(), CustomerId::from_uuid(Uuid::now_v7()), Some("gifts".into()), kernel::now())
-            .unwrap();
+        Order::create(OrderId::generate(), CustomerId::from_uuid(Uuid::now_v7()), description, kernel::now());
     order.take_events();
     order
+}
+
+/// A new draft created at `created_at`, as if it had been created then.
+fn draft_created_at(created_at: DateTime<Utc>) -> Order {
+    let timeline = Timeline { created_at, placed_at: None, decided_at: None };
+    let customer = CustomerId::from_uuid(Uuid::now_v7());
+    Order::restore(OrderId::generate(), customer, None, OrderState::Draft, Vec::new(), timeline, 0).unwrap()
+}
+
+fn key_use(key: &'static str, expired_before: DateTime<Utc>) -> Option<IdempotencyKeyUse<'static>> {
+    Some(IdempotencyKeyUse { key, fingerprint: "fingerprint", expired_before })
+}
+
+fn hours_ago(hours: i64) -> DateTime<Utc> {
+    kernel::now() - chrono::Duration::hours(hours)
 }
 
 fn a_message() -> Effects<'static> {
@@ -196,7 +215,7 @@ async fn orders_are_listed_newest_first_by_customer_and_status<B: Backend>() {
     let customer = CustomerId::from_uuid(Uuid::now_v7());
     let mut ids = Vec::new();
     for n in 0..5 {
-        let mut order = Order::create(OrderId::generate(), customer, None, kernel::now()).unwrap();
+        let mut order = Order::create(OrderId::generate(), customer, None, kernel::now());
         if n % 2 == 0 {
             order.add_line(&item(1, "1.00"), Quantity::new(1).unwrap()).unwrap();
             order.place(kernel::now()).unwrap();
@@ -245,11 +264,42 @@ async fn an_idempotency_key_belongs_to_one_order<B: Backend>() {
     let db = B::new().await;
     let store = db.orders();
     let (first, second) = (draft(), draft());
-    store.save(&first, Some(("key-1", "fingerprint")), &Effects::new()).await.unwrap();
-    let reused = store.save(&second, Some(("key-1", "fingerprint")), &Effects::new()).await;
+    store.save(&first, key_use("key-1", hours_ago(24)), &Effects::new()).await.unwrap();
+    let reused = store.save(&second, key_use("key-1", hours_ago(24)), &Effects::new()).await;
     assert!(matches!(reused, Err(SaveError::Conflict)));
     assert!(store.load(second.id()).await.unwrap().is_none(), "the second order was created anyway");
-    assert_eq!(store.find_by_idempotency_key("key-1").await.unwrap(), Some((first.id(), "fingerprint".into())));
+    assert_eq!(
+        store.find_by_idempotency_key("key-1", hours_ago(24)).await.unwrap(),
+        Some((first.id(), "fingerprint".into()))
+    );
+}
+
+async fn an_expired_idempotency_key_no_longer_finds_its_order_is_taken_over_and_is_forgotten<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
+    let old = draft_created_at(hours_ago(30));
+    store.save(&old, key_use("key-1", hours_ago(48)), &Effects::new()).await.unwrap();
+    let recent = draft_created_at(hours_ago(1));
+    store.save(&recent, key_use("key-2", hours_ago(48)), &Effects::new()).await.unwrap();
+
+    // With a 24 h time to live, the 30 h old use has expired: it finds nothing...
+    assert_eq!(store.find_by_idempotency_key("key-1", hours_ago(24)).await.unwrap(), None);
+    assert!(store.find_by_idempotency_key("key-1", hours_ago(48)).await.unwrap().is_some());
+    // ... and a new order may take the key over, while a live key stays its order's.
+    let taker = draft();
+    store.save(&taker, key_use("key-1", hours_ago(24)), &Effects::new()).await.unwrap();
+    let found = store.find_by_idempotency_key("key-1", hours_ago(24)).await.unwrap();
+    assert_eq!(found, Some((taker.id(), "fingerprint".into())));
+    let refused = store.save(&draft(), key_use("key-2", hours_ago(24)), &Effects::new()).await;
+    assert!(matches!(refused, Err(SaveError::Conflict)), "{refused:?}");
+
+    // Cleaning up deletes the keys used before the moment given, and only those.
+    store.save(&draft_created_at(hours_ago(26)), key_use("key-3", hours_ago(48)), &Effects::new()).await.unwrap();
+    assert_eq!(store.forget_idempotency_keys(hours_ago(24)).await.unwrap(), 1);
+    assert_eq!(store.find_by_idempotency_key("key-3", hours_ago(48)).await.unwrap(), None);
+    assert!(store.find_by_idempotency_key("key-2", hours_ago(24)).await.unwrap().is_some());
+    assert!(store.find_by_idempotency_key("key-1", hours_ago(24)).await.unwrap().is_some());
+    assert!(store.load(old.id()).await.unwrap().is_some(), "forgetting a key keeps its order");
 }
 
 // --- the catalog copy ----------------------------------------------------------------------------
@@ -286,4 +336,30 @@ async fn a_catalog_update_commits_with_its_inbox_record<B: Backend>() {
     let copy = catalog.upsert(&item(7, "9.00"), 2, &Effects::consuming("catalog", news)).await;
     assert!(matches!(copy, Err(SaveError::AlreadyConsumed)), "{copy:?}");
     assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "5.00");
+}
+
+// --- rows written before a rule: PostgreSQL only, no SQLite database ever held them -----------
+
+#[tokio::test]
+async fn a_reason_stored_before_reasons_refused_control_characters_still_restores() {
+    let db = TestDatabase::empty().await;
+    let all = migrator();
+    let before = sqlx::migrate::Migrator::with_migrations(
+        all.migrations.iter().filter(|migration| migration.version < 102).cloned().collect(),
+    );
+    before.run(&db.pool).await.unwrap();
+    let store = PgOrderStore::new(db.pool.clone());
+    let mut order = draft();
+    order.cancel(order::domain::Reason::new("later").unwrap()).unwrap();
+    store.save(&order, None, &Effects::new()).await.unwrap();
+    sqlx::query("UPDATE orders SET status_reason = $2 WHERE id = $1")
+        .bind(order.id().as_uuid())
+        .bind("rang the \u{7}bell\ntwice")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    all.run(&db.pool).await.unwrap();
+
+    let loaded = store.load(order.id()).await.unwrap().unwrap();
+    assert_eq!(loaded.state().reason().unwrap().as_str(), "rang the  bell\ntwice");
 }

@@ -6,16 +6,20 @@ pub mod config;
 pub mod dead_letters;
 mod server;
 mod services;
+mod storefront;
+pub mod supervision;
 pub mod telemetry;
 pub mod topology;
 
 pub use config::{AuthSettings, BrokerSettings, DataDir, InventorySettings, Mode, OrderSettings, Storage, Tuning};
+pub use config::{StorefrontDatabase, StorefrontSettings};
 pub use services::{Database, RunningService, Runtime, start_inventory, start_order, storage};
+pub use storefront::{STOREFRONT, StorefrontRuntime, migrate_storefront, start_storefront};
 
 use std::path::Path;
 
-/// Creates both databases if needed and runs their migrations: PostgreSQL where a URL is set,
-/// else the SQLite files in `embedded_dir`.
+/// Creates the services' databases if needed and runs their migrations: PostgreSQL where a URL
+/// is set, else the SQLite files in `embedded_dir`.
 pub async fn migrate(
     orders: &OrderSettings,
     inventory: &InventorySettings,

@@ -11,6 +11,7 @@ use shop::telemetry::{LogFormat, SpanExport, init_metrics};
 use shop::{
     AuthSettings, BrokerSettings, DataDir, InventorySettings, Mode, OrderSettings, RunningService, Runtime, Tuning,
 };
+use shop::{StorefrontDatabase, StorefrontRuntime, StorefrontSettings};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start; boxing would only obscure the flags")]
 enum Command {
     /// Run both services in this process, each with its own database and HTTP listener,
     /// talking only through the broker. With no database and broker URL set, embedded: SQLite
@@ -49,6 +51,8 @@ enum Command {
         auth: AuthSettings,
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        storefront: StorefrontSettings,
     },
     /// Run one service.
     Serve {
@@ -64,6 +68,8 @@ enum Command {
         inventory: InventorySettings,
         #[command(flatten)]
         data: DataDir,
+        #[command(flatten)]
+        storefront: StorefrontDatabase,
     },
     /// List, replay or purge the messages that consumers could not process (in RabbitMQ, or
     /// without SHOP_AMQP_URL in the embedded broker of the data directory).
@@ -101,6 +107,18 @@ enum Service {
         settings: InventorySettings,
         #[command(flatten)]
         broker: BrokerSettings,
+        #[command(flatten)]
+        tuning: Tuning,
+        #[command(flatten)]
+        auth: AuthSettings,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// The storefront: the shop's web pages for customers and operators, in front of the two
+    /// APIs (at SHOP_STOREFRONT_ORDERS_URL and SHOP_STOREFRONT_INVENTORY_URL).
+    Storefront {
+        #[command(flatten)]
+        settings: StorefrontSettings,
         #[command(flatten)]
         tuning: Tuning,
         #[command(flatten)]
@@ -160,10 +178,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Up { orders, inventory, broker, tuning, auth, data } => {
+        Command::Up { orders, inventory, broker, tuning, auth, data, storefront } => {
             let mode = Mode::of_system(&orders, &inventory, &broker, &data)?;
             let metrics = Some(init_metrics()?);
             let verifier = verifier(&auth, &data)?;
+            let signer = storefront_signer(&auth, &data)?;
             let naming = Naming::new(&broker.queue_prefix);
             let (transport, embedded_dir, _lock): (Arc<dyn Transport>, _, _) = match mode {
                 Mode::Embedded { data_dir } => {
@@ -172,14 +191,44 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 }
                 Mode::Distributed { amqp_url } => {
                     tracing::info!("on PostgreSQL and RabbitMQ ({})", messaging::redact_url(&amqp_url));
-                    (Arc::new(rabbitmq(&amqp_url, &naming, "shop").await?), None, None)
+                    (Arc::new(rabbitmq(&amqp_url, &broker, "shop").await?), None, None)
                 }
             };
             let runtime = Runtime { transport, naming, tuning, metrics, verifier, embedded_dir };
             let inventory = shop::start_inventory(&inventory, &runtime).await?;
             let orders = shop::start_order(&orders, &runtime).await?;
+            let storefront_runtime = StorefrontRuntime {
+                orders_url: storefront
+                    .orders_url
+                    .clone()
+                    .unwrap_or_else(|| StorefrontSettings::local_url(orders.http_addr)),
+                inventory_url: storefront
+                    .inventory_url
+                    .clone()
+                    .unwrap_or_else(|| StorefrontSettings::local_url(inventory.http_addr)),
+                signer,
+                data_dir: data.path()?,
+                tuning: runtime.tuning.clone(),
+                metrics: runtime.metrics.clone(),
+            };
+            let storefront = shop::start_storefront(&storefront, storefront_runtime).await?;
             print_ready(&[&orders, &inventory]);
-            run_until_signal(vec![orders, inventory]).await
+            print_storefront(&storefront);
+            run_until_signal(vec![storefront, orders, inventory]).await
+        }
+        Command::Serve { service: Service::Storefront { settings, tuning, auth, data } } => {
+            let metrics = Some(init_metrics()?);
+            let runtime = StorefrontRuntime {
+                orders_url: settings.orders_url.clone().unwrap_or_else(|| "http://127.0.0.1:8081".into()),
+                inventory_url: settings.inventory_url.clone().unwrap_or_else(|| "http://127.0.0.1:8082".into()),
+                signer: storefront_signer(&auth, &data)?,
+                data_dir: data.path()?,
+                tuning,
+                metrics,
+            };
+            let running = shop::start_storefront(&settings, runtime).await?;
+            print_storefront(&running);
+            run_until_signal(vec![running]).await
         }
         Command::Serve { service } => {
             let metrics = Some(init_metrics()?);
@@ -195,26 +244,29 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 Service::Order { settings, broker, tuning, auth, data } => {
                     let amqp_url = amqp_url_of_one_service("order", settings.database_url.as_deref(), &broker)?;
                     let verifier = verifier(&auth, &data)?;
-                    let transport = rabbitmq(&amqp_url, &Naming::new(&broker.queue_prefix), "shop-order").await?;
+                    let transport = rabbitmq(&amqp_url, &broker, "shop-order").await?;
                     shop::start_order(&settings, &runtime(&broker, transport, tuning, verifier)).await?
                 }
                 Service::Inventory { settings, broker, tuning, auth, data } => {
                     let amqp_url = amqp_url_of_one_service("inventory", settings.database_url.as_deref(), &broker)?;
                     let verifier = verifier(&auth, &data)?;
-                    let transport = rabbitmq(&amqp_url, &Naming::new(&broker.queue_prefix), "shop-inventory").await?;
+                    let transport = rabbitmq(&amqp_url, &broker, "shop-inventory").await?;
                     shop::start_inventory(&settings, &runtime(&broker, transport, tuning, verifier)).await?
                 }
+                Service::Storefront { .. } => unreachable!("matched above"),
             };
             print_ready(&[&running]);
             run_until_signal(vec![running]).await
         }
-        Command::Migrate { orders, inventory, data } => {
+        Command::Migrate { orders, inventory, data, storefront } => {
             if shop::config::on_postgres(&orders, &inventory)? {
                 shop::migrate(&orders, &inventory, None).await?;
+                shop::migrate_storefront(&storefront.database_url).await?;
                 println!("databases are up to date");
             } else {
                 let data_dir = data.path()?;
                 shop::migrate(&orders, &inventory, Some(&data_dir)).await?;
+                shop::migrate_storefront(&storefront.database_url).await?;
                 println!(
                     "the embedded databases in {} are up to date ({}, {})",
                     data_dir.display(),
@@ -228,7 +280,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let naming = Naming::new(&broker.queue_prefix);
             match &broker.amqp_url {
                 Some(amqp_url) => {
-                    let transport = rabbitmq(amqp_url, &naming, "shop-dead-letters").await?;
+                    let transport = rabbitmq(amqp_url, &broker, "shop-dead-letters").await?;
                     shop::dead_letters::run(action, &transport, &naming).await?;
                 }
                 None => {
@@ -261,14 +313,31 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// What the storefront signs its users' tokens with: the local key, or nothing when the
+/// services trust only an identity provider.
+fn storefront_signer(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<web::auth::Signer> {
+    auth.signer(data).context(
+        "the storefront cannot start: it signs the tokens of the people it serves with the local key, which \
+         the services do not trust with this configuration",
+    )
+}
+
+fn print_storefront(storefront: &RunningService) {
+    tracing::info!(
+        "storefront on http://{} (operators: sign in with SHOP_ADMIN_EMAIL, admin@shop.local by default)",
+        storefront.http_addr
+    );
+}
+
 fn verifier(auth: &AuthSettings, data: &DataDir) -> anyhow::Result<Arc<Verifier>> {
     let verifier = auth.verifier(data)?;
     tracing::info!("the APIs accept tokens signed by {}", verifier.describe());
     Ok(Arc::new(verifier))
 }
 
-async fn rabbitmq(amqp_url: &str, naming: &Naming, connection_name: &str) -> anyhow::Result<RabbitMq> {
-    RabbitMq::connect(amqp_url, naming.clone(), connection_name).await.with_context(|| {
+async fn rabbitmq(amqp_url: &str, broker: &BrokerSettings, connection_name: &str) -> anyhow::Result<RabbitMq> {
+    let naming = Naming::new(&broker.queue_prefix);
+    RabbitMq::connect_with(amqp_url, naming, connection_name, broker.rabbitmq()).await.with_context(|| {
         format!("cannot reach RabbitMQ at {} (is it running? see SHOP_AMQP_URL)", messaging::redact_url(amqp_url))
     })
 }

@@ -1,20 +1,25 @@
 //! Wiring of the two services: database (PostgreSQL or SQLite), migrations, stores, handlers,
-//! consumers, relay, HTTP.
+//! consumers, relay and chores under supervision, HTTP with the operators' routes.
 
 use crate::config::{InventorySettings, OrderSettings, Storage, Tuning, embedded};
 use crate::server::HttpApp;
+use crate::supervision::Supervisor;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use messaging::postgres::{PgInbox, Relay};
+use futures::future::BoxFuture;
+use messaging::postgres::{PgInbox, PgOutboxMonitor, Relay};
 use messaging::relay::RelayConfig;
-use messaging::sqlite::{SqliteInbox, SqliteRelay};
-use messaging::{Consumer, ConsumerConfig, Handler, Inbox, Naming, RetryPolicy, Transport};
+use messaging::sqlite::{SqliteInbox, SqliteOutboxMonitor, SqliteRelay};
+use messaging::{
+    Consumer, ConsumerConfig, Handler, Inbox, Naming, OutboxMonitor, RetryPolicy, Transport, TransportError,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -31,6 +36,15 @@ pub struct RunningService {
 }
 
 impl RunningService {
+    pub(crate) fn new(
+        name: &'static str,
+        http_addr: SocketAddr,
+        shutdown: CancellationToken,
+        done: JoinHandle<()>,
+    ) -> Self {
+        Self { name, http_addr, shutdown, done }
+    }
+
     /// Graceful stop: stop accepting requests and finish those in flight, stop consuming and
     /// finish the messages in hand, then publish what the outbox still holds.
     pub async fn stop(self) {
@@ -99,17 +113,25 @@ impl Database {
         }
     }
 
-    /// Runs the relay of its outbox until `stop`.
+    /// The relay of its outbox, to run until `stop`.
     fn relay(
         &self,
         name: &'static str,
         transport: Arc<dyn Transport>,
         config: RelayConfig,
         stop: CancellationToken,
-    ) -> JoinHandle<()> {
+    ) -> BoxFuture<'static, ()> {
         match self {
-            Database::Postgres(pool) => tokio::spawn(Relay::new(name, pool.clone(), transport, config).run(stop)),
-            Database::Sqlite(db) => tokio::spawn(SqliteRelay::new(name, db.clone(), transport, config).run(stop)),
+            Database::Postgres(pool) => Box::pin(Relay::new(name, pool.clone(), transport, config).run(stop)),
+            Database::Sqlite(db) => Box::pin(SqliteRelay::new(name, db.clone(), transport, config).run(stop)),
+        }
+    }
+
+    /// What operators see of its outbox.
+    fn outbox_monitor(&self) -> Arc<dyn OutboxMonitor> {
+        match self {
+            Database::Postgres(pool) => Arc::new(PgOutboxMonitor::new(pool.clone())),
+            Database::Sqlite(db) => Arc::new(SqliteOutboxMonitor::new(db.clone())),
         }
     }
 
@@ -129,6 +151,8 @@ struct ServiceParts {
     api: axum::Router,
     openapi: utoipa::openapi::OpenApi,
     http_addr: SocketAddr,
+    /// Housekeeping that runs until the service stops.
+    chores: Vec<BoxFuture<'static, ()>>,
 }
 
 pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow::Result<RunningService> {
@@ -142,10 +166,12 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
         Database::Postgres(pool) => (Arc::new(PgOrderStore::new(pool.clone())), Arc::new(PgCatalog::new(pool.clone()))),
         Database::Sqlite(db) => (Arc::new(SqliteOrderStore::new(db.clone())), Arc::new(SqliteCatalog::new(db.clone()))),
     };
-    let service = Arc::new(OrderService::new(orders.clone(), catalog.clone()));
+    let service = OrderService::new(orders.clone(), catalog.clone());
+    let service = Arc::new(service.with_idempotency_key_ttl(settings.idempotency_key_ttl));
     let consumers = Consumers::new(SERVICE, runtime, &database);
     let consumers =
         vec![consumers.of(CatalogHandler::new(catalog)), consumers.of(ReservationOutcomeHandler::new(orders))];
+    let chores = vec![forget_expired_idempotency_keys(service.clone(), settings.idempotency_key_ttl)];
     let api = order::http::router(service);
     let parts = ServiceParts {
         name: SERVICE,
@@ -154,6 +180,7 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
         api,
         openapi: order::http::ApiDoc::openapi(),
         http_addr: settings.http_addr,
+        chores,
     };
     run(parts, runtime).await
 }
@@ -185,7 +212,31 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     ];
     let api = inventory::http::router(service);
     let openapi = inventory::http::ApiDoc::openapi();
-    run(ServiceParts { name: SERVICE, database, consumers, api, openapi, http_addr: settings.http_addr }, runtime).await
+    let http_addr = settings.http_addr;
+    run(ServiceParts { name: SERVICE, database, consumers, api, openapi, http_addr, chores: Vec::new() }, runtime).await
+}
+
+/// Deletes the idempotency keys that have expired, as the relay deletes sent outbox rows: every
+/// minute, or as often as keys expire when they live shorter.
+fn forget_expired_idempotency_keys(
+    orders: Arc<order::application::OrderService>,
+    ttl: Duration,
+) -> BoxFuture<'static, ()> {
+    let period = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    Box::pin(async move {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match orders.forget_expired_idempotency_keys().await {
+                Ok(0) => {}
+                Ok(forgotten) => tracing::debug!(forgotten, "forgot expired idempotency keys"),
+                Err(error) => {
+                    tracing::warn!(error = %messaging::ErrorChain(&error), "could not forget expired idempotency keys");
+                }
+            }
+        }
+    })
 }
 
 /// Makes the consumers of one service: queues under the runtime's names, its tuning, the
@@ -203,6 +254,7 @@ impl Consumers {
             concurrency: runtime.tuning.consumer_concurrency,
             prefetch: runtime.tuning.prefetch,
             retry: RetryPolicy::default(),
+            handler_timeout: runtime.tuning.handler_timeout,
         };
         Self { service, naming: runtime.naming.clone(), config, inbox: database.inbox() }
     }
@@ -215,31 +267,56 @@ impl Consumers {
 /// Opens the service's PostgreSQL database (creating it if needed) and brings its schema up to
 /// date.
 pub async fn database(service: &str, url: &str, tuning: &Tuning, migrator: Migrator) -> anyhow::Result<PgPool> {
-    let pool = messaging::postgres::connect(url, tuning.db_pool_size)
+    let pool = messaging::postgres::connect_with(url, &tuning.pool())
         .await
         .with_context(|| format!("cannot open the {service} database at {}", messaging::redact_url(url)))?;
-    migrator.run(&pool).await.with_context(|| format!("cannot migrate the {service} database"))?;
+    messaging::postgres::migrate(&pool, &migrator)
+        .await
+        .with_context(|| format!("cannot migrate the {service} database"))?;
     Ok(pool)
 }
 
+/// The service's API with the operators' routes (outbox, queues, dead letters) and their docs.
+fn with_operators(parts: ServiceParts, transport: Arc<dyn Transport>) -> ServiceParts {
+    use web::admin::{AdminApiDoc, ConsumerQueue, Operators};
+    let consumers = parts
+        .consumers
+        .iter()
+        .map(|consumer| ConsumerQueue {
+            consumer: consumer.name(),
+            queue: consumer.queue().name.clone(),
+            stats: consumer.stats(),
+        })
+        .collect();
+    let outbox = parts.database.outbox_monitor();
+    let operators = Operators { service: parts.name, transport, outbox, consumers };
+    let mut openapi = parts.openapi;
+    openapi.merge(AdminApiDoc::openapi());
+    ServiceParts { api: parts.api.merge(web::admin::router(operators)), openapi, ..parts }
+}
+
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, database, consumers, api, openapi, http_addr } = parts;
+    let ServiceParts { name, database, consumers, api, openapi, http_addr, chores } =
+        with_operators(parts, runtime.transport.clone());
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
+    let supervisor = Supervisor::new(name);
     let http = HttpApp {
         service: name,
         api,
         verifier,
         openapi,
-        checks: vec![Box::new(DatabaseCheck(database.clone())), Box::new(BrokerCheck(transport.clone()))],
+        checks: vec![
+            Box::new(DatabaseCheck(database.clone())),
+            Box::new(BrokerCheck(transport.clone())),
+            Box::new(supervisor.readiness()),
+        ],
         metrics,
         request_timeout: tuning.request_timeout,
+        max_requests_in_flight: tuning.max_requests_in_flight,
     };
     // Queues exist before the first request, so nothing this service is sent is unroutable.
     for consumer in &consumers {
-        transport
-            .declare(consumer.queue())
-            .await
-            .with_context(|| format!("cannot declare queue {}", consumer.queue().name))?;
+        transport.declare(consumer.queue()).await.map_err(|error| declare_error(&consumer.queue().name, error))?;
     }
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -250,10 +327,23 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     let (consumers_stop, relay_stop) = (CancellationToken::new(), CancellationToken::new());
     let consuming: Vec<_> = consumers
         .into_iter()
-        .map(|consumer| tokio::spawn(consumer.run(transport.clone(), consumers_stop.clone())))
+        .map(|consumer| {
+            let task = format!("consumer {}", consumer.name());
+            supervisor.spawn(task, consumers_stop.clone(), consumer.run(transport.clone(), consumers_stop.clone()))
+        })
         .collect();
     let relay_config = RelayConfig { sweep_interval: tuning.relay_sweep, ..RelayConfig::default() };
-    let relaying = database.relay(name, transport.clone(), relay_config, relay_stop.clone());
+    let relay = database.relay(name, transport.clone(), relay_config, relay_stop.clone());
+    let relaying = supervisor.spawn("relay".into(), relay_stop.clone(), relay);
+    let chores: Vec<_> = chores
+        .into_iter()
+        .map(|chore| {
+            let stop = relay_stop.clone();
+            supervisor.spawn("chore".into(), relay_stop.clone(), async move {
+                stop.run_until_cancelled(chore).await;
+            })
+        })
+        .collect();
     let router = http.into_router();
     let serving = tokio::spawn(
         axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
@@ -273,13 +363,32 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         }
         relay_stop.cancel();
         let _ = relaying.await;
+        for chore in chores {
+            let _ = chore.await;
+        }
         database.close().await;
         tracing::info!(service = name, "stopped");
     });
     Ok(RunningService { name, http_addr, shutdown, done })
 }
 
-struct DatabaseCheck(Database);
+/// Why `queue` could not be declared, with what to do when it exists as another type.
+fn declare_error(queue: &str, error: TransportError) -> anyhow::Error {
+    let context = match &error {
+        TransportError::Inequivalent { .. } => format!(
+            "cannot declare queue {queue}: a queue keeps the type it was created with; set SHOP_QUEUE_TYPE to the \
+             type the service's queues have, or drain and delete its queues and their .error queues so that they \
+             are created again with this one"
+        ),
+        TransportError::Unavailable(_)
+        | TransportError::TimedOut(_)
+        | TransportError::Nacked
+        | TransportError::Unroutable { .. } => format!("cannot declare queue {queue}"),
+    };
+    anyhow::Error::new(error).context(context)
+}
+
+pub(crate) struct DatabaseCheck(pub(crate) Database);
 
 #[async_trait]
 impl ReadinessCheck for DatabaseCheck {

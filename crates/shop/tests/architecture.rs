@@ -20,7 +20,7 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
 fn violations(layer: &str, forbidden: &[&str]) -> Vec<String> {
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut found = Vec::new();
-    for service in ["order", "inventory"] {
+    for service in ["order", "inventory", "storefront"] {
         for file in sources(&crates.join(service).join("src").join(layer)) {
             let text = std::fs::read_to_string(&file).unwrap();
             for line in text.lines() {

@@ -87,6 +87,11 @@ fn cases() -> Vec<Case> {
         case(M::POST, "{i}/api/products/{product}/restock", Some(r#"{"quantity": 1}"#), Nothing, [403, 403, 200]),
         case(M::PUT, "{i}/api/products/{product}/price", Some(r#"{"price": "2.50"}"#), Nothing, [403, 403, 200]),
         case(M::GET, "{i}/api/reservations/{order}", None, Confirmed, [403, 403, 200]),
+        case(M::GET, "{o}/api/admin/outbox", None, Nothing, [403, 403, 200]),
+        case(M::GET, "{i}/api/admin/queues", None, Nothing, [403, 403, 200]),
+        case(M::GET, "{i}/api/admin/queues/saga/dead-letters", None, Nothing, [403, 403, 200]),
+        case(M::POST, "{o}/api/admin/queues/catalog/dead-letters/replay", None, Nothing, [403, 403, 200]),
+        case(M::POST, "{o}/api/admin/queues/reservations/dead-letters/purge", None, Nothing, [403, 403, 200]),
     ]
 }
 

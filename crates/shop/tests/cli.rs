@@ -95,13 +95,42 @@ fn dead_letter_tools_list_replay_and_purge_and_name_the_queues_they_know() {
     assert!(!unknown.status.success());
     assert!(text(&unknown).contains("unknown queue \"inventory.nope\"; one of: order.catalog, order.reservations, inventory.saga, inventory.stock"), "{}", text(&unknown));
 
-    // Clean up the error queues the tools declared.
+    // The tools declare nothing; delete whatever a failed run may have left.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let broker =
             messaging::transport::rabbitmq::RabbitMq::connect(&amqp_url(), naming.clone(), "cli-test").await.unwrap();
         broker.delete_topology(&shop::topology::consumer_queues(&naming)).await.unwrap();
     });
+}
+
+#[tokio::test]
+async fn a_service_refuses_queues_of_the_other_type_and_says_what_to_do() {
+    use messaging::transport::Transport;
+    let db = TestDatabase::empty().await;
+    let naming = unique_naming();
+    let queues = shop::topology::consumer_queues(&naming);
+    let classic =
+        messaging::transport::rabbitmq::RabbitMq::connect(&amqp_url(), naming.clone(), "cli-test").await.unwrap();
+    for queue in &queues {
+        classic.declare(queue).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("SHOP_QUEUE_PREFIX", naming.prefix().to_owned()),
+        ("SHOP_AMQP_URL", amqp_url()),
+        ("SHOP_QUEUE_TYPE", "quorum".to_owned()),
+        ("SHOP_ORDERS_DATABASE_URL", db.url.clone()),
+        ("SHOP_ORDERS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SHOP_DATA_DIR", dir.path().display().to_string()),
+    ];
+    let output = tokio::task::spawn_blocking(move || shop(&["serve", "order"], &env)).await.unwrap();
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(message.contains("a queue keeps the type it was created with"), "{message}");
+    assert!(message.contains("set SHOP_QUEUE_TYPE to the type the service's queues have"), "{message}");
+    assert!(message.contains("inequivalent arg 'x-queue-type'"), "{message}");
+    classic.delete_topology(&queues).await.unwrap();
 }
 
 #[test]
@@ -254,6 +283,7 @@ async fn the_embedded_system_runs_once_per_data_dir_and_its_dead_letters_are_at_
         ("SHOP_DATA_DIR", dir.path().display().to_string()),
         ("SHOP_ORDERS_HTTP_ADDR", format!("127.0.0.1:{orders_port}")),
         ("SHOP_INVENTORY_HTTP_ADDR", format!("127.0.0.1:{inventory_port}")),
+        ("SHOP_STOREFRONT_HTTP_ADDR", "127.0.0.1:0".to_owned()),
     ];
     let no_broker = shop(&["dead-letters", "list"], &env);
     assert!(!no_broker.status.success());

@@ -15,6 +15,10 @@ use std::sync::Arc;
 pub trait ReadinessCheck: Send + Sync {
     fn name(&self) -> &'static str;
     async fn is_ready(&self) -> bool;
+    /// What `/health/ready` shows for it when it is not ready, in place of `down`.
+    fn reason(&self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Clone)]
@@ -39,7 +43,8 @@ async fn ready(State(operations): State<Operations>) -> impl IntoResponse {
     for check in operations.checks.iter() {
         let ready = tokio::time::timeout(std::time::Duration::from_secs(3), check.is_ready()).await.unwrap_or(false);
         all_ready &= ready;
-        report.insert(check.name().to_owned(), json!(if ready { "up" } else { "down" }));
+        let state = if ready { "up".to_owned() } else { check.reason().unwrap_or_else(|| "down".to_owned()) };
+        report.insert(check.name().to_owned(), json!(state));
     }
     let status = if all_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({ "status": if all_ready { "up" } else { "down" }, "checks": report });

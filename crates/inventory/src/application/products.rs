@@ -3,7 +3,7 @@
 use super::error::AppError;
 use super::ports::{ProductStore, ProductSummary, SagaStore};
 use super::saga::ReservationSaga;
-use crate::domain::{Money, OrderId, Product, ProductEvent, ProductId, ProductName, Quantity};
+use crate::domain::{Money, OrderId, Product, ProductDescription, ProductEvent, ProductId, ProductName, Quantity};
 use contracts::product::{ProductCreated, ProductPriceChanged};
 use messaging::{Causation, Effects, Envelope, TraceParent, retry_on_conflict};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewProduct {
     pub name: ProductName,
-    pub description: String,
+    pub description: Option<ProductDescription>,
     pub price: Money,
     pub stock: u32,
 }

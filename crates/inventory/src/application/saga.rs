@@ -72,6 +72,22 @@ pub struct SagaLine {
     pub status: LineStatus,
 }
 
+/// One change in a saga's life and when it happened: its state, or one line's status. The
+/// history of these is the saga's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub at: DateTime<Utc>,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The saga entered this state (every saga starts in `Reserving`, or `Failed`).
+    State(SagaState),
+    /// A line's reservation took this status (every line starts `Pending` with the saga).
+    Line { product_id: ProductId, status: LineStatus },
+}
+
 /// What the saga wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -103,6 +119,8 @@ pub struct ReservationSaga {
     /// The scheduled timeout message, withdrawn once the outcome is known.
     timeout_message_id: Option<Uuid>,
     started_at: DateTime<Utc>,
+    /// Every change, oldest first (empty for sagas saved before changes were recorded).
+    history: Vec<Step>,
     /// The version this copy was loaded at (0 for a new instance); stores save against it.
     version: i64,
 }
@@ -127,10 +145,11 @@ impl ReservationSaga {
             failure_reason: None,
             timeout_message_id: None,
             started_at: now,
+            history: vec![Step { at: now, change: Change::State(SagaState::Reserving) }],
             version: 0,
         };
         if lines.is_empty() {
-            let actions = saga.fail("order has no items".into());
+            let actions = saga.fail("order has no items".into(), now);
             return (saga, actions);
         }
         let mut actions: Vec<Action> =
@@ -151,11 +170,13 @@ impl ReservationSaga {
             failure_reason: Some(REASON_ORDER_CANCELLED.into()),
             timeout_message_id: None,
             started_at: now,
+            history: vec![Step { at: now, change: Change::State(SagaState::Failed) }],
             version: 0,
         }
     }
 
     /// Rebuilds a saga from storage.
+    #[allow(clippy::too_many_arguments)]
     pub fn restore(
         order_id: OrderId,
         state: SagaState,
@@ -163,9 +184,10 @@ impl ReservationSaga {
         failure_reason: Option<String>,
         timeout_message_id: Option<Uuid>,
         started_at: DateTime<Utc>,
+        history: Vec<Step>,
         version: i64,
     ) -> Self {
-        Self { order_id, state, lines, failure_reason, timeout_message_id, started_at, version }
+        Self { order_id, state, lines, failure_reason, timeout_message_id, started_at, history, version }
     }
 
     /// Notes the id of the timeout message the handler scheduled, to withdraw it once the
@@ -207,17 +229,30 @@ impl ReservationSaga {
         self.version
     }
 
-    pub fn on_stock_reserved(&mut self, product_id: ProductId) -> Result<Vec<Action>, SagaError> {
-        let state = self.state;
-        let line = self.line_mut(product_id)?;
-        if line.status != LineStatus::Pending {
+    /// Every recorded change, oldest first.
+    pub fn history(&self) -> &[Step] {
+        &self.history
+    }
+
+    /// When a line last changed status (the saga's start for a line still pending), if known.
+    pub fn line_changed_at(&self, product_id: ProductId) -> Option<DateTime<Utc>> {
+        self.history
+            .iter()
+            .rev()
+            .find(|step| matches!(&step.change, Change::Line { product_id: id, .. } if *id == product_id))
+            .or_else(|| self.history.first())
+            .map(|step| step.at)
+    }
+
+    pub fn on_stock_reserved(&mut self, product_id: ProductId, now: DateTime<Utc>) -> Result<Vec<Action>, SagaError> {
+        if self.line_mut(product_id)?.status != LineStatus::Pending {
             return Ok(Vec::new()); // already answered
         }
-        match state {
+        match self.state {
             SagaState::Reserving => {
-                line.status = LineStatus::Reserved;
+                self.set_line(product_id, LineStatus::Reserved, now);
                 if self.lines.iter().all(|line| line.status == LineStatus::Reserved) {
-                    self.state = SagaState::Reserved;
+                    self.set_state(SagaState::Reserved, now);
                     let mut actions = vec![Action::PublishCompleted];
                     actions.extend(self.cancel_timeout());
                     return Ok(actions);
@@ -226,53 +261,55 @@ impl ReservationSaga {
             }
             // Too late: the reservation failed or the order is gone. Give it back.
             _ => {
-                line.status = LineStatus::Released;
+                self.set_line(product_id, LineStatus::Released, now);
                 Ok(vec![Action::Release { product_id }])
             }
         }
     }
 
-    pub fn on_stock_rejected(&mut self, product_id: ProductId, reason: String) -> Result<Vec<Action>, SagaError> {
-        let state = self.state;
-        let line = self.line_mut(product_id)?;
-        if line.status != LineStatus::Pending {
+    pub fn on_stock_rejected(
+        &mut self,
+        product_id: ProductId,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Action>, SagaError> {
+        if self.line_mut(product_id)?.status != LineStatus::Pending {
             return Ok(Vec::new());
         }
-        line.status = LineStatus::Rejected { reason: reason.clone() };
-        if state == SagaState::Reserving { Ok(self.fail(reason)) } else { Ok(Vec::new()) }
+        self.set_line(product_id, LineStatus::Rejected { reason: reason.clone() }, now);
+        if self.state == SagaState::Reserving { Ok(self.fail(reason, now)) } else { Ok(Vec::new()) }
     }
 
-    pub fn on_timeout(&mut self, after: std::time::Duration) -> Vec<Action> {
+    pub fn on_timeout(&mut self, after: std::time::Duration, now: DateTime<Utc>) -> Vec<Action> {
         if self.state != SagaState::Reserving {
             return Vec::new();
         }
         self.timeout_message_id = None; // it fired; nothing to withdraw
-        self.fail(format!("stock reservation timed out after {}", humanize(after)))
+        self.fail(format!("stock reservation timed out after {}", humanize(after)), now)
     }
 
-    pub fn on_order_cancelled(&mut self) -> Vec<Action> {
+    pub fn on_order_cancelled(&mut self, now: DateTime<Utc>) -> Vec<Action> {
         match self.state {
-            SagaState::Reserving => self.fail(REASON_ORDER_CANCELLED.into()),
+            SagaState::Reserving => self.fail(REASON_ORDER_CANCELLED.into(), now),
             SagaState::Reserved => {
-                self.state = SagaState::Released;
+                self.set_state(SagaState::Released, now);
                 self.failure_reason = Some(REASON_ORDER_CANCELLED.into());
-                self.release_held()
+                self.release_held(now)
             }
             SagaState::Failed | SagaState::Released | SagaState::Shipped => Vec::new(),
         }
     }
 
-    pub fn on_order_shipped(&mut self) -> Result<Vec<Action>, SagaError> {
+    pub fn on_order_shipped(&mut self, now: DateTime<Utc>) -> Result<Vec<Action>, SagaError> {
         match self.state {
             SagaState::Reserved => {
-                self.state = SagaState::Shipped;
+                self.set_state(SagaState::Shipped, now);
                 Ok(self
-                    .lines
-                    .iter_mut()
-                    .filter(|line| line.status == LineStatus::Reserved)
-                    .map(|line| {
-                        line.status = LineStatus::Deducted;
-                        Action::Deduct { product_id: line.product_id }
+                    .held()
+                    .into_iter()
+                    .map(|product_id| {
+                        self.set_line(product_id, LineStatus::Deducted, now);
+                        Action::Deduct { product_id }
                     })
                     .collect())
             }
@@ -282,24 +319,41 @@ impl ReservationSaga {
     }
 
     /// Ends the reservation as failed: releases what is held, publishes the reason.
-    fn fail(&mut self, reason: String) -> Vec<Action> {
-        self.state = SagaState::Failed;
+    fn fail(&mut self, reason: String, now: DateTime<Utc>) -> Vec<Action> {
+        self.set_state(SagaState::Failed, now);
         self.failure_reason = Some(reason.clone());
-        let mut actions = self.release_held();
+        let mut actions = self.release_held(now);
         actions.extend(self.cancel_timeout());
         actions.push(Action::PublishFailed { reason });
         actions
     }
 
-    fn release_held(&mut self) -> Vec<Action> {
-        self.lines
-            .iter_mut()
-            .filter(|line| line.status == LineStatus::Reserved)
-            .map(|line| {
-                line.status = LineStatus::Released;
-                Action::Release { product_id: line.product_id }
+    fn release_held(&mut self, now: DateTime<Utc>) -> Vec<Action> {
+        self.held()
+            .into_iter()
+            .map(|product_id| {
+                self.set_line(product_id, LineStatus::Released, now);
+                Action::Release { product_id }
             })
             .collect()
+    }
+
+    /// The products of the lines reserved now.
+    fn held(&self) -> Vec<ProductId> {
+        self.lines.iter().filter(|line| line.status == LineStatus::Reserved).map(|line| line.product_id).collect()
+    }
+
+    fn set_state(&mut self, state: SagaState, now: DateTime<Utc>) {
+        self.state = state;
+        self.history.push(Step { at: now, change: Change::State(state) });
+    }
+
+    /// Sets the status of the line of `product_id` (which exists) and records the change.
+    fn set_line(&mut self, product_id: ProductId, status: LineStatus, now: DateTime<Utc>) {
+        if let Some(line) = self.lines.iter_mut().find(|line| line.product_id == product_id) {
+            line.status = status.clone();
+            self.history.push(Step { at: now, change: Change::Line { product_id, status } });
+        }
     }
 
     fn cancel_timeout(&mut self) -> Option<Action> {
@@ -333,6 +387,10 @@ mod tests {
 
     fn product(id: i64) -> ProductId {
         ProductId::new(id).unwrap()
+    }
+
+    fn t() -> DateTime<Utc> {
+        Utc::now()
     }
 
     fn qty(units: i64) -> Quantity {
@@ -377,18 +435,18 @@ mod tests {
     #[test]
     fn the_last_reserved_line_completes_the_saga_and_withdraws_the_timeout() {
         let (mut saga, _) = started(&[(1, 2), (2, 1)]);
-        assert_eq!(saga.on_stock_reserved(product(2)).unwrap(), vec![]);
-        assert_eq!(saga.on_stock_reserved(product(1)).unwrap(), vec![Action::PublishCompleted, cancel_timeout()]);
+        assert_eq!(saga.on_stock_reserved(product(2), t()).unwrap(), vec![]);
+        assert_eq!(saga.on_stock_reserved(product(1), t()).unwrap(), vec![Action::PublishCompleted, cancel_timeout()]);
         assert_eq!(saga.state, SagaState::Reserved);
         // A repeated answer changes nothing.
-        assert_eq!(saga.on_stock_reserved(product(1)).unwrap(), vec![]);
+        assert_eq!(saga.on_stock_reserved(product(1), t()).unwrap(), vec![]);
     }
 
     #[test]
     fn a_rejected_line_fails_the_saga_and_releases_what_is_held() {
         let (mut saga, _) = started(&[(1, 2), (2, 1), (3, 1)]);
-        saga.on_stock_reserved(product(1)).unwrap();
-        let actions = saga.on_stock_rejected(product(2), "not enough stock".into()).unwrap();
+        saga.on_stock_reserved(product(1), t()).unwrap();
+        let actions = saga.on_stock_rejected(product(2), "not enough stock".into(), t()).unwrap();
         assert_eq!(
             actions,
             vec![
@@ -399,23 +457,23 @@ mod tests {
         );
         assert_eq!(saga.state, SagaState::Failed);
         // Line 3 answers late: what it reserved goes straight back.
-        assert_eq!(saga.on_stock_reserved(product(3)).unwrap(), vec![Action::Release { product_id: product(3) }]);
+        assert_eq!(saga.on_stock_reserved(product(3), t()).unwrap(), vec![Action::Release { product_id: product(3) }]);
         assert!(saga.lines.iter().all(|l| !matches!(l.status, LineStatus::Reserved | LineStatus::Pending)));
     }
 
     #[test]
     fn a_second_rejection_publishes_nothing_more() {
         let (mut saga, _) = started(&[(1, 2), (2, 1)]);
-        saga.on_stock_rejected(product(1), "no".into()).unwrap();
-        assert_eq!(saga.on_stock_rejected(product(2), "no either".into()).unwrap(), vec![]);
+        saga.on_stock_rejected(product(1), "no".into(), t()).unwrap();
+        assert_eq!(saga.on_stock_rejected(product(2), "no either".into(), t()).unwrap(), vec![]);
         assert_eq!(saga.failure_reason.as_deref(), Some("no"));
     }
 
     #[test]
     fn the_timeout_fails_a_saga_still_reserving() {
         let (mut saga, _) = started(&[(1, 2), (2, 1)]);
-        saga.on_stock_reserved(product(1)).unwrap();
-        let actions = saga.on_timeout(TIMEOUT);
+        saga.on_stock_reserved(product(1), t()).unwrap();
+        let actions = saga.on_timeout(TIMEOUT, t());
         assert_eq!(
             actions,
             vec![
@@ -423,23 +481,23 @@ mod tests {
                 Action::PublishFailed { reason: "stock reservation timed out after 10m".into() },
             ]
         );
-        assert_eq!(saga.on_stock_reserved(product(2)).unwrap(), vec![Action::Release { product_id: product(2) }]);
+        assert_eq!(saga.on_stock_reserved(product(2), t()).unwrap(), vec![Action::Release { product_id: product(2) }]);
     }
 
     #[test]
     fn a_late_timeout_is_ignored() {
         let (mut saga, _) = started(&[(1, 1)]);
-        saga.on_stock_reserved(product(1)).unwrap();
-        assert_eq!(saga.on_timeout(TIMEOUT), vec![]);
+        saga.on_stock_reserved(product(1), t()).unwrap();
+        assert_eq!(saga.on_timeout(TIMEOUT, t()), vec![]);
         assert_eq!(saga.state, SagaState::Reserved);
     }
 
     #[test]
     fn cancelling_while_reserving_fails_the_saga() {
         let (mut saga, _) = started(&[(1, 1), (2, 1)]);
-        saga.on_stock_reserved(product(2)).unwrap();
+        saga.on_stock_reserved(product(2), t()).unwrap();
         assert_eq!(
-            saga.on_order_cancelled(),
+            saga.on_order_cancelled(t()),
             vec![
                 Action::Release { product_id: product(2) },
                 cancel_timeout(),
@@ -451,40 +509,69 @@ mod tests {
     #[test]
     fn cancelling_a_confirmed_order_releases_every_line() {
         let (mut saga, _) = started(&[(1, 1), (2, 3)]);
-        saga.on_stock_reserved(product(1)).unwrap();
-        saga.on_stock_reserved(product(2)).unwrap();
+        saga.on_stock_reserved(product(1), t()).unwrap();
+        saga.on_stock_reserved(product(2), t()).unwrap();
         assert_eq!(
-            saga.on_order_cancelled(),
+            saga.on_order_cancelled(t()),
             vec![Action::Release { product_id: product(1) }, Action::Release { product_id: product(2) }]
         );
         assert_eq!(saga.state, SagaState::Released);
-        assert_eq!(saga.on_order_cancelled(), vec![]);
+        assert_eq!(saga.on_order_cancelled(t()), vec![]);
     }
 
     #[test]
     fn shipping_deducts_every_line_once() {
         let (mut saga, _) = started(&[(1, 1), (2, 3)]);
-        saga.on_stock_reserved(product(1)).unwrap();
-        saga.on_stock_reserved(product(2)).unwrap();
+        saga.on_stock_reserved(product(1), t()).unwrap();
+        saga.on_stock_reserved(product(2), t()).unwrap();
         assert_eq!(
-            saga.on_order_shipped().unwrap(),
+            saga.on_order_shipped(t()).unwrap(),
             vec![Action::Deduct { product_id: product(1) }, Action::Deduct { product_id: product(2) }]
         );
-        assert_eq!(saga.on_order_shipped().unwrap(), vec![]);
-        assert_eq!(saga.on_order_cancelled(), vec![]);
+        assert_eq!(saga.on_order_shipped(t()).unwrap(), vec![]);
+        assert_eq!(saga.on_order_cancelled(t()), vec![]);
     }
 
     #[test]
     fn shipping_an_order_whose_reservation_failed_is_a_defect() {
         let (mut saga, _) = started(&[(1, 1)]);
-        saga.on_stock_rejected(product(1), "no".into()).unwrap();
-        assert!(matches!(saga.on_order_shipped(), Err(SagaError::CannotShip { state: "failed", .. })));
+        saga.on_stock_rejected(product(1), "no".into(), t()).unwrap();
+        assert!(matches!(saga.on_order_shipped(t()), Err(SagaError::CannotShip { state: "failed", .. })));
     }
 
     #[test]
     fn an_answer_for_a_product_not_on_the_order_is_a_defect() {
         let (mut saga, _) = started(&[(1, 1)]);
-        assert!(matches!(saga.on_stock_reserved(product(9)), Err(SagaError::UnknownLine { .. })));
+        assert!(matches!(saga.on_stock_reserved(product(9), t()), Err(SagaError::UnknownLine { .. })));
+    }
+
+    #[test]
+    fn the_history_records_each_change_with_its_time_and_each_line_knows_when_it_changed() {
+        let start = Utc::now();
+        let later = |ms| start + chrono::Duration::milliseconds(ms);
+        let (mut saga, _) = ReservationSaga::start(
+            OrderId::generate(),
+            vec![(product(1), qty(1)), (product(2), qty(5))],
+            start,
+            TIMEOUT,
+        );
+        assert_eq!(saga.line_changed_at(product(2)), Some(start), "pending since the start");
+        saga.on_stock_reserved(product(1), later(5)).unwrap();
+        saga.on_stock_rejected(product(2), "not enough".into(), later(9)).unwrap();
+        let line = |id, status| Change::Line { product_id: product(id), status };
+        let history: Vec<(DateTime<Utc>, Change)> =
+            saga.history().iter().map(|step| (step.at, step.change.clone())).collect();
+        assert_eq!(
+            history,
+            vec![
+                (start, Change::State(SagaState::Reserving)),
+                (later(5), line(1, LineStatus::Reserved)),
+                (later(9), line(2, LineStatus::Rejected { reason: "not enough".into() })),
+                (later(9), Change::State(SagaState::Failed)),
+                (later(9), line(1, LineStatus::Released)),
+            ]
+        );
+        assert_eq!(saga.line_changed_at(product(1)), Some(later(9)));
     }
 
     #[test]
@@ -492,6 +579,6 @@ mod tests {
         let mut saga = ReservationSaga::cancelled_before_start(OrderId::generate(), Utc::now());
         assert_eq!(saga.state, SagaState::Failed);
         assert!(saga.lines.is_empty());
-        assert_eq!(saga.on_order_cancelled(), vec![]);
+        assert_eq!(saga.on_order_cancelled(t()), vec![]);
     }
 }

@@ -108,16 +108,17 @@ impl BatchHandler for ReservationSagaHandler {
         let previous = loaded.as_ref().map(ReservationSaga::state);
         let mut saga = loaded.clone();
         let mut effects = Effects::new();
+        let now = kernel::now();
         for received in messages {
             let Some(event) = event(&received.message)? else { continue };
             let actions = match (&mut saga, event) {
                 (None, Event::Placed(lines)) => {
-                    let (started, actions) = ReservationSaga::start(order_id, lines, kernel::now(), self.timeout);
+                    let (started, actions) = ReservationSaga::start(order_id, lines, now, self.timeout);
                     saga = Some(started);
                     actions
                 }
                 (None, Event::Cancelled) => {
-                    saga = Some(ReservationSaga::cancelled_before_start(order_id, kernel::now()));
+                    saga = Some(ReservationSaga::cancelled_before_start(order_id, now));
                     Vec::new()
                 }
                 // A timeout whose saga is gone has nothing to end.
@@ -127,11 +128,11 @@ impl BatchHandler for ReservationSagaHandler {
                 }
                 // Already started (or cancelled first): a second start changes nothing.
                 (Some(_), Event::Placed(_)) => Vec::new(),
-                (Some(saga), Event::Cancelled) => saga.on_order_cancelled(),
-                (Some(saga), Event::Shipped) => saga.on_order_shipped()?,
-                (Some(saga), Event::Reserved(product_id)) => saga.on_stock_reserved(product_id)?,
-                (Some(saga), Event::Rejected(product_id, reason)) => saga.on_stock_rejected(product_id, reason)?,
-                (Some(saga), Event::TimedOut) => saga.on_timeout(self.timeout),
+                (Some(saga), Event::Cancelled) => saga.on_order_cancelled(now),
+                (Some(saga), Event::Shipped) => saga.on_order_shipped(now)?,
+                (Some(saga), Event::Reserved(product_id)) => saga.on_stock_reserved(product_id, now)?,
+                (Some(saga), Event::Rejected(product_id, reason)) => saga.on_stock_rejected(product_id, reason, now)?,
+                (Some(saga), Event::TimedOut) => saga.on_timeout(self.timeout, now),
             };
             effects.consume(BatchHandler::name(self), received.envelope.message_id);
             let causation = Causation::from_message(&received.envelope);

@@ -3,4 +3,6 @@
 mod product;
 
 pub use kernel::{Money, MoneyError, OrderId, ProductId, Quantity, QuantityError};
-pub use product::{Product, ProductError, ProductEvent, ProductName};
+pub use product::{
+    Product, ProductDescription, ProductDescriptionText, ProductError, ProductEvent, ProductName, ProductNameText,
+};

@@ -1,32 +1,29 @@
-use kernel::{Money, OrderId, ProductId, Quantity};
+use kernel::{Chars, Money, OrderId, ProductId, Quantity, Text, TextKind};
 use std::collections::BTreeMap;
-use std::fmt;
 
-/// A product's name: non-empty, bounded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProductName(String);
+/// A product's name: one line, not blank, bounded.
+pub type ProductName = Text<ProductNameText>;
 
-impl ProductName {
-    pub const MAX_CHARS: usize = 200;
+pub struct ProductNameText;
 
-    pub fn new(text: impl Into<String>) -> Result<Self, ProductError> {
-        let text = text.into().trim().to_owned();
-        match text.chars().count() {
-            0 => Err(ProductError::EmptyName),
-            n if n > Self::MAX_CHARS => Err(ProductError::NameTooLong(n)),
-            _ => Ok(Self(text)),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+impl TextKind for ProductNameText {
+    const WHAT: &'static str = "a product name";
+    const SCHEMA_NAME: &'static str = "ProductName";
+    const MAX_CHARS: usize = 200;
+    const CHARS: Chars = Chars::Line;
 }
 
-impl fmt::Display for ProductName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// What a product is, for the catalog: text of several lines, bounded, possibly empty.
+pub type ProductDescription = Text<ProductDescriptionText>;
+
+pub struct ProductDescriptionText;
+
+impl TextKind for ProductDescriptionText {
+    const WHAT: &'static str = "a description";
+    const SCHEMA_NAME: &'static str = "ProductDescription";
+    const MAX_CHARS: usize = 2000;
+    const CHARS: Chars = Chars::Lines;
+    const MAY_BE_EMPTY: bool = true;
 }
 
 /// What happened to a product. Reservation events also tell the store which reservation rows
@@ -44,12 +41,6 @@ pub enum ProductEvent {
 /// A rule of the product that a command would break.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProductError {
-    #[error("a product name must not be empty")]
-    EmptyName,
-    #[error("a product name is at most {max} characters (got {0})", max = ProductName::MAX_CHARS)]
-    NameTooLong(usize),
-    #[error("the description is at most {max} characters (got {0})", max = Product::MAX_DESCRIPTION_CHARS)]
-    DescriptionTooLong(usize),
     #[error("a price must be greater than zero")]
     PriceNotPositive,
     #[error("stock would exceed {max} units", max = Product::MAX_STOCK)]
@@ -80,21 +71,15 @@ pub struct Product {
 }
 
 impl Product {
-    pub const MAX_DESCRIPTION_CHARS: usize = 2000;
     pub const MAX_STOCK: u32 = 1_000_000_000;
 
     pub fn create(
         id: ProductId,
         name: ProductName,
-        description: String,
+        description: Option<ProductDescription>,
         price: Money,
         stock: u32,
     ) -> Result<Self, ProductError> {
-        let description = description.trim().to_owned();
-        let chars = description.chars().count();
-        if chars > Self::MAX_DESCRIPTION_CHARS {
-            return Err(ProductError::DescriptionTooLong(chars));
-        }
         if price.is_zero() {
             return Err(ProductError::PriceNotPositive);
         }
@@ -105,7 +90,7 @@ impl Product {
         Ok(Self {
             id,
             name,
-            description,
+            description: description.map(ProductDescription::into_string).unwrap_or_default(),
             price,
             stock,
             reservations: BTreeMap::new(),
@@ -224,6 +209,7 @@ impl Product {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kernel::TextError;
 
     fn qty(units: i64) -> Quantity {
         Quantity::new(units).unwrap()
@@ -233,7 +219,7 @@ mod tests {
         let mut product = Product::create(
             ProductId::new(1).unwrap(),
             ProductName::new("Kettle").unwrap(),
-            "Boils water".into(),
+            ProductDescription::new("Boils water").ok(),
             "24.90".parse().unwrap(),
             stock,
         )
@@ -248,15 +234,15 @@ mod tests {
 
     #[test]
     fn a_product_needs_a_name_and_a_positive_price() {
-        assert_eq!(ProductName::new("  "), Err(ProductError::EmptyName));
-        assert_eq!(ProductName::new("x".repeat(201)), Err(ProductError::NameTooLong(201)));
-        let zero = Product::create(
-            ProductId::new(1).unwrap(),
-            ProductName::new("Free").unwrap(),
-            String::new(),
-            Money::ZERO,
-            1,
+        assert_eq!(ProductName::new("  "), Err(TextError::Empty { what: "a product name" }));
+        assert_eq!(
+            ProductName::new("x".repeat(201)),
+            Err(TextError::TooLong { what: "a product name", max: 200, got: 201 })
         );
+        assert!(ProductName::new("Ket\u{0}tle").is_err(), "no store holds a NUL");
+        assert!(ProductName::new("Two\nlines").is_err());
+        assert!(ProductDescription::new("Two\nlines").is_ok());
+        let zero = Product::create(ProductId::new(1).unwrap(), ProductName::new("Free").unwrap(), None, Money::ZERO, 1);
         assert_eq!(zero, Err(ProductError::PriceNotPositive));
     }
 
@@ -266,7 +252,7 @@ mod tests {
         let huge = Product::create(
             ProductId::new(1).unwrap(),
             ProductName::new("Sand").unwrap(),
-            String::new(),
+            None,
             "1".parse().unwrap(),
             Product::MAX_STOCK + 1,
         );

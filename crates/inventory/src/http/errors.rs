@@ -10,10 +10,7 @@ impl From<AppError> for Problem {
         match error {
             AppError::ProductNotFound(_) | AppError::ReservationNotFound(_) => Problem::not_found(detail),
             AppError::Rule(rule) => match rule {
-                ProductError::EmptyName
-                | ProductError::NameTooLong(_)
-                | ProductError::DescriptionTooLong(_)
-                | ProductError::PriceNotPositive => Problem::invalid_input(detail),
+                ProductError::PriceNotPositive => Problem::invalid_input(detail),
                 ProductError::StockTooLarge
                 | ProductError::InsufficientStock { .. }
                 | ProductError::AlreadyReserved { .. }

@@ -1,8 +1,9 @@
 use super::dto::{
-    ChangePriceRequest, CreateProductRequest, ListProductsQuery, ProductResponse, ReservationResponse, RestockRequest,
+    ChangePriceRequest, CreateProductRequest, ListProductsQuery, ProductPageSize, ProductResponse, ReservationResponse,
+    RestockRequest,
 };
 use crate::application::{NewProduct, ProductService};
-use crate::domain::{Money, OrderId, ProductId, ProductName, Quantity};
+use crate::domain::{OrderId, Product, ProductId};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,14 +13,15 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use uuid::Uuid;
 use web::auth::{Admin, BearerAuth};
-use web::{Json, Path, Problem, Query, RequestTrace};
+use web::{Json, Path, Problem, Query, RequestTrace, SharedResponses};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Inventory service", description = "Products, their stock, and the stock reservations of orders."),
     paths(list_products, get_product, create_product, restock, change_price, get_reservation),
-    components(schemas(Problem)),
-    modifiers(&BearerAuth),
+    // Schemas of parameters (bodies and responses bring theirs).
+    components(schemas(Problem, ProductId, ProductPageSize)),
+    modifiers(&BearerAuth, &SharedResponses),
     tags((name = "products"), (name = "reservations", description = "The ReserveStocks saga's record of each order"))
 )]
 pub struct ApiDoc;
@@ -39,48 +41,38 @@ pub fn router(products: Arc<ProductService>) -> Router {
 
 type ApiResult<T> = Result<T, Problem>;
 
-fn product_id(id: i64) -> ApiResult<ProductId> {
-    // Ids are positive: any other number names no product.
-    ProductId::new(id).map_err(|_| Problem::not_found(format!("product {id} does not exist")))
-}
-
-fn price(text: &str) -> ApiResult<Money> {
-    text.parse::<Money>().map_err(|e| Problem::invalid_input(format!("price: {e}")))
-}
-
 /// Products by id, a page at a time.
 #[utoipa::path(
     get, path = "/api/products", tag = "products",
     params(ListProductsQuery),
-    responses((status = 200, body = Vec<ProductResponse>), (status = 400, body = Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, body = Vec<ProductResponse>),
+        (status = 400, description = "Invalid paging (the detail names the parameter)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 async fn list_products(
     State(products): State<Arc<ProductService>>,
     Query(query): Query<ListProductsQuery>,
 ) -> ApiResult<Json<Vec<ProductResponse>>> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(Problem::invalid_input(format!("limit: must be 1 to 500 (got {limit})")));
-    }
-    let after = query.after.and_then(|id| ProductId::new(id).ok());
-    Ok(Json(products.list(after, limit).await?.into_iter().map(Into::into).collect()))
+    let limit = query.limit.unwrap_or_default().get();
+    Ok(Json(products.list(query.after, limit).await?.into_iter().map(Into::into).collect()))
 }
 
 /// A product with its stock, reserved and available units.
 #[utoipa::path(
     get, path = "/api/products/{id}", tag = "products",
-    params(("id" = i64, Path, description = "Product id")),
+    params(("id" = ProductId, Path, description = "Product id")),
     responses(
         (status = 200, body = ProductResponse),
-        (status = 400, description = "Not a number", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Not a positive integer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_product(
     State(products): State<Arc<ProductService>>,
-    Path(id): Path<i64>,
+    Path(id): Path<ProductId>,
 ) -> ApiResult<Json<ProductResponse>> {
-    Ok(Json(ProductResponse::from(&products.get(product_id(id)?).await?)))
+    Ok(Json(ProductResponse::from(&products.get(id).await?)))
 }
 
 /// Adds a product to the catalog with its initial stock; the order service learns of it.
@@ -90,8 +82,9 @@ async fn get_product(
     request_body = CreateProductRequest,
     responses(
         (status = 201, body = ProductResponse),
-        (status = 400, description = "Invalid name, price or stock", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid name, description, price or stock (the detail names the field)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_product(
@@ -100,11 +93,10 @@ async fn create_product(
     RequestTrace(trace): RequestTrace,
     Json(request): Json<CreateProductRequest>,
 ) -> ApiResult<Response> {
-    let name = ProductName::new(request.name).map_err(|e| Problem::invalid_input(format!("name: {e}")))?;
-    let stock = u32::try_from(request.stock)
-        .map_err(|_| Problem::invalid_input(format!("stock: must be 0 or more (got {})", request.stock)))?;
-    let new =
-        NewProduct { name, description: request.description.unwrap_or_default(), price: price(&request.price)?, stock };
+    let stock = u32::try_from(request.stock).ok().filter(|stock| *stock <= Product::MAX_STOCK).ok_or_else(|| {
+        Problem::invalid_input(format!("stock: must be 0 to {} (got {})", Product::MAX_STOCK, request.stock))
+    })?;
+    let new = NewProduct { name: request.name, description: request.description, price: request.price, stock };
     let product = products.create(new, trace).await?;
     let location = HeaderValue::from_str(&format!("/api/products/{}", product.id())).expect("ids are ASCII");
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(ProductResponse::from(&product))).into_response())
@@ -113,48 +105,48 @@ async fn create_product(
 /// Adds units to a product's stock. Admins only.
 #[utoipa::path(
     post, path = "/api/products/{id}/restock", tag = "products",
-    params(("id" = i64, Path, description = "Product id")),
+    params(("id" = ProductId, Path, description = "Product id")),
     request_body = RestockRequest,
     responses(
         (status = 200, body = ProductResponse),
-        (status = 400, description = "Quantity not positive", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Quantity not positive, or the id not a positive integer", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The stock would exceed the most a product may hold", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn restock(
     State(products): State<Arc<ProductService>>,
     _: Admin,
     RequestTrace(trace): RequestTrace,
-    Path(id): Path<i64>,
+    Path(id): Path<ProductId>,
     Json(request): Json<RestockRequest>,
 ) -> ApiResult<Json<ProductResponse>> {
-    let id = product_id(id)?;
-    let quantity = Quantity::new(request.quantity).map_err(|e| Problem::invalid_input(format!("quantity: {e}")))?;
-    Ok(Json(ProductResponse::from(&products.restock(id, quantity, trace).await?)))
+    Ok(Json(ProductResponse::from(&products.restock(id, request.quantity, trace).await?)))
 }
 
 /// Sets a product's price; the order service's catalog follows. Admins only.
 #[utoipa::path(
     put, path = "/api/products/{id}/price", tag = "products",
-    params(("id" = i64, Path, description = "Product id")),
+    params(("id" = ProductId, Path, description = "Product id")),
     request_body = ChangePriceRequest,
     responses(
         (status = 200, body = ProductResponse),
-        (status = 400, description = "Invalid price", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid price, or the id not a positive integer", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn change_price(
     State(products): State<Arc<ProductService>>,
     _: Admin,
     RequestTrace(trace): RequestTrace,
-    Path(id): Path<i64>,
+    Path(id): Path<ProductId>,
     Json(request): Json<ChangePriceRequest>,
 ) -> ApiResult<Json<ProductResponse>> {
-    let id = product_id(id)?;
-    Ok(Json(ProductResponse::from(&products.change_price(id, price(&request.price)?, trace).await?)))
+    Ok(Json(ProductResponse::from(&products.change_price(id, request.price, trace).await?)))
 }
 
 /// The ReserveStocks saga's record for an order: its state and each line's reservation.

@@ -1,5 +1,5 @@
 use crate::application::SagaStore;
-use crate::application::saga::{LineStatus, ReservationSaga, SagaLine, SagaState};
+use crate::application::saga::{Change, LineStatus, ReservationSaga, SagaLine, SagaState, Step};
 use crate::domain::{OrderId, ProductId, Quantity};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -42,6 +42,53 @@ enum StoredStatus {
     Deducted,
 }
 
+/// A step of the `history` JSON column: `{"at": ..., "state": "failed"}` or
+/// `{"at": ..., "productId": 4, "status": "rejected", "reason": "no stock"}`.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct StoredStep {
+    at: DateTime<Utc>,
+    #[serde(flatten)]
+    change: StoredChange,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredChange {
+    State {
+        state: String,
+    },
+    Line {
+        #[serde(rename = "productId")]
+        product_id: i64,
+        #[serde(flatten)]
+        status: StoredStatus,
+    },
+}
+
+impl From<&LineStatus> for StoredStatus {
+    fn from(status: &LineStatus) -> Self {
+        match status {
+            LineStatus::Pending => StoredStatus::Pending,
+            LineStatus::Reserved => StoredStatus::Reserved,
+            LineStatus::Rejected { reason } => StoredStatus::Rejected { reason: reason.clone() },
+            LineStatus::Released => StoredStatus::Released,
+            LineStatus::Deducted => StoredStatus::Deducted,
+        }
+    }
+}
+
+impl From<StoredStatus> for LineStatus {
+    fn from(status: StoredStatus) -> Self {
+        match status {
+            StoredStatus::Pending => LineStatus::Pending,
+            StoredStatus::Reserved => LineStatus::Reserved,
+            StoredStatus::Rejected { reason } => LineStatus::Rejected { reason },
+            StoredStatus::Released => LineStatus::Released,
+            StoredStatus::Deducted => LineStatus::Deducted,
+        }
+    }
+}
+
 pub(super) fn stored_lines(saga: &ReservationSaga) -> serde_json::Value {
     let lines: Vec<StoredLine> = saga
         .lines()
@@ -49,30 +96,47 @@ pub(super) fn stored_lines(saga: &ReservationSaga) -> serde_json::Value {
         .map(|line| StoredLine {
             product_id: line.product_id.get(),
             quantity: line.quantity.get(),
-            status: match &line.status {
-                LineStatus::Pending => StoredStatus::Pending,
-                LineStatus::Reserved => StoredStatus::Reserved,
-                LineStatus::Rejected { reason } => StoredStatus::Rejected { reason: reason.clone() },
-                LineStatus::Released => StoredStatus::Released,
-                LineStatus::Deducted => StoredStatus::Deducted,
-            },
+            status: StoredStatus::from(&line.status),
         })
         .collect();
     serde_json::to_value(lines).expect("saga lines serialize")
+}
+
+pub(super) fn stored_history(saga: &ReservationSaga) -> serde_json::Value {
+    let steps: Vec<StoredStep> = saga
+        .history()
+        .iter()
+        .map(|step| StoredStep {
+            at: step.at,
+            change: match &step.change {
+                Change::State(state) => StoredChange::State { state: state.as_str().to_owned() },
+                Change::Line { product_id, status } => {
+                    StoredChange::Line { product_id: product_id.get(), status: StoredStatus::from(status) }
+                }
+            },
+        })
+        .collect();
+    serde_json::to_value(steps).expect("saga history serializes")
 }
 
 fn restore_line(stored: StoredLine) -> Result<SagaLine, BoxError> {
     Ok(SagaLine {
         product_id: ProductId::new(stored.product_id)?,
         quantity: Quantity::new(stored.quantity.into())?,
-        status: match stored.status {
-            StoredStatus::Pending => LineStatus::Pending,
-            StoredStatus::Reserved => LineStatus::Reserved,
-            StoredStatus::Rejected { reason } => LineStatus::Rejected { reason },
-            StoredStatus::Released => LineStatus::Released,
-            StoredStatus::Deducted => LineStatus::Deducted,
-        },
+        status: stored.status.into(),
     })
+}
+
+fn restore_step(stored: StoredStep) -> Result<Step, BoxError> {
+    let change = match stored.change {
+        StoredChange::State { state } => {
+            Change::State(SagaState::parse(&state).ok_or_else(|| format!("unknown saga state {state:?}"))?)
+        }
+        StoredChange::Line { product_id, status } => {
+            Change::Line { product_id: ProductId::new(product_id)?, status: status.into() }
+        }
+    };
+    Ok(Step { at: stored.at, change })
 }
 
 /// A saga row as read from either database, before it is restored.
@@ -82,6 +146,7 @@ pub(super) struct SagaRow {
     pub failure_reason: Option<String>,
     pub timeout_message_id: Option<Uuid>,
     pub started_at: DateTime<Utc>,
+    pub history: Vec<StoredStep>,
     pub version: i64,
 }
 
@@ -96,6 +161,7 @@ impl SagaRow {
             self.failure_reason,
             self.timeout_message_id,
             self.started_at,
+            self.history.into_iter().map(restore_step).collect::<Result<_, _>>()?,
             self.version,
         ))
     }
@@ -109,6 +175,7 @@ fn restore(order_id: OrderId, row: &PgRow) -> Result<ReservationSaga, BoxError> 
         failure_reason: row.try_get("failure_reason")?,
         timeout_message_id: row.try_get("timeout_message_id")?,
         started_at: row.try_get("started_at")?,
+        history: serde_json::from_value(row.try_get("history")?)?,
         version: row.try_get("version")?,
     }
     .restore(order_id)
@@ -119,7 +186,7 @@ impl SagaStore for PgSagaStore {
     async fn load(&self, order_id: OrderId) -> Result<Option<ReservationSaga>, LoadError> {
         let what = || format!("saga of order {order_id}");
         let row = sqlx::query(
-            "SELECT state, lines, failure_reason, timeout_message_id, started_at, version \
+            "SELECT state, lines, failure_reason, timeout_message_id, started_at, history, version \
              FROM reservation_sagas WHERE order_id = $1",
         )
         .bind(order_id.as_uuid())
@@ -130,13 +197,13 @@ impl SagaStore for PgSagaStore {
     }
 
     async fn save(&self, saga: &ReservationSaga, effects: &Effects<'_>) -> Result<(), SaveError> {
-        let lines = stored_lines(saga);
+        let (lines, history) = (stored_lines(saga), stored_history(saga));
         commit(&self.pool, effects, async |tx| {
             let written = if saga.version() == 0 {
                 sqlx::query(
                     "INSERT INTO reservation_sagas \
-                         (order_id, state, lines, failure_reason, timeout_message_id, started_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, 1)",
+                         (order_id, state, lines, failure_reason, timeout_message_id, started_at, history, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
                 )
                 .bind(saga.order_id().as_uuid())
                 .bind(saga.state().as_str())
@@ -144,12 +211,13 @@ impl SagaStore for PgSagaStore {
                 .bind(saga.failure_reason())
                 .bind(saga.timeout_message_id())
                 .bind(saga.started_at())
+                .bind(&history)
                 .execute(&mut *tx)
                 .await
             } else {
                 sqlx::query(
                     "UPDATE reservation_sagas SET state = $3, lines = $4, failure_reason = $5, \
-                            timeout_message_id = $6, updated_at = now(), version = version + 1 \
+                            timeout_message_id = $6, history = $7, updated_at = now(), version = version + 1 \
                      WHERE order_id = $1 AND version = $2",
                 )
                 .bind(saga.order_id().as_uuid())
@@ -158,6 +226,7 @@ impl SagaStore for PgSagaStore {
                 .bind(&lines)
                 .bind(saga.failure_reason())
                 .bind(saga.timeout_message_id())
+                .bind(&history)
                 .execute(&mut *tx)
                 .await
             }
@@ -178,6 +247,25 @@ mod tests {
         let json = serde_json::to_value(&line).unwrap();
         assert_eq!(json, serde_json::json!({ "productId": 4, "quantity": 2, "status": "rejected", "reason": "no" }));
         assert_eq!(serde_json::from_value::<StoredLine>(json).unwrap(), line);
+    }
+
+    #[test]
+    fn history_steps_serialize_flat_and_read_back() {
+        let at: DateTime<Utc> = "2025-01-02T03:04:05.123456Z".parse().unwrap();
+        let state = StoredStep { at, change: StoredChange::State { state: "failed".into() } };
+        let line = StoredStep {
+            at,
+            change: StoredChange::Line { product_id: 4, status: StoredStatus::Rejected { reason: "no".into() } },
+        };
+        let json = serde_json::to_value([&state, &line]).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                { "at": "2025-01-02T03:04:05.123456Z", "state": "failed" },
+                { "at": "2025-01-02T03:04:05.123456Z", "productId": 4, "status": "rejected", "reason": "no" },
+            ])
+        );
+        assert_eq!(serde_json::from_value::<Vec<StoredStep>>(json).unwrap(), vec![state, line]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod outbox;
 
 pub use crate::relay::{RelayConfig, RelayError};
-pub use outbox::PgOutbox;
+pub use outbox::{PgOutbox, PgOutboxMonitor};
 
 /// The relay of a PostgreSQL outbox: `Relay::new(name, pool, transport, config)`.
 pub type Relay = crate::relay::Relay<PgOutbox>;
@@ -26,15 +26,86 @@ pub fn with_messaging_migrations(service: &Migrator) -> Migrator {
     crate::sql::in_front(&MESSAGING_MIGRATIONS, service)
 }
 
-/// Creates the database named in `url` if it does not exist yet, then opens a pool on it.
+/// How a pool of connections to a service's database is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most connections open at once.
+    pub max_connections: u32,
+    /// Longest wait for a connection, including opening a new one.
+    pub acquire_timeout: Duration,
+    /// The server's `statement_timeout` and `idle_in_transaction_session_timeout` on every
+    /// connection (zero: the server's own). The first bounds lock waits; the second ends a
+    /// transaction whose client went silent, which would otherwise hold its locks (and the
+    /// outbox rows it claimed) for as long as the server believes the client is there.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How long a connection may take to answer a ping. sqlx pings a connection handed back to
+/// the pool (it may have been given up in the middle of a query when its caller's deadline
+/// passed) without a deadline: on a connection that went silent, that ping would wait forever
+/// and hold a pool slot. The pool pings it first, within this.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection idle for less than this is handed out without a ping (a server that went away
+/// meanwhile shows as a transient failure of the query); one idle longer is pinged first.
+const TRUSTED_IDLE: Duration = Duration::from_secs(1);
+
+/// Pings `connection`, within [`PING_TIMEOUT`].
+async fn ping(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    match tokio::time::timeout(PING_TIMEOUT, sqlx::Connection::ping(connection)).await {
+        Ok(answer) => answer.map(|()| true),
+        Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Creates the database named in `url` if it does not exist yet, then opens a pool of up to
+/// `max_connections` on it (the other settings as [`PoolSettings::default`]).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    connect_with(url, &PoolSettings { max_connections, ..PoolSettings::default() }).await
+}
+
+/// Creates the database named in `url` if it does not exist yet, then opens a pool on it.
+pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     create_database_if_missing(url).await?;
-    let options = PgConnectOptions::from_str(url)?;
+    let mut options = PgConnectOptions::from_str(url)?;
+    if !settings.statement_timeout.is_zero() {
+        let timeout = format!("{}ms", settings.statement_timeout.as_millis());
+        options = options.options([("statement_timeout", &timeout), ("idle_in_transaction_session_timeout", &timeout)]);
+    }
+    // Pings, each bounded: on release (before sqlx's own), and on acquire only after a second of
+    // idleness (instead of sqlx's unbounded ping on every acquire), so that the bound costs no
+    // round trip under load.
     PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|connection, metadata| {
+            Box::pin(async move { if metadata.idle_for < TRUSTED_IDLE { Ok(true) } else { ping(connection).await } })
+        })
+        .after_release(|connection, _| Box::pin(ping(connection)))
         .connect_with(options)
         .await
+}
+
+/// Runs `migrator` on a connection of its own without the pool's statement timeouts: a
+/// migration may rewrite a large table, or wait for another instance's.
+pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut connection = pool.acquire().await?.detach();
+    sqlx::raw_sql("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
+        .execute(&mut connection)
+        .await?;
+    migrator.run(&mut connection).await?;
+    sqlx::Connection::close(connection).await?;
+    Ok(())
 }
 
 /// Creates the database named in `url` unless it exists; safe when several instances race.

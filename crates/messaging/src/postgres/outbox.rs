@@ -1,15 +1,30 @@
 //! The PostgreSQL outbox as the relay works on it: rows claimed `FOR UPDATE SKIP LOCKED` in a
 //! transaction that stamps them sent, woken by the `outbox` notification a trigger sends at
-//! commit.
+//! commit; and its backlog as operators see it.
 
 use super::envelope_from_row;
 use crate::ErrorChain;
+use crate::outbox::{OutboxBacklog, OutboxMonitor};
 use crate::relay::{Claimed, CommitWatch, OutboxStore, RelayError};
+use crate::unit_of_work::BoxError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
+
+/// A listener that heard nothing for this long is asked to prove it is still connected.
+const LISTENER_PROBE_AFTER: Duration = Duration::from_secs(10);
+/// Longest wait for the listener to connect, or to answer a probe.
+const LISTENER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two attempts to listen while the database is away (the relay's default sweep:
+/// meanwhile the sweep finds what was committed).
+const LISTENER_RETRY: Duration = Duration::from_secs(2);
 
 /// The outbox of the PostgreSQL database behind a pool. Relays of several processes may share
 /// it: each claims rows the others have not locked.
@@ -74,56 +89,153 @@ impl OutboxStore for PgOutbox {
             .await?)
     }
 
-    async fn delete_old(
-        &self,
-        sent_before: DateTime<Utc>,
-        consumed_before: DateTime<Utc>,
-    ) -> Result<(u64, u64), RelayError> {
-        let sent = sqlx::query("DELETE FROM outbox WHERE sent_at < $1").bind(sent_before).execute(&self.pool).await?;
-        let consumed =
-            sqlx::query("DELETE FROM inbox WHERE processed_at < $1").bind(consumed_before).execute(&self.pool).await?;
-        Ok((sent.rows_affected(), consumed.rows_affected()))
+    async fn delete_sent(&self, sent_before: DateTime<Utc>, limit: i64) -> Result<u64, RelayError> {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM outbox WHERE sent_at < $1 LIMIT $2))",
+        )
+        .bind(sent_before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn delete_consumed(&self, consumed_before: DateTime<Utc>, limit: i64) -> Result<u64, RelayError> {
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM inbox WHERE processed_at < $1 LIMIT $2))",
+        )
+        .bind(consumed_before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
     }
 
     async fn watch(&self) -> Box<dyn CommitWatch> {
-        Box::new(Notifications { pool: self.pool.clone(), listener: listen(&self.pool).await })
+        let heard = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        tokio::spawn(listen_for_commits(self.pool.clone(), heard.clone(), stop.clone()));
+        Box::new(Notifications { heard, _stop: stop.drop_guard() })
     }
 }
 
-/// The `outbox` notifications, over a listening connection that is opened again when lost.
+/// The `outbox` notifications, heard by a task of their own that ends when this is dropped.
 struct Notifications {
-    pool: PgPool,
-    listener: Option<PgListener>,
-}
-
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await.ok()?;
-    listener.listen("outbox").await.ok()?;
-    Some(listener)
+    heard: Arc<Notify>,
+    _stop: DropGuard,
 }
 
 #[async_trait]
 impl CommitWatch for Notifications {
     async fn committed(&mut self) {
-        let Some(active) = &mut self.listener else {
-            // Listening again; whatever was notified meanwhile is lost, so resolve to sweep. Until
-            // it succeeds, the relay relies on its periodic sweep.
-            self.listener = listen(&self.pool).await;
-            if self.listener.is_none() {
-                std::future::pending::<()>().await;
+        self.heard.notified().await;
+    }
+}
+
+/// Listens for the `outbox` notification until `stop`, and wakes `heard` for each (coalesced),
+/// and whenever notifications may have been missed: when the listener reconnected, or was
+/// opened again after it failed or stopped answering a probe. Its waits are its own, so that
+/// no caller's cancellation can leave the listening connection in the middle of a query.
+async fn listen_for_commits(pool: PgPool, heard: Arc<Notify>, stop: CancellationToken) {
+    let mut listener: Option<PgListener> = None;
+    // When the listener last proved alive (a notification, a probe).
+    let mut heard_at = Instant::now();
+    loop {
+        let Some(active) = &mut listener else {
+            listener = tokio::select! {
+                _ = stop.cancelled() => return,
+                listening = listen(&pool) => listening,
+            };
+            if listener.is_some() {
+                heard_at = Instant::now();
+                heard.notify_one();
+            } else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(LISTENER_RETRY) => {}
+                }
             }
-            return;
+            continue;
         };
-        match active.try_recv().await {
-            Ok(Some(_)) => {
-                // Coalesce the notifications already buffered: one sweep serves them all.
-                while active.next_buffered().is_some() {}
-            }
-            Ok(None) => {} // reconnected: notifications may have been lost, so sweep
-            Err(error) => {
-                tracing::warn!(error = %ErrorChain(&error), "outbox listener failed; relying on the periodic sweep");
-                self.listener = None;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            received = active.try_recv() => match received {
+                Ok(Some(_)) => {
+                    // Coalesce the notifications already buffered: one sweep serves them all.
+                    while active.next_buffered().is_some() {}
+                    heard_at = Instant::now();
+                    heard.notify_one();
+                }
+                Ok(None) => heard.notify_one(), // reconnected: notifications may have been lost
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), "outbox listener failed; relying on the periodic sweep");
+                    listener = None;
+                    heard.notify_one();
+                }
+            },
+            _ = tokio::time::sleep_until(heard_at + LISTENER_PROBE_AFTER) => {
+                if probe(active).await {
+                    heard_at = Instant::now();
+                } else {
+                    tracing::warn!("outbox listener stopped answering; connecting again");
+                    listener = None;
+                    heard.notify_one();
+                }
             }
         }
+    }
+}
+
+/// A listener on a connection of its own: one abandoned (it stopped answering) is left to sqlx
+/// to clean up, and must not take a slot of the pool with it.
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(LISTENER_TIMEOUT)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let connecting = async {
+        let mut listener = PgListener::connect_with(&own).await.ok()?;
+        listener.listen("outbox").await.ok()?;
+        Some(listener)
+    };
+    tokio::time::timeout(LISTENER_TIMEOUT, connecting).await.ok().flatten()
+}
+
+/// Whether the listener's connection still answers.
+async fn probe(listener: &mut PgListener) -> bool {
+    let answer = sqlx::query("SELECT 1").execute(&mut *listener);
+    matches!(tokio::time::timeout(LISTENER_TIMEOUT, answer).await, Ok(Ok(_)))
+}
+
+/// The backlog of the outbox table behind a pool.
+#[derive(Clone)]
+pub struct PgOutboxMonitor {
+    pool: PgPool,
+}
+
+impl PgOutboxMonitor {
+    /// The monitor of the outbox of the database behind `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl OutboxMonitor for PgOutboxMonitor {
+    async fn backlog(&self) -> Result<OutboxBacklog, BoxError> {
+        // Both partial indexes cover `sent_at IS NULL`: this reads only unsent rows.
+        let (unsent, scheduled, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE deliver_after <= now()), \
+                    count(*) FILTER (WHERE deliver_after > now()), \
+                    extract(epoch FROM now() - min(deliver_after) FILTER (WHERE deliver_after <= now()))::float8 \
+             FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OutboxBacklog {
+            unsent: unsent.max(0) as u64,
+            scheduled: scheduled.max(0) as u64,
+            oldest_unsent_age_secs: oldest.map(|age| age.max(0.0)),
+        })
     }
 }

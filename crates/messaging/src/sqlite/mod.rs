@@ -19,7 +19,7 @@
 //! are published again, the inboxes drop the copies), acknowledgements (redelivered), cleanup.
 mod outbox;
 
-pub use outbox::{SqliteOutbox, SqliteRelay};
+pub use outbox::{SqliteOutbox, SqliteOutboxMonitor, SqliteRelay};
 
 use crate::unit_of_work::{BoxError, Effects, Inbox, SaveError};
 use async_trait::async_trait;

@@ -1,9 +1,11 @@
 //! The SQLite outbox as the relay works on it. The embedded mode runs one process per data
 //! directory, so claims are kept in this process's memory rather than as row locks, and the
-//! relay is woken by the commits of this process.
+//! relay is woken by the commits of this process. And its backlog as operators see it.
 
 use super::{Database, OutboxState, Timestamp, envelope_from_row};
+use crate::outbox::{OutboxBacklog, OutboxMonitor};
 use crate::relay::{Claimed, CommitWatch, OutboxStore, Relay, RelayError};
+use crate::unit_of_work::BoxError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -106,20 +108,25 @@ impl OutboxStore for SqliteOutbox {
         Ok(due.map(|due| due.0))
     }
 
-    async fn delete_old(
-        &self,
-        sent_before: DateTime<Utc>,
-        consumed_before: DateTime<Utc>,
-    ) -> Result<(u64, u64), RelayError> {
-        let sent = sqlx::query("DELETE FROM outbox WHERE sent_at < ?")
+    async fn delete_sent(&self, sent_before: DateTime<Utc>, limit: i64) -> Result<u64, RelayError> {
+        let deleted = sqlx::query("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE sent_at < ? LIMIT ?)")
             .bind(Timestamp(sent_before))
+            .bind(limit)
             .execute(self.db.writer())
             .await?;
-        let consumed = sqlx::query("DELETE FROM inbox WHERE processed_at < ?")
-            .bind(Timestamp(consumed_before))
-            .execute(self.db.writer())
-            .await?;
-        Ok((sent.rows_affected(), consumed.rows_affected()))
+        Ok(deleted.rows_affected())
+    }
+
+    async fn delete_consumed(&self, consumed_before: DateTime<Utc>, limit: i64) -> Result<u64, RelayError> {
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE (consumer, message_id) IN \
+             (SELECT consumer, message_id FROM inbox WHERE processed_at < ? LIMIT ?)",
+        )
+        .bind(Timestamp(consumed_before))
+        .bind(limit)
+        .execute(self.db.writer())
+        .await?;
+        Ok(deleted.rows_affected())
     }
 
     async fn watch(&self) -> Box<dyn CommitWatch> {
@@ -134,5 +141,40 @@ struct Commits(Arc<OutboxState>);
 impl CommitWatch for Commits {
     async fn committed(&mut self) {
         self.0.committed.notified().await;
+    }
+}
+
+/// The backlog of the outbox of a SQLite file.
+#[derive(Clone)]
+pub struct SqliteOutboxMonitor {
+    db: Database,
+}
+
+impl SqliteOutboxMonitor {
+    /// The monitor of the outbox of `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl OutboxMonitor for SqliteOutboxMonitor {
+    async fn backlog(&self) -> Result<OutboxBacklog, BoxError> {
+        let now = Timestamp::now();
+        // `outbox_due` covers `sent_at IS NULL`: this reads only unsent rows.
+        let (unsent, scheduled, oldest): (i64, i64, Option<Timestamp>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE deliver_after <= ?1), \
+                    count(*) FILTER (WHERE deliver_after > ?1), \
+                    min(deliver_after) FILTER (WHERE deliver_after <= ?1) \
+             FROM outbox WHERE sent_at IS NULL",
+        )
+        .bind(now)
+        .fetch_one(self.db.reader())
+        .await?;
+        Ok(OutboxBacklog {
+            unsent: unsent.max(0) as u64,
+            scheduled: scheduled.max(0) as u64,
+            oldest_unsent_age_secs: oldest.map(|due| (now.0 - due.0).as_seconds_f64().max(0.0)),
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! process, and nothing kept when it ends. For fast tests of what runs on top of a transport.
 
 use super::{
-    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError,
+    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, QueueStats, Settle, Transport, TransportError,
     error_queue_of,
 };
 use crate::envelope::Envelope;
@@ -36,6 +36,24 @@ struct State {
 struct Queue {
     ready: VecDeque<Queued>,
     available: Arc<Notify>,
+    /// Streams consuming it now.
+    consumers: Arc<AtomicU32>,
+}
+
+/// Counts a consuming stream while it lives.
+struct Subscribed(Arc<AtomicU32>);
+
+impl Subscribed {
+    fn new(consumers: Arc<AtomicU32>) -> Self {
+        consumers.fetch_add(1, Ordering::SeqCst);
+        Self(consumers)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -117,8 +135,9 @@ impl Transport for MemoryTransport {
     async fn consume(&self, spec: &QueueSpec) -> Result<Deliveries, TransportError> {
         self.declare(spec).await?;
         let permits = Arc::new(Semaphore::new(spec.prefetch.max(1).into()));
-        let source = (self.inner.clone(), spec.name.clone(), permits);
-        let deliveries = futures::stream::unfold(source, |(inner, queue, permits)| async move {
+        let consumers = self.inner.state().queues.get(&spec.name).expect("declared above").consumers.clone();
+        let source = (self.inner.clone(), spec.name.clone(), permits, Subscribed::new(consumers));
+        let deliveries = futures::stream::unfold(source, |(inner, queue, permits, subscribed)| async move {
             let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
             let available = inner.state().queues.get(&queue).expect("declared above").available.clone();
             loop {
@@ -134,7 +153,7 @@ impl Transport for MemoryTransport {
                         _permit: permit,
                     };
                     let delivery = Delivery::new(Ok(item.message), item.redelivered, Box::new(settle));
-                    return Some((delivery, (inner, queue, permits)));
+                    return Some((delivery, (inner, queue, permits, subscribed)));
                 }
                 notified.await;
             }
@@ -144,6 +163,18 @@ impl Transport for MemoryTransport {
 
     async fn is_ready(&self) -> bool {
         true
+    }
+
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, TransportError> {
+        let state = self.inner.state();
+        Ok(Some(state.queues.get(queue).map_or(QueueStats { depth: 0, consumers: 0 }, |queue| QueueStats {
+            depth: u32::try_from(queue.ready.len()).unwrap_or(u32::MAX),
+            consumers: queue.consumers.load(Ordering::SeqCst),
+        })))
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
     }
 }
 

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-/// Why the transport could not do what it was asked. Every one is worth trying again later.
+/// Why the transport could not do what it was asked. Every one but
+/// [`Inequivalent`](Self::Inequivalent) is worth trying again later.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The broker could not be reached, or the connection or channel failed.
@@ -31,6 +32,15 @@ pub enum TransportError {
     Unroutable {
         /// The type (routing key) nobody is bound for.
         message_type: String,
+    },
+    /// A queue exists with other arguments than declared (such as another queue type): it
+    /// keeps them until it is deleted, so trying again cannot help.
+    #[error("queue {queue} exists with other arguments than declared ({detail})")]
+    Inequivalent {
+        /// The queue.
+        queue: String,
+        /// What the broker said.
+        detail: String,
     },
 }
 
@@ -105,6 +115,26 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Whether the broker is reachable right now (for readiness probes).
     async fn is_ready(&self) -> bool;
+
+    /// How many messages wait in `queue` and how many consumers take from it; `None` when
+    /// this adapter cannot tell.
+    async fn queue_stats(&self, _queue: &str) -> Result<Option<QueueStats>, TransportError> {
+        Ok(None)
+    }
+
+    /// The operator tools on error queues, when this adapter has them.
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        None
+    }
+}
+
+/// A queue as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready to be delivered (not counting those delivered and not yet acknowledged).
+    pub depth: u32,
+    /// Consumers subscribed to it, in every process.
+    pub consumers: u32,
 }
 
 /// The deliveries of one queue, as they arrive.

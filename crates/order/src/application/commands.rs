@@ -4,10 +4,15 @@
 
 use super::error::AppError;
 use super::messages::integration_message;
+use super::ports::IdempotencyKeyUse;
 use super::ports::{Catalog, OrderFilter, OrderPage, OrderStore};
-use crate::domain::{CatalogItem, CustomerId, Order, OrderError, OrderId, OrderStatus, ProductId, Quantity, Reason};
+use crate::domain::{
+    CatalogItem, CustomerId, Order, OrderDescription, OrderError, OrderId, OrderStatus, ProductId, Quantity, Reason,
+};
+use kernel::{Chars, Text, TextKind};
 use messaging::{Causation, Effects, SaveError, TraceParent, retry_on_conflict};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Who asks: a customer acts on its own orders only (anyone else's do not exist for it); an
 /// admin acts on every order, and alone ships them.
@@ -31,7 +36,7 @@ impl Actor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewOrder {
     pub customer_id: Option<CustomerId>,
-    pub description: Option<String>,
+    pub description: Option<OrderDescription>,
 }
 
 impl NewOrder {
@@ -47,37 +52,52 @@ impl NewOrder {
 }
 
 /// Two requests under one idempotency key must agree on this.
-fn fingerprint(customer: CustomerId, description: Option<&str>) -> String {
-    format!("{customer}|{}", description.unwrap_or_default())
+fn fingerprint(customer: CustomerId, description: Option<&OrderDescription>) -> String {
+    format!("{customer}|{}", description.map(OrderDescription::as_str).unwrap_or_default())
 }
 
-/// A client-chosen key that makes order creation safe to retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(String);
+/// A client-chosen key that makes order creation safe to retry: 1 to 255 visible ASCII
+/// characters.
+pub type IdempotencyKey = Text<IdempotencyKeyText>;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an Idempotency-Key is 1 to 255 visible ASCII characters")]
-pub struct InvalidIdempotencyKey;
+pub struct IdempotencyKeyText;
 
-impl IdempotencyKey {
-    pub fn new(key: &str) -> Result<Self, InvalidIdempotencyKey> {
-        let valid = (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
-        if valid { Ok(Self(key.to_owned())) } else { Err(InvalidIdempotencyKey) }
-    }
+impl TextKind for IdempotencyKeyText {
+    const WHAT: &'static str = "an Idempotency-Key";
+    const SCHEMA_NAME: &'static str = "IdempotencyKey";
+    const MAX_CHARS: usize = 255;
+    const CHARS: Chars = Chars::VisibleAscii;
 }
 
 pub struct OrderService {
     orders: Arc<dyn OrderStore>,
     catalog: Arc<dyn Catalog>,
+    idempotency_key_ttl: Duration,
 }
 
 impl OrderService {
+    /// How long an idempotency key holds unless [`OrderService::with_idempotency_key_ttl`] says
+    /// otherwise.
+    pub const DEFAULT_IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
     pub fn new(orders: Arc<dyn OrderStore>, catalog: Arc<dyn Catalog>) -> Self {
-        Self { orders, catalog }
+        Self { orders, catalog, idempotency_key_ttl: Self::DEFAULT_IDEMPOTENCY_KEY_TTL }
     }
 
-    /// Creates a draft order. Under an idempotency key already used for the same request, it
-    /// returns the order created then (and `false`) instead of creating another.
+    /// How long a key holds: a request under a key used longer ago creates a new order.
+    pub fn with_idempotency_key_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_key_ttl = ttl;
+        self
+    }
+
+    /// The moment before which a use of an idempotency key has expired.
+    fn idempotency_keys_expired_before(&self) -> chrono::DateTime<chrono::Utc> {
+        let ttl = chrono::Duration::from_std(self.idempotency_key_ttl).unwrap_or(chrono::Duration::MAX);
+        kernel::now().checked_sub_signed(ttl).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    }
+
+    /// Creates a draft order. Under an idempotency key used for the same request within its
+    /// time to live, it returns the order created then (and `false`) instead of creating another.
     pub async fn create(
         &self,
         actor: Actor,
@@ -86,23 +106,33 @@ impl OrderService {
         trace: TraceParent,
     ) -> Result<(Order, bool), AppError> {
         let customer = new.customer(actor)?;
-        let fingerprint = fingerprint(customer, new.description.as_deref());
+        let fingerprint = fingerprint(customer, new.description.as_ref());
         retry_on_conflict(|| async {
-            if let Some(IdempotencyKey(key)) = &key
-                && let Some((id, used_for)) = self.orders.find_by_idempotency_key(key).await?
+            let expired_before = self.idempotency_keys_expired_before();
+            if let Some(key) = &key
+                && let Some((id, used_for)) = self.orders.find_by_idempotency_key(key.as_str(), expired_before).await?
             {
                 if used_for != fingerprint {
                     return Err(AppError::IdempotencyKeyReused);
                 }
                 return Ok((self.get(actor, id).await?, false));
             }
-            let mut order = Order::create(OrderId::generate(), customer, new.description.clone(), kernel::now())?;
-            let idempotency = key.as_ref().map(|IdempotencyKey(key)| (key.as_str(), fingerprint.as_str()));
+            let mut order = Order::create(OrderId::generate(), customer, new.description.clone(), kernel::now());
+            let idempotency = key.as_ref().map(|key| IdempotencyKeyUse {
+                key: key.as_str(),
+                fingerprint: &fingerprint,
+                expired_before,
+            });
             let causation = Causation::root(order.id().to_string(), trace);
             save(&*self.orders, &mut order, None, idempotency, &causation, &mut Effects::new()).await?;
             Ok((order, true))
         })
         .await
+    }
+
+    /// Deletes the idempotency keys that have expired; returns how many.
+    pub async fn forget_expired_idempotency_keys(&self) -> Result<u64, AppError> {
+        Ok(self.orders.forget_idempotency_keys(self.idempotency_keys_expired_before()).await?)
     }
 
     /// Adds a product from the catalog, at the catalog's price.
@@ -201,7 +231,7 @@ pub(super) async fn save(
     orders: &dyn OrderStore,
     order: &mut Order,
     before: Option<OrderStatus>,
-    idempotency: Option<(&str, &str)>,
+    idempotency: Option<IdempotencyKeyUse<'_>>,
     causation: &Causation,
     effects: &mut Effects<'_>,
 ) -> Result<(), SaveError> {
@@ -230,6 +260,7 @@ mod tests {
         assert!(IdempotencyKey::new("order-2026-11-25-0001").is_ok());
         assert!(IdempotencyKey::new("").is_err());
         assert!(IdempotencyKey::new("has space").is_err());
-        assert!(IdempotencyKey::new(&"k".repeat(256)).is_err());
+        assert!(IdempotencyKey::new("naïve").is_err());
+        assert!(IdempotencyKey::new("k".repeat(256)).is_err());
     }
 }

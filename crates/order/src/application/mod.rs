@@ -7,10 +7,10 @@ mod handlers;
 mod messages;
 pub mod ports;
 
-pub use commands::{Actor, IdempotencyKey, NewOrder, OrderService};
+pub use commands::{Actor, IdempotencyKey, IdempotencyKeyText, NewOrder, OrderService};
 pub use error::AppError;
 pub use handlers::{CatalogHandler, ProductNews, ReservationOutcome, ReservationOutcomeHandler};
-pub use ports::{Catalog, OrderFilter, OrderPage, OrderStore, OrderSummary};
+pub use ports::{Catalog, IdempotencyKeyUse, OrderFilter, OrderPage, OrderStore, OrderSummary};
 
 /// Names this service's queues and log lines.
 pub const SERVICE: &str = "order";

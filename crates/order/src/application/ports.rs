@@ -14,18 +14,37 @@ pub trait OrderStore: Send + Sync {
 
     /// Saves the order if it is still at the version it was loaded at (a new order at version
     /// 0), with `effects`, atomically. `idempotency` ties a new order to the key it was created
-    /// under, with the fingerprint of the request.
+    /// under (used at the order's creation time); a key whose last use has expired is taken
+    /// over, one still in use is a [`SaveError::Conflict`].
     async fn save(
         &self,
         order: &Order,
-        idempotency: Option<(&str, &str)>,
+        idempotency: Option<IdempotencyKeyUse<'_>>,
         effects: &Effects<'_>,
     ) -> Result<(), SaveError>;
 
-    /// The order created under an idempotency key, with the fingerprint of its request.
-    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, LoadError>;
+    /// The order created under an idempotency key, with the fingerprint of its request, unless
+    /// that use of the key expired (was before `expired_before`).
+    async fn find_by_idempotency_key(
+        &self,
+        key: &str,
+        expired_before: DateTime<Utc>,
+    ) -> Result<Option<(OrderId, String)>, LoadError>;
+
+    /// Deletes the idempotency keys used before `expired_before`; returns how many.
+    async fn forget_idempotency_keys(&self, expired_before: DateTime<Utc>) -> Result<u64, SaveError>;
 
     async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, LoadError>;
+}
+
+/// A new order's idempotency key, as the store records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyKeyUse<'a> {
+    pub key: &'a str,
+    /// What the request asked for: a repeat under the key must ask the same.
+    pub fingerprint: &'a str,
+    /// Uses of the key before this moment have expired: the key is free again.
+    pub expired_before: DateTime<Utc>,
 }
 
 /// Which orders to list: newest first, `limit` at a time, continuing after an id.

@@ -4,5 +4,6 @@ mod order;
 
 pub use kernel::{CustomerId, Money, MoneyError, OrderId, ProductId, Quantity, QuantityError};
 pub use order::{
-    CatalogItem, Order, OrderError, OrderEvent, OrderLine, OrderState, OrderStatus, Reason, ReasonError, Timeline,
+    CatalogItem, Order, OrderDescription, OrderDescriptionText, OrderError, OrderEvent, OrderLine, OrderState,
+    OrderStatus, Reason, ReasonText, Timeline,
 };

@@ -1,5 +1,5 @@
 use chrono::{DateTime, Utc};
-use kernel::{CustomerId, Money, MoneyError, OrderId, ProductId, Quantity, QuantityError};
+use kernel::{Chars, CustomerId, Money, MoneyError, OrderId, ProductId, Quantity, QuantityError, Text, TextKind};
 use std::fmt;
 
 /// Where an order is in its life. Allowed moves:
@@ -78,39 +78,29 @@ impl OrderState {
     }
 }
 
-/// Why an order was cancelled or rejected: non-empty text of bounded length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reason(String);
+/// Why an order was cancelled or rejected: text of several lines, not blank, bounded.
+pub type Reason = Text<ReasonText>;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReasonError {
-    #[error("a reason must not be empty")]
-    Empty,
-    #[error("a reason is at most {max} characters (got {0})", max = Reason::MAX_CHARS)]
-    TooLong(usize),
+pub struct ReasonText;
+
+impl TextKind for ReasonText {
+    const WHAT: &'static str = "a reason";
+    const SCHEMA_NAME: &'static str = "Reason";
+    const MAX_CHARS: usize = 500;
+    const CHARS: Chars = Chars::Lines;
 }
 
-impl Reason {
-    pub const MAX_CHARS: usize = 500;
+/// What the customer calls an order: text of several lines, bounded; blank means none.
+pub type OrderDescription = Text<OrderDescriptionText>;
 
-    pub fn new(text: impl Into<String>) -> Result<Self, ReasonError> {
-        let text = text.into().trim().to_owned();
-        match text.chars().count() {
-            0 => Err(ReasonError::Empty),
-            n if n > Self::MAX_CHARS => Err(ReasonError::TooLong(n)),
-            _ => Ok(Self(text)),
-        }
-    }
+pub struct OrderDescriptionText;
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+impl TextKind for OrderDescriptionText {
+    const WHAT: &'static str = "a description";
+    const SCHEMA_NAME: &'static str = "OrderDescription";
+    const MAX_CHARS: usize = 1000;
+    const CHARS: Chars = Chars::Lines;
+    const MAY_BE_EMPTY: bool = true;
 }
 
 /// A product as the order service knows it: its own copy of the inventory catalog.
@@ -168,8 +158,6 @@ pub enum OrderError {
     NoSuchLine(ProductId),
     #[error("an order that is {from} cannot be {action}")]
     TransitionRefused { from: OrderStatus, action: &'static str },
-    #[error("the description is at most {max} characters (got {0})", max = Order::MAX_DESCRIPTION_CHARS)]
-    DescriptionTooLong(usize),
     #[error("an order has at most {max} lines", max = Order::MAX_LINES)]
     TooManyLines,
     #[error(transparent)]
@@ -194,22 +182,16 @@ pub struct Order {
 }
 
 impl Order {
-    pub const MAX_DESCRIPTION_CHARS: usize = 1000;
     pub const MAX_LINES: usize = 100;
 
     pub fn create(
         id: OrderId,
         customer_id: CustomerId,
-        description: Option<String>,
+        description: Option<OrderDescription>,
         now: DateTime<Utc>,
-    ) -> Result<Self, OrderError> {
-        let description = description.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty());
-        if let Some(chars) = description.as_ref().map(|text| text.chars().count())
-            && chars > Self::MAX_DESCRIPTION_CHARS
-        {
-            return Err(OrderError::DescriptionTooLong(chars));
-        }
-        Ok(Self {
+    ) -> Self {
+        let description = description.filter(|text| !text.is_empty()).map(OrderDescription::into_string);
+        Self {
             id,
             customer_id,
             description,
@@ -219,7 +201,7 @@ impl Order {
             timeline: Timeline { created_at: now, placed_at: None, decided_at: None },
             version: 0,
             events: vec![OrderEvent::Created { order_id: id, customer_id }],
-        })
+        }
     }
 
     /// Rebuilds an order from storage.
@@ -387,6 +369,7 @@ fn total_of(lines: &[OrderLine]) -> Result<Money, MoneyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kernel::TextError;
 
     fn item(id: i64, price: &str) -> CatalogItem {
         CatalogItem {
@@ -406,7 +389,7 @@ mod tests {
 
     fn draft() -> Order {
         let mut order =
-            Order::create(OrderId::generate(), CustomerId::from_uuid(uuid::Uuid::now_v7()), None, Utc::now()).unwrap();
+            Order::create(OrderId::generate(), CustomerId::from_uuid(uuid::Uuid::now_v7()), None, Utc::now());
         order.take_events();
         order
     }
@@ -448,7 +431,8 @@ mod tests {
     #[test]
     fn a_new_order_is_an_empty_draft() {
         let customer = CustomerId::from_uuid(uuid::Uuid::now_v7());
-        let mut order = Order::create(OrderId::generate(), customer, Some("  gifts  ".into()), Utc::now()).unwrap();
+        let description = OrderDescription::new("  gifts  ").ok();
+        let mut order = Order::create(OrderId::generate(), customer, description, Utc::now());
         assert_eq!(order.status(), OrderStatus::Draft);
         assert_eq!(order.total(), Money::ZERO);
         assert_eq!(order.description(), Some("gifts"));
@@ -456,15 +440,11 @@ mod tests {
     }
 
     #[test]
-    fn a_blank_description_is_none_and_a_long_one_is_refused() {
+    fn a_blank_description_is_none() {
         let customer = CustomerId::from_uuid(uuid::Uuid::now_v7());
-        let blank = Order::create(OrderId::generate(), customer, Some("   ".into()), Utc::now()).unwrap();
+        let blank = Order::create(OrderId::generate(), customer, OrderDescription::new("   ").ok(), Utc::now());
         assert_eq!(blank.description(), None);
-        let long = "x".repeat(Order::MAX_DESCRIPTION_CHARS + 1);
-        assert_eq!(
-            Order::create(OrderId::generate(), customer, Some(long), Utc::now()),
-            Err(OrderError::DescriptionTooLong(1001))
-        );
+        assert!(OrderDescription::new("x".repeat(1001)).is_err());
     }
 
     #[test]
@@ -603,8 +583,9 @@ mod tests {
 
     #[test]
     fn reasons_must_say_something_short() {
-        assert_eq!(Reason::new("  "), Err(ReasonError::Empty));
-        assert_eq!(Reason::new("x".repeat(501)), Err(ReasonError::TooLong(501)));
+        assert_eq!(Reason::new("  "), Err(TextError::Empty { what: "a reason" }));
+        assert_eq!(Reason::new("x".repeat(501)), Err(TextError::TooLong { what: "a reason", max: 500, got: 501 }));
+        assert_eq!(Reason::new("line one\nline two").unwrap().as_str(), "line one\nline two");
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Request and response bodies: JSON, camelCase, money as decimal strings.
+//! Request and response bodies: JSON, camelCase, money as decimal strings. Request values are
+//! the domain's own types (text, quantities, ids), so a body deserializes only when each value
+//! is valid, and the document states the same rules.
 
 use crate::application::{OrderPage, OrderSummary};
-use crate::domain::{CatalogItem, Order, OrderLine, OrderStatus};
+use crate::domain::{CatalogItem, Order, OrderDescription, OrderLine, OrderStatus, ProductId, Quantity, Reason};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+use web::PageSize;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -13,25 +16,25 @@ pub struct CreateOrderRequest {
     /// The customer the order is for: a customer's token decides it (naming another customer
     /// is refused); an admin must name one.
     pub customer_id: Option<Uuid>,
-    #[schema(example = "Birthday presents")]
-    pub description: Option<String>,
+    /// What the customer calls the order; blank means none.
+    pub description: Option<OrderDescription>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddItemRequest {
-    #[schema(example = 1)]
-    pub product_id: i64,
-    #[schema(example = 2)]
-    pub quantity: i64,
+    pub product_id: ProductId,
+    pub quantity: Quantity,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelRequest {
-    #[schema(example = "Ordered by mistake")]
-    pub reason: String,
+    pub reason: Reason,
 }
+
+/// Orders per page of a list.
+pub type OrderPageSize = PageSize<200, 50>;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
@@ -39,12 +42,48 @@ pub struct CancelRequest {
 pub struct ListOrdersQuery {
     /// Whose orders; a customer always gets its own (naming another customer is refused).
     pub customer_id: Option<Uuid>,
-    /// One of draft, placed, confirmed, rejected, shipped, cancelled.
-    pub status: Option<String>,
+    pub status: Option<OrderStatusName>,
     /// The `nextAfter` of the previous page.
     pub after: Option<Uuid>,
-    /// Orders per page, 1 to 200 (default 50).
-    pub limit: Option<u32>,
+    pub limit: Option<OrderPageSize>,
+}
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatusName {
+    Draft,
+    Placed,
+    Confirmed,
+    Rejected,
+    Shipped,
+    Cancelled,
+}
+
+impl From<OrderStatus> for OrderStatusName {
+    fn from(status: OrderStatus) -> Self {
+        match status {
+            OrderStatus::Draft => Self::Draft,
+            OrderStatus::Placed => Self::Placed,
+            OrderStatus::Confirmed => Self::Confirmed,
+            OrderStatus::Rejected => Self::Rejected,
+            OrderStatus::Shipped => Self::Shipped,
+            OrderStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<OrderStatusName> for OrderStatus {
+    fn from(status: OrderStatusName) -> Self {
+        match status {
+            OrderStatusName::Draft => Self::Draft,
+            OrderStatusName::Placed => Self::Placed,
+            OrderStatusName::Confirmed => Self::Confirmed,
+            OrderStatusName::Rejected => Self::Rejected,
+            OrderStatusName::Shipped => Self::Shipped,
+            OrderStatusName::Cancelled => Self::Cancelled,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -52,17 +91,20 @@ pub struct ListOrdersQuery {
 pub struct OrderResponse {
     pub id: Uuid,
     pub customer_id: Uuid,
+    #[schema(required = true)]
     pub description: Option<String>,
-    #[schema(example = "confirmed")]
-    pub status: String,
+    pub status: OrderStatusName,
     /// Why the order was cancelled or rejected.
+    #[schema(required = true)]
     pub status_reason: Option<String>,
     pub lines: Vec<LineResponse>,
     #[schema(example = "39.98")]
     pub total: String,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub placed_at: Option<DateTime<Utc>>,
     /// When inventory's answer confirmed or rejected the order.
+    #[schema(required = true)]
     pub decided_at: Option<DateTime<Utc>>,
     pub version: i64,
 }
@@ -84,7 +126,7 @@ pub struct LineResponse {
 pub struct OrderSummaryResponse {
     pub id: Uuid,
     pub customer_id: Uuid,
-    pub status: String,
+    pub status: OrderStatusName,
     pub total: String,
     pub line_count: u32,
     pub created_at: DateTime<Utc>,
@@ -94,7 +136,8 @@ pub struct OrderSummaryResponse {
 #[serde(rename_all = "camelCase")]
 pub struct OrderPageResponse {
     pub orders: Vec<OrderSummaryResponse>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `after` for the next page; null on the last page.
+    #[schema(required = true)]
     pub next_after: Option<Uuid>,
 }
 
@@ -125,7 +168,7 @@ impl From<&Order> for OrderResponse {
             id: order.id().as_uuid(),
             customer_id: order.customer_id().as_uuid(),
             description: order.description().map(str::to_owned),
-            status: order.status().as_str().to_owned(),
+            status: order.status().into(),
             status_reason: order.state().reason().map(ToString::to_string),
             lines: order.lines().iter().map(LineResponse::from).collect(),
             total: order.total().to_string(),
@@ -142,7 +185,7 @@ impl From<OrderSummary> for OrderSummaryResponse {
         Self {
             id: order.id.as_uuid(),
             customer_id: order.customer_id.as_uuid(),
-            status: order.status.as_str().to_owned(),
+            status: order.status.into(),
             total: order.total.to_string(),
             line_count: order.line_count,
             created_at: order.created_at,
@@ -163,8 +206,4 @@ impl From<CatalogItem> for CatalogItemResponse {
     fn from(item: CatalogItem) -> Self {
         Self { product_id: item.product_id.get(), name: item.name, price: item.price.to_string() }
     }
-}
-
-pub fn parse_status(text: &str) -> Option<OrderStatus> {
-    OrderStatus::parse(text)
 }

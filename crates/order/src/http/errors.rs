@@ -18,7 +18,6 @@ impl From<AppError> for Problem {
             AppError::Rule(rule) => match rule {
                 OrderError::NotADraft(_) | OrderError::TransitionRefused { .. } => Problem::conflict(detail),
                 OrderError::NoSuchLine(_) => Problem::not_found(detail),
-                OrderError::DescriptionTooLong(_) => Problem::invalid_input(detail),
                 OrderError::EmptyOrder | OrderError::TooManyLines | OrderError::Quantity(_) | OrderError::Money(_) => {
                     Problem::rule_broken(detail)
                 }

@@ -1,9 +1,9 @@
 use super::dto::{
     AddItemRequest, CancelRequest, CatalogItemResponse, CreateOrderRequest, ListOrdersQuery, OrderPageResponse,
-    OrderResponse, parse_status,
+    OrderPageSize, OrderResponse, OrderStatusName,
 };
 use crate::application::{Actor, IdempotencyKey, NewOrder, OrderFilter, OrderService};
-use crate::domain::{CustomerId, OrderId, ProductId, Quantity, Reason};
+use crate::domain::{CustomerId, OrderId, ProductId};
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use uuid::Uuid;
 use web::auth::{BearerAuth, Caller};
-use web::{Json, Path, Problem, Query, RequestTrace};
+use web::{Json, Path, Problem, Query, RequestTrace, SharedResponses};
 
 #[derive(Clone)]
 struct AppState {
@@ -25,8 +25,9 @@ struct AppState {
 #[openapi(
     info(title = "Order service", description = "Customer orders: drafts, lines, placing, cancelling, shipping."),
     paths(create_order, get_order, list_orders, add_item, remove_item, place_order, cancel_order, ship_order, list_catalog),
-    components(schemas(Problem)),
-    modifiers(&BearerAuth),
+    // Schemas of parameters (bodies and responses bring theirs).
+    components(schemas(Problem, IdempotencyKey, OrderPageSize, OrderStatusName, ProductId)),
+    modifiers(&BearerAuth, &SharedResponses),
     tags((name = "orders"), (name = "catalog", description = "The order service's copy of inventory's catalog"))
 )]
 pub struct ApiDoc;
@@ -64,23 +65,24 @@ fn order_id(id: Uuid) -> OrderId {
     OrderId::from_uuid(id)
 }
 
-fn product_id(id: i64) -> ApiResult<ProductId> {
-    ProductId::new(id).map_err(|e| Problem::invalid_input(format!("productId: {e}")))
-}
+/// The header that makes order creation safe to retry.
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// Creates a draft order.
 ///
 /// With an `Idempotency-Key` header, repeating the request returns the order created the first
-/// time (status 200) instead of creating another.
+/// time (status 200) instead of creating another, for as long as the key holds (24 hours unless
+/// configured otherwise).
 #[utoipa::path(
     post, path = "/api/orders", tag = "orders",
     request_body = CreateOrderRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to retry")),
+    params(("Idempotency-Key" = Option<IdempotencyKey>, Header, description = "Makes the request safe to retry")),
     responses(
         (status = 201, description = "Created", body = OrderResponse),
         (status = 200, description = "Already created under this Idempotency-Key", body = OrderResponse),
-        (status = 400, description = "Invalid input, or an admin named no customer", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid input (the detail names the field or header), or an admin named no customer", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A customer named another customer", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Concurrent requests under this Idempotency-Key kept conflicting; retry", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -91,13 +93,7 @@ async fn create_order(
     headers: HeaderMap,
     Json(request): Json<CreateOrderRequest>,
 ) -> ApiResult<Response> {
-    let key = match headers.get("idempotency-key") {
-        Some(value) => {
-            let text = value.to_str().map_err(|_| Problem::invalid_input("Idempotency-Key must be ASCII"))?;
-            Some(IdempotencyKey::new(text).map_err(|e| Problem::invalid_input(e.to_string()))?)
-        }
-        None => None,
-    };
+    let key = web::header(&headers, IDEMPOTENCY_KEY, |text| IdempotencyKey::new(text))?;
     let new =
         NewOrder { customer_id: request.customer_id.map(CustomerId::from_uuid), description: request.description };
     let (order, created) = state.orders.create(actor, new, key, trace).await?;
@@ -132,7 +128,7 @@ async fn get_order(
     params(ListOrdersQuery),
     responses(
         (status = 200, body = OrderPageResponse),
-        (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid filter (the detail names the parameter)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A customer named another customer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -141,23 +137,11 @@ async fn list_orders(
     actor: Actor,
     Query(query): Query<ListOrdersQuery>,
 ) -> ApiResult<Json<OrderPageResponse>> {
-    let status = match query.status.as_deref() {
-        Some(text) => Some(parse_status(text).ok_or_else(|| {
-            Problem::invalid_input(format!(
-                "status: {text:?} is not one of draft, placed, confirmed, rejected, shipped, cancelled"
-            ))
-        })?),
-        None => None,
-    };
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Problem::invalid_input(format!("limit: must be 1 to 200 (got {limit})")));
-    }
     let filter = OrderFilter {
         customer_id: query.customer_id.map(CustomerId::from_uuid),
-        status,
+        status: query.status.map(Into::into),
         after: query.after.map(OrderId::from_uuid),
-        limit,
+        limit: query.limit.unwrap_or_default().get(),
     };
     Ok(Json(state.orders.list(actor, filter).await?.into()))
 }
@@ -170,10 +154,10 @@ async fn list_orders(
     request_body = AddItemRequest,
     responses(
         (status = 200, body = OrderResponse),
-        (status = 400, description = "Invalid quantity or product id", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid quantity or product id, or the id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order is no longer a draft", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is no longer a draft, or changed concurrently", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown product, too many lines, or more units than a line may hold", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn add_item(
@@ -183,20 +167,19 @@ async fn add_item(
     Path(id): Path<Uuid>,
     Json(request): Json<AddItemRequest>,
 ) -> ApiResult<Json<OrderResponse>> {
-    let product = product_id(request.product_id)?;
-    let quantity = Quantity::new(request.quantity).map_err(|e| Problem::invalid_input(format!("quantity: {e}")))?;
-    let order = state.orders.add_item(actor, order_id(id), product, quantity, trace).await?;
+    let order = state.orders.add_item(actor, order_id(id), request.product_id, request.quantity, trace).await?;
     Ok(Json(OrderResponse::from(&order)))
 }
 
 /// Removes a product's line from a draft order.
 #[utoipa::path(
     delete, path = "/api/orders/{id}/items/{product_id}", tag = "orders",
-    params(("id" = Uuid, Path, description = "Order id"), ("product_id" = i64, Path, description = "Product id")),
+    params(("id" = Uuid, Path, description = "Order id"), ("product_id" = ProductId, Path, description = "Product id")),
     responses(
         (status = 200, body = OrderResponse),
+        (status = 400, description = "The id is not a UUID, or the product id not a positive integer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's) or line", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order is no longer a draft", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is no longer a draft, or changed concurrently", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn remove_item(
@@ -205,7 +188,8 @@ async fn remove_item(
     RequestTrace(trace): RequestTrace,
     Path((id, product)): Path<(Uuid, i64)>,
 ) -> ApiResult<Json<OrderResponse>> {
-    let order = state.orders.remove_item(actor, order_id(id), product_id(product)?, trace).await?;
+    let product = ProductId::new(product).map_err(|e| Problem::invalid_input(format!("product_id: {e}")))?;
+    let order = state.orders.remove_item(actor, order_id(id), product, trace).await?;
     Ok(Json(OrderResponse::from(&order)))
 }
 
@@ -216,8 +200,9 @@ async fn remove_item(
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, body = OrderResponse),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not a draft", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not a draft, or changed concurrently", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The order has no lines", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -237,9 +222,9 @@ async fn place_order(
     request_body = CancelRequest,
     responses(
         (status = 200, body = OrderResponse),
-        (status = 400, description = "Missing reason", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Missing or invalid reason, or the id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Already rejected, shipped or cancelled", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already rejected, shipped or cancelled, or changed concurrently", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn cancel_order(
@@ -249,8 +234,7 @@ async fn cancel_order(
     Path(id): Path<Uuid>,
     Json(request): Json<CancelRequest>,
 ) -> ApiResult<Json<OrderResponse>> {
-    let reason = Reason::new(request.reason).map_err(|e| Problem::invalid_input(format!("reason: {e}")))?;
-    Ok(Json(OrderResponse::from(&state.orders.cancel(actor, order_id(id), reason, trace).await?)))
+    Ok(Json(OrderResponse::from(&state.orders.cancel(actor, order_id(id), request.reason, trace).await?)))
 }
 
 /// Ships a confirmed order: its reserved stock leaves the warehouse. Admins only.
@@ -259,9 +243,10 @@ async fn cancel_order(
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
         (status = 200, body = OrderResponse),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not confirmed, or changed concurrently", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn ship_order(

@@ -1,4 +1,4 @@
-use crate::application::{OrderFilter, OrderPage, OrderStore, OrderSummary};
+use crate::application::{IdempotencyKeyUse, OrderFilter, OrderPage, OrderStore, OrderSummary};
 use crate::domain::{
     CustomerId, Order, OrderId, OrderLine, OrderState, OrderStatus, ProductId, Quantity, Reason, Timeline,
 };
@@ -168,7 +168,7 @@ impl OrderStore for PgOrderStore {
     async fn save(
         &self,
         order: &Order,
-        idempotency: Option<(&str, &str)>,
+        idempotency: Option<IdempotencyKeyUse<'_>>,
         effects: &Effects<'_>,
     ) -> Result<(), SaveError> {
         let reason = order.state().reason().map(Reason::as_str);
@@ -212,28 +212,55 @@ impl OrderStore for PgOrderStore {
             if written.rows_affected() == 0 {
                 return Err(SaveError::Conflict);
             }
-            if let Some((key, fingerprint)) = idempotency {
-                sqlx::query("INSERT INTO idempotency_keys (key, order_id, fingerprint) VALUES ($1, $2, $3)")
-                    .bind(key)
-                    .bind(order.id().as_uuid())
-                    .bind(fingerprint)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(save_error)?;
+            if let Some(used) = idempotency {
+                // A key whose last use expired is taken over; one still in use is another
+                // request's (a conflict: the retry finds its order).
+                let claimed = sqlx::query(
+                    "INSERT INTO idempotency_keys (key, order_id, fingerprint, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (key) DO UPDATE \
+                        SET order_id = excluded.order_id, fingerprint = excluded.fingerprint, \
+                            created_at = excluded.created_at \
+                        WHERE idempotency_keys.created_at < $5",
+                )
+                .bind(used.key)
+                .bind(order.id().as_uuid())
+                .bind(used.fingerprint)
+                .bind(order.timeline().created_at)
+                .bind(used.expired_before)
+                .execute(&mut *tx)
+                .await
+                .map_err(save_error)?;
+                if claimed.rows_affected() == 0 {
+                    return Err(SaveError::Conflict);
+                }
             }
             Ok(())
         })
         .await
     }
 
-    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, LoadError> {
+    async fn find_by_idempotency_key(
+        &self,
+        key: &str,
+        expired_before: DateTime<Utc>,
+    ) -> Result<Option<(OrderId, String)>, LoadError> {
         let row: Option<(Uuid, String)> =
-            sqlx::query_as("SELECT order_id, fingerprint FROM idempotency_keys WHERE key = $1")
+            sqlx::query_as("SELECT order_id, fingerprint FROM idempotency_keys WHERE key = $1 AND created_at >= $2")
                 .bind(key)
+                .bind(expired_before)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|error| load_error(error, "idempotency key"))?;
         Ok(row.map(|(id, fingerprint)| (OrderId::from_uuid(id), fingerprint)))
+    }
+
+    async fn forget_idempotency_keys(&self, expired_before: DateTime<Utc>) -> Result<u64, SaveError> {
+        let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(expired_before)
+            .execute(&self.pool)
+            .await
+            .map_err(save_error)?;
+        Ok(deleted.rows_affected())
     }
 
     async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, LoadError> {

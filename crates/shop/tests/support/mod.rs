@@ -31,8 +31,12 @@ pub enum Mode {
 
 /// Where the system keeps its state, kept alive (and removed) with it.
 enum Storage {
-    Postgres { orders: TestDatabase, inventory: TestDatabase },
-    Embedded { dir: tempfile::TempDir },
+    Postgres {
+        orders: TestDatabase,
+        inventory: TestDatabase,
+    },
+    /// The SQLite files are in the system's data directory.
+    Embedded,
 }
 
 /// The broker, for dead letters and cleanup.
@@ -47,8 +51,10 @@ pub struct System {
     pub inventory_url: String,
     pub http: Client,
     storage: Storage,
-    /// The key the services trust, and a signer with it.
+    /// The key the services trust (in `data_dir`, where `shop token` and `harness load` find
+    /// it), and a signer with it.
     pub key: LocalKey,
+    pub data_dir: tempfile::TempDir,
     pub signer: Signer,
     pub admin: String,
     /// The customer whose token `new_order`, `add` and `command` use.
@@ -59,19 +65,48 @@ pub struct System {
     services: Vec<RunningService>,
 }
 
+/// What a test may change about the system it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// PostgreSQL and RabbitMQ unless a test says otherwise.
+    pub mode: Mode,
+    pub reservation_timeout: Duration,
+    /// High by default: tests that are not about overload must not meet it.
+    pub max_requests_in_flight: usize,
+    pub idempotency_key_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Postgres,
+            reservation_timeout: Duration::from_secs(600),
+            max_requests_in_flight: 10_000,
+            idempotency_key_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 impl System {
-    /// A system on PostgreSQL and RabbitMQ.
+    /// A system on PostgreSQL and RabbitMQ (the mode of every test that names none).
     pub async fn start() -> Self {
-        Self::start_in(Mode::Postgres).await
+        Self::with(Options::default()).await
     }
 
+    /// A system in `mode`.
     pub async fn start_in(mode: Mode) -> Self {
-        Self::with_reservation_timeout(mode, Duration::from_secs(600)).await
+        Self::with(Options { mode, ..Options::default() }).await
     }
 
     pub async fn with_reservation_timeout(mode: Mode, reservation_timeout: Duration) -> Self {
+        Self::with(Options { mode, reservation_timeout, ..Options::default() }).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let Options { mode, reservation_timeout, max_requests_in_flight, idempotency_key_ttl } = options;
         init_logs();
         let naming = unique_naming();
+        let data_dir = tempfile::tempdir().expect("a data directory");
         let (storage, broker, transport, urls): (_, _, Arc<dyn Transport>, _) = match mode {
             Mode::Postgres => {
                 let (orders, inventory) = (TestDatabase::empty().await, TestDatabase::empty().await);
@@ -80,24 +115,23 @@ impl System {
                 (Storage::Postgres { orders, inventory }, Broker::Rabbit(rabbit.clone()), Arc::new(rabbit), urls)
             }
             Mode::Embedded => {
-                let dir = tempfile::tempdir().expect("a data directory");
-                let broker = SqliteTransport::open(&dir.path().join(embedded::BROKER)).await.expect("broker opens");
-                let transport = Arc::new(broker.clone());
-                (Storage::Embedded { dir }, Broker::Embedded(broker), transport, (None, None))
+                let file = data_dir.path().join(embedded::BROKER);
+                let broker = SqliteTransport::open(&file).await.expect("broker opens");
+                (Storage::Embedded, Broker::Embedded(broker.clone()), Arc::new(broker), (None, None))
             }
         };
-        let key = LocalKey::generate();
+        let key = LocalKey::load_or_create(&data_dir.path().join(LocalKey::PATH_IN_DATA_DIR)).expect("a key");
         let verifier = Verifier::new(KeySource::Local(key.clone()), &issuance()).expect("the key is usable");
         let signer = Signer::new(&key, issuance());
         let runtime = Runtime {
             transport,
             naming: naming.clone(),
-            tuning: Tuning { db_pool_size: 8, ..Tuning::default() },
+            tuning: Tuning { db_pool_size: 8, max_requests_in_flight, ..Tuning::default() },
             metrics: None,
             verifier: Arc::new(verifier),
             embedded_dir: match &storage {
                 Storage::Postgres { .. } => None,
-                Storage::Embedded { dir } => Some(dir.path().to_owned()),
+                Storage::Embedded => Some(data_dir.path().to_owned()),
             },
         };
         let ephemeral = || "127.0.0.1:0".parse().unwrap();
@@ -105,7 +139,8 @@ impl System {
         let inventory_settings =
             InventorySettings { database_url: inventory_database_url, http_addr: ephemeral(), reservation_timeout };
         let inventory = shop::start_inventory(&inventory_settings, &runtime).await.expect("inventory starts");
-        let order_settings = OrderSettings { database_url: orders_database_url, http_addr: ephemeral() };
+        let order_settings =
+            OrderSettings { database_url: orders_database_url, http_addr: ephemeral(), idempotency_key_ttl };
         let orders = shop::start_order(&order_settings, &runtime).await.expect("orders start");
         let admin = signer.sign("e2e-admin", Role::Admin, TOKEN_TTL);
         let customer = Uuid::now_v7();
@@ -117,6 +152,7 @@ impl System {
             http: Client::new(),
             storage,
             key,
+            data_dir,
             signer,
             admin,
             customer,
@@ -161,7 +197,7 @@ impl System {
                     .await
                     .unwrap();
             }
-            Storage::Embedded { .. } => {
+            Storage::Embedded => {
                 let inventory = self.embedded_inventory().await;
                 sqlx::query("UPDATE reservation_sagas SET lines = ? WHERE order_id = ?")
                     .bind(lines)
@@ -191,7 +227,7 @@ impl System {
                     .unwrap();
                 Stall::RowLock(lock)
             }
-            Storage::Embedded { .. } => {
+            Storage::Embedded => {
                 let inventory = self.embedded_inventory().await;
                 let trigger = format!(
                     "CREATE TRIGGER stall_product_{product} BEFORE UPDATE ON products WHEN old.id = {product} \
@@ -203,10 +239,50 @@ impl System {
         }
     }
 
+    /// How many idempotency keys the order service keeps.
+    pub async fn idempotency_keys(&self) -> i64 {
+        const COUNT: &str = "SELECT count(*) FROM idempotency_keys";
+        match &self.storage {
+            Storage::Postgres { orders, .. } => sqlx::query_scalar(COUNT).fetch_one(&orders.pool).await.unwrap(),
+            Storage::Embedded => {
+                let orders = self.embedded(embedded::ORDERS).await;
+                let count = sqlx::query_scalar(COUNT).fetch_one(orders.reader()).await.unwrap();
+                orders.close().await;
+                count
+            }
+        }
+    }
+
+    /// How many connections to the inventory database wait for a lock (PostgreSQL only: an
+    /// embedded system has no row locks).
+    pub async fn inventory_lock_waits(&self) -> i64 {
+        let Storage::Postgres { inventory, .. } = &self.storage else { panic!("PostgreSQL only") };
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&inventory.pool)
+        .await
+        .unwrap()
+    }
+
     /// The embedded inventory database, opened beside the running service.
     async fn embedded_inventory(&self) -> messaging::sqlite::Database {
-        let Storage::Embedded { dir } = &self.storage else { panic!("not an embedded system") };
-        messaging::sqlite::Database::open(&dir.path().join(embedded::INVENTORY), 1).await.unwrap()
+        self.embedded(embedded::INVENTORY).await
+    }
+
+    /// One of the embedded system's SQLite files, opened beside the running service.
+    async fn embedded(&self, file: &str) -> messaging::sqlite::Database {
+        assert!(matches!(self.storage, Storage::Embedded), "not an embedded system");
+        messaging::sqlite::Database::open(&self.data_dir.path().join(file), 1).await.unwrap()
+    }
+
+    /// Publishes a message through the system's broker, as any service would.
+    pub async fn publish(&self, message: messaging::Envelope) {
+        let published = match &self.broker {
+            Broker::Rabbit(rabbit) => rabbit.publish(&[message]).await,
+            Broker::Embedded(broker) => broker.publish(&[message]).await,
+        };
+        published.expect("the broker confirms");
     }
 
     /// A customer's token, valid for the rest of the test.

@@ -1,7 +1,7 @@
 use crate::application::SagaStore;
 use crate::application::saga::ReservationSaga;
 use crate::domain::OrderId;
-use crate::infrastructure::sagas::{SagaRow, stored_lines};
+use crate::infrastructure::sagas::{SagaRow, stored_history, stored_lines};
 use async_trait::async_trait;
 use messaging::sqlite::{Database, Timestamp, commit, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
@@ -28,6 +28,7 @@ fn restore(order_id: OrderId, row: &SqliteRow) -> Result<ReservationSaga, BoxErr
         failure_reason: row.try_get("failure_reason")?,
         timeout_message_id: row.try_get::<Option<Hyphenated>, _>("timeout_message_id")?.map(Hyphenated::into_uuid),
         started_at: row.try_get::<Timestamp, _>("started_at")?.0,
+        history: serde_json::from_str(row.try_get("history")?)?,
         version: row.try_get("version")?,
     }
     .restore(order_id)
@@ -38,7 +39,7 @@ impl SagaStore for SqliteSagaStore {
     async fn load(&self, order_id: OrderId) -> Result<Option<ReservationSaga>, LoadError> {
         let what = || format!("saga of order {order_id}");
         let row = sqlx::query(
-            "SELECT state, lines, failure_reason, timeout_message_id, started_at, version \
+            "SELECT state, lines, failure_reason, timeout_message_id, started_at, history, version \
              FROM reservation_sagas WHERE order_id = ?",
         )
         .bind(order_id.as_uuid().hyphenated())
@@ -49,15 +50,16 @@ impl SagaStore for SqliteSagaStore {
     }
 
     async fn save(&self, saga: &ReservationSaga, effects: &Effects<'_>) -> Result<(), SaveError> {
-        let lines = stored_lines(saga).to_string();
+        let (lines, history) = (stored_lines(saga).to_string(), stored_history(saga).to_string());
         let timeout = saga.timeout_message_id().map(uuid::Uuid::hyphenated);
         let now = Timestamp::now();
         commit(&self.db, effects, async |tx| {
             let written = if saga.version() == 0 {
                 sqlx::query(
                     "INSERT INTO reservation_sagas \
-                         (order_id, state, lines, failure_reason, timeout_message_id, started_at, updated_at, version) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                         (order_id, state, lines, failure_reason, timeout_message_id, started_at, history, \
+                          updated_at, version) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 )
                 .bind(saga.order_id().as_uuid().hyphenated())
                 .bind(saga.state().as_str())
@@ -65,19 +67,21 @@ impl SagaStore for SqliteSagaStore {
                 .bind(saga.failure_reason())
                 .bind(timeout)
                 .bind(Timestamp(saga.started_at()))
+                .bind(&history)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
             } else {
                 sqlx::query(
                     "UPDATE reservation_sagas SET state = ?, lines = ?, failure_reason = ?, timeout_message_id = ?, \
-                            updated_at = ?, version = version + 1 \
+                            history = ?, updated_at = ?, version = version + 1 \
                      WHERE order_id = ? AND version = ?",
                 )
                 .bind(saga.state().as_str())
                 .bind(&lines)
                 .bind(saga.failure_reason())
                 .bind(timeout)
+                .bind(&history)
                 .bind(now)
                 .bind(saga.order_id().as_uuid().hyphenated())
                 .bind(saga.version())

@@ -3,7 +3,7 @@
 
 use super::RabbitMq;
 use super::codec::{envelope_from, long_string};
-use super::connection::{SETTLE_TIMEOUT, unavailable};
+use super::connection::{SETTLE_TIMEOUT, close_quietly, rpc, unavailable};
 use crate::ErrorChain;
 use crate::backoff::Backoff;
 use crate::transport::{
@@ -59,7 +59,7 @@ pub(super) async fn supervise_consumer(
                 loop {
                     let next = tokio::select! {
                         _ = sender.closed() => {
-                            let _ = channel.close(200, "consumer stopped".into()).await;
+                            close_quietly(channel).await;
                             return;
                         }
                         next = consumer.next() => next,
@@ -68,7 +68,7 @@ pub(super) async fn supervise_consumer(
                         Some(Ok(delivery)) => {
                             let delivery = delivery_from(transport.clone(), &spec.name, delivery);
                             if sender.send(delivery).await.is_err() {
-                                let _ = channel.close(200, "consumer stopped".into()).await;
+                                close_quietly(channel).await;
                                 return;
                             }
                         }
@@ -105,11 +105,14 @@ pub(super) async fn subscribe(
 ) -> Result<(Channel, lapin::Consumer), TransportError> {
     transport.declare(spec).await?;
     let channel = transport.channel().await?;
-    channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await.map_err(unavailable)?;
-    let consumer = channel
-        .basic_consume(spec.name.clone().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .map_err(unavailable)?;
+    rpc("setting the prefetch", channel.basic_qos(spec.prefetch, BasicQosOptions::default())).await?;
+    let consuming = channel.basic_consume(
+        spec.name.clone().into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let consumer = rpc("subscribing", consuming).await?;
     Ok((channel, consumer))
 }
 

@@ -2,8 +2,9 @@
 
 use super::RabbitMq;
 use super::codec::{header_number, header_text};
-use super::connection::{declare_queue, unavailable};
+use super::connection::{close_quietly, rpc};
 use super::consuming::settle;
+use super::queues::inspect;
 use crate::transport::{DeadLetter, DeadLetters, TransportError, headers};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,13 +12,13 @@ use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 
-/// Every message an error queue holds now, taken on `channel` without acks: those not
-/// acknowledged go back to the queue when the channel closes.
+/// Every message an error queue holds now (none if it does not exist), taken on `channel`
+/// without acks: those not acknowledged go back to the queue when the channel closes.
 async fn take_all(channel: &Channel, error_queue: &str) -> Result<Vec<lapin::message::Delivery>, TransportError> {
-    let count = declare_queue(channel, error_queue).await?;
+    let count = inspect(channel, error_queue).await?.map_or(0, |stats| stats.depth);
     let mut taken = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        match channel.basic_get(error_queue.into(), BasicGetOptions::default()).await.map_err(unavailable)? {
+        match rpc("taking a dead letter", channel.basic_get(error_queue.into(), BasicGetOptions::default())).await? {
             Some(message) => taken.push(message.delivery),
             None => break,
         }
@@ -30,7 +31,7 @@ impl DeadLetters for RabbitMq {
     async fn list(&self, error_queue: &str) -> Result<Vec<DeadLetter>, TransportError> {
         let channel = self.channel().await?;
         let letters = take_all(&channel, error_queue).await?.iter().map(|d| dead_letter_view(error_queue, d)).collect();
-        let _ = channel.close(200, "OK".into()).await;
+        close_quietly(channel).await;
         Ok(letters)
     }
 
@@ -51,16 +52,18 @@ impl DeadLetters for RabbitMq {
             settle(delivery.acker.ack(BasicAckOptions::default())).await?;
             replayed += 1;
         }
-        let _ = channel.close(200, "OK".into()).await;
+        close_quietly(channel).await;
         Ok(replayed)
     }
 
     async fn purge(&self, error_queue: &str) -> Result<usize, TransportError> {
         let channel = self.channel().await?;
-        declare_queue(&channel, error_queue).await?;
+        if inspect(&channel, error_queue).await?.is_none() {
+            return Ok(0);
+        }
         let purged =
-            channel.queue_purge(error_queue.into(), QueuePurgeOptions::default()).await.map_err(unavailable)?;
-        let _ = channel.close(200, "OK".into()).await;
+            rpc("purging a queue", channel.queue_purge(error_queue.into(), QueuePurgeOptions::default())).await?;
+        close_quietly(channel).await;
         Ok(purged as usize)
     }
 }
@@ -71,8 +74,17 @@ fn dead_letter_view(error_queue: &str, delivery: &lapin::message::Delivery) -> D
         queue: error_queue.to_owned(),
         message_id: properties.message_id().as_ref().map(|id| id.as_str().to_owned()),
         message_type: properties.kind().as_ref().map(|kind| kind.as_str().to_owned()),
-        reason: header_text(properties, headers::FAILURE_REASON).unwrap_or_else(|| "unknown".into()),
-        attempts: header_number(properties, headers::FAILURE_ATTEMPTS).unwrap_or(0).max(0) as u32,
+        // A message the broker dead-lettered itself (a quorum queue's delivery limit) carries
+        // the broker's reason and delivery count instead of ours.
+        reason: header_text(properties, headers::FAILURE_REASON)
+            .or_else(|| {
+                header_text(properties, "x-first-death-reason").map(|why| format!("dead-lettered by the broker: {why}"))
+            })
+            .unwrap_or_else(|| "unknown".into()),
+        attempts: header_number(properties, headers::FAILURE_ATTEMPTS)
+            .or_else(|| header_number(properties, "x-delivery-count"))
+            .unwrap_or(0)
+            .max(0) as u32,
         failed_at: header_text(properties, headers::FAILED_AT)
             .and_then(|text| DateTime::parse_from_rfc3339(&text).ok())
             .map(|at| at.with_timezone(&Utc)),

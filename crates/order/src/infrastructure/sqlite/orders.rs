@@ -1,8 +1,9 @@
 use super::decimal;
-use crate::application::{OrderFilter, OrderPage, OrderStore, OrderSummary};
+use crate::application::{IdempotencyKeyUse, OrderFilter, OrderPage, OrderStore, OrderSummary};
 use crate::domain::{Order, OrderId, OrderStatus, Reason, Timeline};
 use crate::infrastructure::orders::{OrderRow, page, stored_lines, summary};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use messaging::sqlite::{Database, Timestamp, commit, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use sqlx::Row;
@@ -25,7 +26,7 @@ fn uuid(row: &SqliteRow, column: &str) -> Result<Uuid, sqlx::Error> {
     Ok(row.try_get::<Hyphenated, _>(column)?.into_uuid())
 }
 
-fn time(row: &SqliteRow, column: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+fn time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     Ok(row.try_get::<Option<Timestamp>, _>(column)?.map(|at| at.0))
 }
 
@@ -67,7 +68,7 @@ impl OrderStore for SqliteOrderStore {
     async fn save(
         &self,
         order: &Order,
-        idempotency: Option<(&str, &str)>,
+        idempotency: Option<IdempotencyKeyUse<'_>>,
         effects: &Effects<'_>,
     ) -> Result<(), SaveError> {
         let reason = order.state().reason().map(Reason::as_str);
@@ -117,29 +118,55 @@ impl OrderStore for SqliteOrderStore {
             if written.rows_affected() == 0 {
                 return Err(SaveError::Conflict);
             }
-            if let Some((key, fingerprint)) = idempotency {
-                sqlx::query("INSERT INTO idempotency_keys (key, order_id, fingerprint, created_at) VALUES (?, ?, ?, ?)")
-                    .bind(key)
-                    .bind(order.id().as_uuid().hyphenated())
-                    .bind(fingerprint)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(save_error)?;
+            if let Some(used) = idempotency {
+                // A key whose last use expired is taken over; one still in use is another
+                // request's (a conflict: the retry finds its order).
+                let claimed = sqlx::query(
+                    "INSERT INTO idempotency_keys (key, order_id, fingerprint, created_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (key) DO UPDATE \
+                        SET order_id = excluded.order_id, fingerprint = excluded.fingerprint, \
+                            created_at = excluded.created_at \
+                        WHERE idempotency_keys.created_at < ?5",
+                )
+                .bind(used.key)
+                .bind(order.id().as_uuid().hyphenated())
+                .bind(used.fingerprint)
+                .bind(Timestamp(timeline.created_at))
+                .bind(Timestamp(used.expired_before))
+                .execute(&mut *tx)
+                .await
+                .map_err(save_error)?;
+                if claimed.rows_affected() == 0 {
+                    return Err(SaveError::Conflict);
+                }
             }
             Ok(())
         })
         .await
     }
 
-    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<(OrderId, String)>, LoadError> {
+    async fn find_by_idempotency_key(
+        &self,
+        key: &str,
+        expired_before: DateTime<Utc>,
+    ) -> Result<Option<(OrderId, String)>, LoadError> {
         let row: Option<(Hyphenated, String)> =
-            sqlx::query_as("SELECT order_id, fingerprint FROM idempotency_keys WHERE key = ?")
+            sqlx::query_as("SELECT order_id, fingerprint FROM idempotency_keys WHERE key = ? AND created_at >= ?")
                 .bind(key)
+                .bind(Timestamp(expired_before))
                 .fetch_optional(self.db.reader())
                 .await
                 .map_err(|error| load_error(error, "idempotency key"))?;
         Ok(row.map(|(id, fingerprint)| (OrderId::from_uuid(id.into_uuid()), fingerprint)))
+    }
+
+    async fn forget_idempotency_keys(&self, expired_before: DateTime<Utc>) -> Result<u64, SaveError> {
+        let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?")
+            .bind(Timestamp(expired_before))
+            .execute(self.db.writer())
+            .await
+            .map_err(save_error)?;
+        Ok(deleted.rows_affected())
     }
 
     async fn list(&self, filter: &OrderFilter) -> Result<OrderPage, LoadError> {
