@@ -1,7 +1,8 @@
 //! The contracts of the messaging tables, written once and run against PostgreSQL and SQLite
 //! (each test on a database of its own), publishing to the in-memory transport: the outbox
 //! commits and rolls back with the state, the relay publishes every committed message exactly
-//! once, the inbox applies each message once, and scheduled messages wait for their time.
+//! once and gives up a batch at its deadline, the inbox applies each message once, scheduled
+//! messages wait for their time, and the backlog operators see counts what waits.
 
 mod common;
 
@@ -9,9 +10,10 @@ use chrono::{Duration as ChronoDuration, Utc};
 use common::stores::{Postgres, Sqlite, Store};
 use contracts::order::OrderShipped;
 use futures::StreamExt;
+use messaging::relay::RelayError;
 use messaging::relay::{Relay, RelayConfig};
 use messaging::transport::memory::MemoryTransport;
-use messaging::transport::{Deliveries, QueueSpec};
+use messaging::transport::{Deliveries, QueueSpec, TransportError};
 use messaging::{Causation, Effects, Envelope, SaveError, TraceParent, Transport};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ messaging::contract_tests!(
         a_failed_publish_is_retried_and_marks_nothing_sent,
         the_relay_is_woken_at_commit_not_by_its_sweep,
         sent_rows_and_old_inbox_records_are_cleaned_up,
+        a_batch_past_its_deadline_is_abandoned_and_its_rows_stay_unsent,
+        the_backlog_counts_due_and_scheduled_messages_and_the_age_of_the_oldest,
         a_consumed_message_is_applied_once,
         a_batch_with_one_message_already_applied_applies_nothing,
         the_inbox_tells_which_consumer_applied_what,
@@ -182,6 +186,70 @@ async fn sent_rows_and_old_inbox_records_are_cleaned_up<S: Store>() {
     .await;
     shutdown.cancel();
     running.await.unwrap();
+}
+
+/// A broker that takes a publish and never confirms it, as a connection gone silent would.
+struct Silent;
+
+#[async_trait::async_trait]
+impl Transport for Silent {
+    async fn publish(&self, _: &[Envelope]) -> Result<(), TransportError> {
+        std::future::pending().await
+    }
+
+    async fn declare(&self, _: &QueueSpec) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    async fn consume(&self, _: &QueueSpec) -> Result<Deliveries, TransportError> {
+        Ok(Box::pin(futures::stream::pending()))
+    }
+
+    async fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+async fn a_batch_past_its_deadline_is_abandoned_and_its_rows_stay_unsent<S: Store>() {
+    let store = S::new().await;
+    let mut effects = Effects::new();
+    effects.send(message()).send(message());
+    store.commit(&effects).await.unwrap();
+    let deadline = Duration::from_millis(200);
+    let stuck =
+        Relay::<S::Outbox>::new("test", store.outbox(), Arc::new(Silent), RelayConfig { deadline, ..quick(10) });
+    let abandoned = stuck.publish_batch().await;
+    assert!(matches!(abandoned, Err(RelayError::TimedOut(after)) if after == deadline), "{abandoned:?}");
+    assert_eq!(store.outbox_rows().await, (2, 2), "an abandoned batch marked rows sent");
+
+    // Its claim is given up with it: another relay publishes the rows.
+    let transport = MemoryTransport::new();
+    let _observed = subscribe(&transport).await;
+    assert_eq!(relay(&store, &transport, quick(10)).publish_batch().await.unwrap(), 2);
+    assert_eq!(store.outbox_rows().await, (2, 0));
+}
+
+async fn the_backlog_counts_due_and_scheduled_messages_and_the_age_of_the_oldest<S: Store>() {
+    let store = S::new().await;
+    let monitor = store.monitor();
+    let empty = monitor.backlog().await.unwrap();
+    assert_eq!((empty.unsent, empty.scheduled, empty.oldest_unsent_age_secs), (0, 0, None));
+
+    let mut effects = Effects::new();
+    effects.send(message()).send(message());
+    effects.schedule(message(), Utc::now() + ChronoDuration::hours(1));
+    store.commit(&effects).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waiting = monitor.backlog().await.unwrap();
+    assert_eq!((waiting.unsent, waiting.scheduled), (2, 1));
+    let age = waiting.oldest_unsent_age_secs.expect("an age while messages wait");
+    assert!((0.05..60.0).contains(&age), "{age}");
+
+    let transport = MemoryTransport::new();
+    let _observed = subscribe(&transport).await;
+    assert_eq!(relay(&store, &transport, quick(10)).publish_batch().await.unwrap(), 2);
+    let published = monitor.backlog().await.unwrap();
+    assert_eq!((published.unsent, published.scheduled, published.oldest_unsent_age_secs), (0, 1, None));
 }
 
 // --- inbox --------------------------------------------------------------------------------------

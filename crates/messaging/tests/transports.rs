@@ -10,7 +10,7 @@ use messaging::testing::{amqp_url, unique_naming};
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::rabbitmq::{QueueType, RabbitMq, RabbitMqSettings};
 use messaging::transport::sqlite::SqliteTransport;
-use messaging::transport::{DeadLetters, Deliveries, Failure, QueueSpec, Transport, TransportError};
+use messaging::transport::{DeadLetters, Deliveries, Failure, QueueSpec, QueueStats, Transport, TransportError};
 use messaging::{Causation, Envelope, TraceParent};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -119,6 +119,7 @@ messaging::contract_tests!(
         prefetch_bounds_unacknowledged_deliveries,
         competing_consumers_share_a_queue_without_duplicates,
         dead_letters_can_be_listed_replayed_and_purged,
+        queue_stats_count_waiting_messages_and_live_consumers,
     ],
     rabbitmq => RabbitClassic, rabbitmq_quorum => RabbitQuorum, sqlite => Sqlite, memory => Memory,
 );
@@ -300,6 +301,40 @@ async fn dead_letters_can_be_listed_replayed_and_purged<B: Broker>() {
     assert_eq!(transport.purge(&queue.error_queue()).await.unwrap(), 1);
     assert!(transport.list(&queue.error_queue()).await.unwrap().is_empty());
     drop(deliveries);
+    broker.clean_up(&[queue]).await;
+}
+
+async fn queue_stats_count_waiting_messages_and_live_consumers<B: Broker>() {
+    let broker = B::new().await;
+    let transport = broker.transport();
+    let queue = spec(&broker, "q", &[SHIPPED], 1);
+    let stats = async || transport.queue_stats(&queue.name).await.unwrap();
+    transport.declare(&queue).await.unwrap();
+    transport.publish(&[shipped(), shipped()]).await.unwrap();
+    messaging::testing::eventually(Duration::from_secs(5), "two waiting, nobody consuming", async || {
+        stats().await == Some(QueueStats { depth: 2, consumers: 0 })
+    })
+    .await;
+
+    let mut deliveries = transport.consume(&queue).await.unwrap();
+    let delivery = next(&mut deliveries).await;
+    // One in hand is no longer waiting.
+    messaging::testing::eventually(Duration::from_secs(5), "one waiting, one consumer", async || {
+        stats().await == Some(QueueStats { depth: 1, consumers: 1 })
+    })
+    .await;
+    delivery.dead_letter(Failure { reason: "boom".into(), attempts: 1 }).await.unwrap();
+    let error_queue = async || transport.queue_stats(&queue.error_queue()).await.unwrap().map(|stats| stats.depth);
+    messaging::testing::eventually(Duration::from_secs(5), "a dead letter counted", async || {
+        error_queue().await == Some(1)
+    })
+    .await;
+
+    drop(deliveries);
+    messaging::testing::eventually(Duration::from_secs(5), "the consumer gone", async || {
+        stats().await.map(|stats| stats.consumers) == Some(0)
+    })
+    .await;
     broker.clean_up(&[queue]).await;
 }
 

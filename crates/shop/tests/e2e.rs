@@ -1,7 +1,7 @@
 //! End-to-end: both services driven only through their HTTP APIs, every scenario in both
 //! modes: on PostgreSQL and the real RabbitMQ (`postgres::`), and embedded on SQLite files and
-//! the embedded broker (`embedded::`), but for those that landed beside the embedded mode, which
-//! run on PostgreSQL and RabbitMQ. A few reach into a service's database: a
+//! the embedded broker (`embedded::`); the overload scenarios, whose subject is the HTTP layer
+//! (the same in both modes), run on PostgreSQL only. A few reach into a service's database: a
 //! stalled product write stands in for a slow warehouse database, a damaged saga row, and the
 //! idempotency keys counted.
 
@@ -44,9 +44,13 @@ in_both_modes!(
     fifty_concurrent_orders_for_twenty_units_confirm_exactly_twenty,
     prices_come_from_the_catalog_and_follow_its_changes,
     an_idempotency_key_makes_order_creation_safe_to_retry,
+    an_idempotency_key_expires_and_is_then_forgotten,
     orders_are_listed_by_customer_and_status_a_page_at_a_time,
     bad_input_gets_a_problem_with_the_right_status_and_never_a_500,
+    every_text_the_rules_accept_is_stored_and_returned_as_sent,
     each_service_reports_health_metrics_and_its_api_document,
+    the_saga_records_when_each_line_and_state_changed,
+    operators_see_the_outbox_the_queues_and_the_dead_letters_and_replay_or_purge_them,
 );
 
 async fn a_several_line_order_is_confirmed_with_the_right_total_and_stock(mode: Mode) {
@@ -279,10 +283,9 @@ async fn an_idempotency_key_makes_order_creation_safe_to_retry(mode: Mode) {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn an_idempotency_key_expires_and_is_then_forgotten() {
+async fn an_idempotency_key_expires_and_is_then_forgotten(mode: Mode) {
     let ttl = Duration::from_secs(5);
-    let system = System::with(Options { idempotency_key_ttl: ttl, ..Options::default() }).await;
+    let system = System::with(Options { mode, idempotency_key_ttl: ttl, ..Options::default() }).await;
     let create = || {
         system
             .http
@@ -686,9 +689,8 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_never_a_500(mode: Mo
 
 /// Every text field stores and returns what the rules accept: any script, emoji, the widest
 /// characters, line breaks where several lines make sense, the longest allowed values.
-#[tokio::test]
-async fn every_text_the_rules_accept_is_stored_and_returned_as_sent() {
-    let system = System::start().await;
+async fn every_text_the_rules_accept_is_stored_and_returned_as_sent(mode: Mode) {
+    let system = System::start_in(mode).await;
     let name = format!("Ωmega 茶碗 🍵 {}", "é".repeat(180));
     let description = format!("two\r\nlines\tand a tab, U+FFFF \u{ffff}, {}", "\u{10ffff}".repeat(1900));
     let body = json!({ "name": format!("  {name}  "), "description": description, "price": "3.50", "stock": 4 });
@@ -754,9 +756,8 @@ async fn each_service_reports_health_metrics_and_its_api_document(mode: Mode) {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn the_saga_records_when_each_line_and_state_changed() {
-    let system = System::start().await;
+async fn the_saga_records_when_each_line_and_state_changed(mode: Mode) {
+    let system = System::start_in(mode).await;
     let kettle = system.product("Kettle", "1.00", 5).await;
     let mug = system.product("Mug", "1.00", 5).await;
     let order = system.placed_order(&[(kettle, 1), (mug, 2)]).await;
@@ -781,9 +782,8 @@ async fn the_saga_records_when_each_line_and_state_changed() {
     system.stop().await;
 }
 
-#[tokio::test]
-async fn operators_see_the_outbox_the_queues_and_the_dead_letters_and_replay_or_purge_them() {
-    let system = System::start().await;
+async fn operators_see_the_outbox_the_queues_and_the_dead_letters_and_replay_or_purge_them(mode: Mode) {
+    let system = System::start_in(mode).await;
     let kettle = system.product("Kettle", "1.00", 5).await;
     let order = system.placed_order(&[(kettle, 1)]).await;
     assert_eq!(system.settled(&order).await["status"], "confirmed");

@@ -1,13 +1,14 @@
 //! A running service whose consumer stops: `/health/ready` answers 503 naming it, and
-//! `/metrics` counts it. The transport is the in-memory one, except that the stream of one
-//! queue ends, as no real broker's does; everything else (database, HTTP, the supervisor) is
-//! the service's own.
+//! `/metrics` counts it, on PostgreSQL and embedded (SQLite). The transport is the in-memory
+//! one, except that the stream of one queue ends, as no real broker's does; everything else
+//! (database, relay, HTTP, the supervisor) is the service's own.
 
 use async_trait::async_trait;
 use messaging::testing::{TestDatabase, eventually};
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::{Deliveries, QueueSpec, Transport, TransportError};
 use messaging::{Envelope, Naming};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
 use shop::{OrderSettings, Runtime, Tuning};
 use std::sync::Arc;
@@ -43,8 +44,23 @@ impl Transport for EndingStream {
 }
 
 #[tokio::test]
-async fn a_consumer_that_stops_turns_readiness_to_503_naming_it_and_is_counted() {
+async fn a_consumer_that_stops_turns_readiness_to_503_naming_it_and_is_counted_in_both_modes() {
+    // One process has one metrics recorder: the second run counts the second stop.
+    let metrics = shop::telemetry::init_metrics().unwrap();
     let db = TestDatabase::empty().await;
+    a_consumer_stops(Some(db.url.clone()), None, &metrics, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    a_consumer_stops(None, Some(dir.path().to_owned()), &metrics, 2).await;
+}
+
+/// The order service on the PostgreSQL database `database_url`, or embedded in `embedded_dir`,
+/// with a consumer that stops: the `stops`th counted.
+async fn a_consumer_stops(
+    database_url: Option<String>,
+    embedded_dir: Option<std::path::PathBuf>,
+    metrics: &PrometheusHandle,
+    stops: u32,
+) {
     let naming = Naming::new("supervision");
     let ending = naming.queue(order::application::SERVICE, "catalog");
     let issuance = Issuance { issuer: "shop".into(), audience: "shop-api".into() };
@@ -52,12 +68,12 @@ async fn a_consumer_that_stops_turns_readiness_to_503_naming_it_and_is_counted()
         transport: Arc::new(EndingStream { inner: MemoryTransport::new(), ending }),
         naming,
         tuning: Tuning { db_pool_size: 4, ..Tuning::default() },
-        metrics: Some(shop::telemetry::init_metrics().unwrap()),
+        metrics: Some(metrics.clone()),
         verifier: Arc::new(Verifier::new(KeySource::Local(LocalKey::generate()), &issuance).unwrap()),
-        embedded_dir: None,
+        embedded_dir,
     };
     let settings = OrderSettings {
-        database_url: Some(db.url.clone()),
+        database_url,
         http_addr: "127.0.0.1:0".parse().unwrap(),
         idempotency_key_ttl: Duration::from_secs(3600),
     };
@@ -79,10 +95,8 @@ async fn a_consumer_that_stops_turns_readiness_to_503_naming_it_and_is_counted()
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     let stopped: Vec<&str> =
         metrics.lines().filter(|line| line.starts_with("background_tasks_stopped_total")).collect();
-    assert!(
-        stopped.contains(&r#"background_tasks_stopped_total{service="order",task="consumer catalog"} 1"#),
-        "{stopped:#?}"
-    );
+    let catalog = format!(r#"background_tasks_stopped_total{{service="order",task="consumer catalog"}} {stops}"#);
+    assert!(stopped.contains(&catalog.as_str()), "{stopped:#?}");
     assert!(stopped.contains(&r#"background_tasks_stopped_total{service="order",task="relay"} 0"#), "{stopped:#?}");
     service.stop().await;
 }

@@ -13,7 +13,7 @@
 //! flagged redelivered.
 
 use super::{
-    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, Settle, Transport, TransportError,
+    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, QueueStats, Settle, Transport, TransportError,
     error_queue_of,
 };
 use crate::ErrorChain;
@@ -27,6 +27,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -58,6 +59,9 @@ struct Inner {
     bindings: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Consumers of this process waiting for a queue.
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// How many consuming streams of this process each queue has (the only process that
+    /// consumes: the data directory's lock says which).
+    consumers: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
 fn unavailable(error: impl Into<crate::BoxError>) -> TransportError {
@@ -70,7 +74,7 @@ impl SqliteTransport {
     pub async fn open(file: &Path) -> Result<Self, TransportError> {
         let db = Database::open(file, 4).await.map_err(unavailable)?;
         db.migrate(&BROKER_MIGRATIONS).await.map_err(unavailable)?;
-        let inner = Inner { db, bindings: Mutex::default(), wakers: Mutex::default() };
+        let inner = Inner { db, bindings: Mutex::default(), wakers: Mutex::default(), consumers: Mutex::default() };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -107,6 +111,10 @@ impl SqliteTransport {
 }
 
 impl Inner {
+    fn consumer_count(&self, queue: &str) -> Arc<AtomicU32> {
+        self.consumers.lock().expect("consumer counts poisoned").entry(queue.to_owned()).or_default().clone()
+    }
+
     fn waker(&self, queue: &str) -> Arc<Notify> {
         self.wakers.lock().expect("wakers poisoned").entry(queue.to_owned()).or_default().clone()
     }
@@ -258,6 +266,7 @@ impl Transport for SqliteTransport {
             queue: spec.name.clone(),
             permits: Arc::new(Semaphore::new(spec.prefetch.max(1).into())),
             taken: VecDeque::new(),
+            _counted: Subscribed::new(self.inner.consumer_count(&spec.name)),
         };
         let deliveries = futures::stream::unfold(consuming, |mut consuming| async move {
             let delivery = consuming.next().await;
@@ -269,6 +278,41 @@ impl Transport for SqliteTransport {
     async fn is_ready(&self) -> bool {
         sqlx::query("SELECT 1").execute(self.inner.db.reader()).await.is_ok()
     }
+
+    /// Every queue exists here (an empty one holds no rows): waiting messages are those nobody
+    /// holds, consumers those of this process.
+    async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>, TransportError> {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE queue = ? AND in_hand = 0")
+            .bind(queue)
+            .fetch_one(self.inner.db.reader())
+            .await
+            .map_err(unavailable)?;
+        let consumers = self.inner.consumers.lock().expect("consumer counts poisoned").get(queue).cloned();
+        Ok(Some(QueueStats {
+            depth: u32::try_from(waiting).unwrap_or(u32::MAX),
+            consumers: consumers.map_or(0, |count| count.load(Ordering::SeqCst)),
+        }))
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetters> {
+        Some(self)
+    }
+}
+
+/// Counts a consuming stream while it lives.
+struct Subscribed(Arc<AtomicU32>);
+
+impl Subscribed {
+    fn new(consumers: Arc<AtomicU32>) -> Self {
+        consumers.fetch_add(1, Ordering::SeqCst);
+        Self(consumers)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One consumer's stream: deliveries taken from the file and not handed out yet.
@@ -278,6 +322,7 @@ struct Consuming {
     /// The prefetch window: one permit per delivery in hand.
     permits: Arc<Semaphore>,
     taken: VecDeque<Delivery>,
+    _counted: Subscribed,
 }
 
 impl Consuming {

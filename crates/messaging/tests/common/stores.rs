@@ -1,5 +1,5 @@
 //! The two databases the messaging tables live in, behind one interface, so that the outbox,
-//! inbox, scheduled-message and relay contracts are written once and run against both. Each
+//! inbox, scheduled-message, relay and backlog contracts are written once and run against both. Each
 //! store holds the messaging tables and a `counters (id, value)` table that stands in for an
 //! aggregate.
 
@@ -8,7 +8,7 @@ use messaging::postgres::PgOutbox;
 use messaging::relay::OutboxStore;
 use messaging::sqlite::SqliteOutbox;
 use messaging::testing::{TestDatabase, TestSqlite};
-use messaging::{Effects, Inbox, SaveError};
+use messaging::{Effects, Inbox, OutboxMonitor, SaveError};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
 
@@ -39,6 +39,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     async fn inbox_rows(&self) -> i64;
 
     fn outbox(&self) -> Self::Outbox;
+
+    /// The outbox's backlog, as operators see it.
+    fn monitor(&self) -> Arc<dyn OutboxMonitor>;
 
     fn inbox(&self) -> Arc<dyn Inbox>;
 }
@@ -97,6 +100,10 @@ impl Store for Postgres {
 
     fn outbox(&self) -> PgOutbox {
         PgOutbox::from(self.0.pool.clone())
+    }
+
+    fn monitor(&self) -> Arc<dyn OutboxMonitor> {
+        Arc::new(messaging::postgres::PgOutboxMonitor::new(self.0.pool.clone()))
     }
 
     fn inbox(&self) -> Arc<dyn Inbox> {
@@ -161,6 +168,10 @@ impl Store for Sqlite {
 
     fn outbox(&self) -> SqliteOutbox {
         SqliteOutbox::from(self.0.db.clone())
+    }
+
+    fn monitor(&self) -> Arc<dyn OutboxMonitor> {
+        Arc::new(messaging::sqlite::SqliteOutboxMonitor::new(self.0.db.clone()))
     }
 
     fn inbox(&self) -> Arc<dyn Inbox> {
