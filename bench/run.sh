@@ -301,11 +301,8 @@ start_shop() {
             "$SHOP_BIN" up >"$WORK/shop.log" 2>&1 &
         SHOP_STARTED=1
     else
-        # Nothing configured: SQLite files and the embedded broker in the run's data directory
-        # (the storefront's accounts stay in PostgreSQL).
-        drop_db "$STOREFRONT_DB"
-        env -u SHOP_ORDERS_DATABASE_URL -u SHOP_INVENTORY_DATABASE_URL -u SHOP_AMQP_URL \
-            SHOP_STOREFRONT_DATABASE_URL=$PG_URL/$STOREFRONT_DB \
+        # Nothing configured: SQLite files and the embedded broker in the run's data directory.
+        env -u SHOP_ORDERS_DATABASE_URL -u SHOP_INVENTORY_DATABASE_URL -u SHOP_AMQP_URL -u SHOP_STOREFRONT_DATABASE_URL \
             SHOP_ORDERS_HTTP_ADDR=$ORDERS_ADDR SHOP_INVENTORY_HTTP_ADDR=$INVENTORY_ADDR SHOP_STOREFRONT_HTTP_ADDR=127.0.0.1:0 \
             "$SHOP_BIN" up >"$WORK/${PREFIX}shop.log" 2>&1 &
     fi

@@ -114,6 +114,7 @@ impl System {
             "SHOP_ORDERS_DATABASE_URL",
             "SHOP_INVENTORY_DATABASE_URL",
             "SHOP_AMQP_URL",
+            "SHOP_STOREFRONT_DATABASE_URL",
             "SHOP_AUTH_SIGNING_KEY_FILE",
             "SHOP_AUTH_PUBLIC_KEY_FILE",
             "SHOP_AUTH_JWKS_URL",

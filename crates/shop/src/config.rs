@@ -8,7 +8,7 @@ use clap::Args;
 use messaging::postgres::PoolSettings;
 use messaging::transport::rabbitmq::{QueueType, RabbitMqSettings};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use web::auth::{Issuance, JwksSettings, KeySource, LocalKey, Signer, Verifier};
 
@@ -152,17 +152,17 @@ impl Default for Tuning {
 }
 
 /// The storefront's own database: its accounts.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct StorefrontDatabase {
-    /// PostgreSQL database of the storefront's accounts (created if missing).
+    /// PostgreSQL database of the storefront's accounts (created if missing) [default: none, the
+    /// embedded mode's <data dir>/storefront.sqlite].
     #[arg(
         id = "storefront_database_url",
         value_name = "URL",
         long = "storefront-database-url",
-        env = "SHOP_STOREFRONT_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shop_storefront"
+        env = "SHOP_STOREFRONT_DATABASE_URL"
     )]
-    pub database_url: String,
+    pub database_url: Option<String>,
 }
 
 /// The storefront: where it listens, which APIs it calls, how it serves cookies, and the
@@ -251,6 +251,8 @@ pub mod embedded {
     pub const ORDERS: &str = "orders.sqlite";
     /// The inventory service's database.
     pub const INVENTORY: &str = "inventory.sqlite";
+    /// The storefront's accounts.
+    pub const STOREFRONT: &str = "storefront.sqlite";
     /// The embedded broker's queues.
     pub const BROKER: &str = "broker.sqlite";
     /// Held by the one process that runs the system on the directory.
@@ -357,6 +359,28 @@ impl Mode {
                  SHOP_ORDERS_DATABASE_URL and SHOP_INVENTORY_DATABASE_URL too, or unset SHOP_AMQP_URL to run embedded"
             ),
         }
+    }
+}
+
+/// Where the storefront keeps its accounts: embedded (`embedded_dir` is the data directory), in
+/// `<data dir>/storefront.sqlite`; beside services on PostgreSQL or in a process of its own
+/// (`shop serve storefront`, whose instances share them), in the PostgreSQL database its URL
+/// names. A URL in the embedded mode, or none otherwise, is refused with what to set.
+pub fn storefront_storage(storefront: &StorefrontDatabase, embedded_dir: Option<&Path>) -> anyhow::Result<Storage> {
+    match (&storefront.database_url, embedded_dir) {
+        (None, Some(data_dir)) => Ok(Storage::Sqlite { file: data_dir.join(embedded::STOREFRONT) }),
+        (Some(url), None) => Ok(Storage::Postgres { url: url.clone() }),
+        (Some(_), Some(_)) => bail!(
+            "SHOP_STOREFRONT_DATABASE_URL is set but the services' database URLs are not: the embedded mode keeps \
+             the storefront's accounts in the data directory, so unset it, or set SHOP_ORDERS_DATABASE_URL, \
+             SHOP_INVENTORY_DATABASE_URL and SHOP_AMQP_URL too to run on PostgreSQL and RabbitMQ"
+        ),
+        (None, None) => bail!(
+            "SHOP_STOREFRONT_DATABASE_URL is not set: beside services on PostgreSQL (and for `shop serve \
+             storefront`) the storefront keeps its accounts in a PostgreSQL database of its own, e.g. \
+             postgres://postgres@127.0.0.1:5432/shop_storefront; with nothing configured, `shop up` keeps them in \
+             the data directory"
+        ),
     }
 }
 

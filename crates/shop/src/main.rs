@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use messaging::transport::rabbitmq::RabbitMq;
 use messaging::transport::sqlite::SqliteTransport;
 use messaging::{Naming, Transport};
-use shop::config::{DataDirLock, amqp_url_of_one_service, embedded};
+use shop::config::{DataDirLock, amqp_url_of_one_service, embedded, storefront_storage};
 use shop::telemetry::{LogFormat, SpanExport, init_metrics};
 use shop::{
     AuthSettings, BrokerSettings, DataDir, InventorySettings, Mode, OrderSettings, RunningService, Runtime, Tuning,
@@ -180,6 +180,11 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
         Command::Up { orders, inventory, broker, tuning, auth, data, storefront } => {
             let mode = Mode::of_system(&orders, &inventory, &broker, &data)?;
+            let embedded_dir = match &mode {
+                Mode::Embedded { data_dir } => Some(data_dir.as_path()),
+                Mode::Distributed { .. } => None,
+            };
+            let accounts = storefront_storage(&storefront.database, embedded_dir)?;
             let metrics = Some(init_metrics()?);
             let verifier = verifier(&auth, &data)?;
             let signer = storefront_signer(&auth, &data)?;
@@ -198,6 +203,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let inventory = shop::start_inventory(&inventory, &runtime).await?;
             let orders = shop::start_order(&orders, &runtime).await?;
             let storefront_runtime = StorefrontRuntime {
+                accounts,
                 orders_url: storefront
                     .orders_url
                     .clone()
@@ -219,6 +225,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve { service: Service::Storefront { settings, tuning, auth, data } } => {
             let metrics = Some(init_metrics()?);
             let runtime = StorefrontRuntime {
+                accounts: storefront_storage(&settings.database, None)?,
                 orders_url: settings.orders_url.clone().unwrap_or_else(|| "http://127.0.0.1:8081".into()),
                 inventory_url: settings.inventory_url.clone().unwrap_or_else(|| "http://127.0.0.1:8082".into()),
                 signer: storefront_signer(&auth, &data)?,
@@ -260,18 +267,21 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Migrate { orders, inventory, data, storefront } => {
             if shop::config::on_postgres(&orders, &inventory)? {
+                let accounts = storefront_storage(&storefront, None)?;
                 shop::migrate(&orders, &inventory, None).await?;
-                shop::migrate_storefront(&storefront.database_url).await?;
+                shop::migrate_storefront(&accounts).await?;
                 println!("databases are up to date");
             } else {
                 let data_dir = data.path()?;
+                let accounts = storefront_storage(&storefront, Some(&data_dir))?;
                 shop::migrate(&orders, &inventory, Some(&data_dir)).await?;
-                shop::migrate_storefront(&storefront.database_url).await?;
+                shop::migrate_storefront(&accounts).await?;
                 println!(
-                    "the embedded databases in {} are up to date ({}, {})",
+                    "the embedded databases in {} are up to date ({}, {}, {})",
                     data_dir.display(),
                     embedded::ORDERS,
-                    embedded::INVENTORY
+                    embedded::INVENTORY,
+                    embedded::STOREFRONT
                 );
             }
             Ok(std::process::ExitCode::SUCCESS)
@@ -354,12 +364,13 @@ async fn embedded_broker(data: &DataDir, data_dir: &Path) -> anyhow::Result<(Sql
     let requeued = broker.requeue_unsettled().await?;
     tracing::info!(
         "embedded mode: the system's state is in {} ({} and {}: the services' databases, {}: the messages between \
-         them, auth/: the local signing key); set SHOP_ORDERS_DATABASE_URL, SHOP_INVENTORY_DATABASE_URL and \
-         SHOP_AMQP_URL to run on PostgreSQL and RabbitMQ",
+         them, {}: the storefront's accounts, auth/: the local signing key); set SHOP_ORDERS_DATABASE_URL, \
+         SHOP_INVENTORY_DATABASE_URL and SHOP_AMQP_URL to run on PostgreSQL and RabbitMQ",
         data_dir.display(),
         embedded::ORDERS,
         embedded::INVENTORY,
         embedded::BROKER,
+        embedded::STOREFRONT,
     );
     if requeued > 0 {
         tracing::info!(

@@ -1,19 +1,19 @@
 //! Wiring of the storefront: its database, the operator's account, its cookie key, the client
 //! of the two APIs (with the local signing key), its pages and operational endpoints.
 
-use crate::config::{StorefrontSettings, Tuning};
-use crate::services::{Database, DatabaseCheck, RunningService, database};
+use crate::config::{Storage, StorefrontSettings, Tuning};
+use crate::services::{Database, DatabaseCheck, RunningService};
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::path::Path;
 use std::sync::Arc;
-use storefront::application::{Accounts, AdminBootstrap};
+use storefront::application::{AccountStore, Accounts, AdminBootstrap};
 use storefront::domain::Role;
 use storefront::infrastructure::api::{Service, ShopApi};
 use storefront::infrastructure::files::{self, ADMIN_PASSWORD_IN_DATA_DIR, COOKIE_KEY_IN_DATA_DIR};
-use storefront::infrastructure::{PgAccountStore, migrator};
+use storefront::infrastructure::{PgAccountStore, SqliteAccountStore, migrator, sqlite_migrator};
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use web::ReadinessCheck;
@@ -24,6 +24,8 @@ pub const STOREFRONT: &str = "storefront";
 
 /// What the storefront needs besides its settings.
 pub struct StorefrontRuntime {
+    /// Where its accounts are (`config::storefront_storage`).
+    pub accounts: Storage,
     /// The APIs it calls.
     pub orders_url: String,
     pub inventory_url: String,
@@ -35,10 +37,10 @@ pub struct StorefrontRuntime {
     pub metrics: Option<PrometheusHandle>,
 }
 
-/// Creates the storefront's database if needed and brings its schema up to date.
-pub async fn migrate_storefront(database_url: &str) -> anyhow::Result<()> {
+/// Creates the storefront's database (`accounts`) if needed and brings its schema up to date.
+pub async fn migrate_storefront(accounts: &Storage) -> anyhow::Result<()> {
     let tuning = Tuning { db_pool_size: 2, ..Tuning::default() };
-    database(STOREFRONT, database_url, &tuning, migrator()).await?.close().await;
+    Database::open(STOREFRONT, accounts, &tuning, migrator, sqlite_migrator).await?.close().await;
     Ok(())
 }
 
@@ -46,8 +48,12 @@ pub async fn start_storefront(
     settings: &StorefrontSettings,
     runtime: StorefrontRuntime,
 ) -> anyhow::Result<RunningService> {
-    let pool = database(STOREFRONT, &settings.database.database_url, &runtime.tuning, migrator()).await?;
-    let accounts = Arc::new(Accounts::new(Arc::new(PgAccountStore::new(pool.clone()))));
+    let database = Database::open(STOREFRONT, &runtime.accounts, &runtime.tuning, migrator, sqlite_migrator).await?;
+    let store: Arc<dyn AccountStore> = match &database {
+        Database::Postgres(pool) => Arc::new(PgAccountStore::new(pool.clone())),
+        Database::Sqlite(db) => Arc::new(SqliteAccountStore::new(db.clone())),
+    };
+    let accounts = Arc::new(Accounts::new(store));
     bootstrap_admin(&accounts, settings, &runtime.data_dir).await?;
 
     let key_path = runtime.data_dir.join(COOKIE_KEY_IN_DATA_DIR);
@@ -65,7 +71,7 @@ pub async fn start_storefront(
         stopping: stopping.clone(),
     };
     let checks: Vec<Box<dyn ReadinessCheck>> = vec![
-        Box::new(DatabaseCheck(Database::Postgres(pool.clone()))),
+        Box::new(DatabaseCheck(database.clone())),
         Box::new(ApiCheck(api.clone(), Service::Orders)),
         Box::new(ApiCheck(api, Service::Inventory)),
     ];
@@ -90,7 +96,7 @@ pub async fn start_storefront(
         if let Ok(Err(error)) = serving.await {
             tracing::warn!(service = STOREFRONT, %error, "HTTP server error");
         }
-        pool.close().await;
+        database.close().await;
         tracing::info!(service = STOREFRONT, "stopped");
     });
     Ok(RunningService::new(STOREFRONT, http_addr, shutdown, done))

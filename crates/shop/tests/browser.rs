@@ -1,6 +1,7 @@
 //! Whole journeys through the storefront in a real browser: headless Chromium driven over
 //! WebDriver (chromedriver) with fantoccini, against both services and the storefront running
-//! in this process over the real PostgreSQL and RabbitMQ.
+//! in this process over the real PostgreSQL and RabbitMQ. (The pages are the same in the
+//! embedded mode; only the account store differs, and its contract runs on both.)
 //!
 //! With `SHOP_SCREENSHOTS=docs` the journeys also save screenshots of the main pages to
 //! `docs/screenshots/` (the README shows them).
@@ -32,7 +33,7 @@ async fn start_storefront(system: &System) -> Storefront {
     let database = TestDatabase::empty().await;
     let data_dir = tempfile::tempdir().unwrap();
     let settings = StorefrontSettings {
-        database: StorefrontDatabase { database_url: database.url.clone() },
+        database: StorefrontDatabase { database_url: Some(database.url.clone()) },
         http_addr: "127.0.0.1:0".parse().unwrap(),
         orders_url: None,
         inventory_url: None,
@@ -42,6 +43,7 @@ async fn start_storefront(system: &System) -> Storefront {
         admin_password_file: None,
     };
     let runtime = StorefrontRuntime {
+        accounts: shop::Storage::Postgres { url: database.url.clone() },
         orders_url: system.orders_url.clone(),
         inventory_url: system.inventory_url.clone(),
         signer: Signer::new(&system.key, support::issuance()),

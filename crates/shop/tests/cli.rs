@@ -5,8 +5,13 @@ use messaging::testing::{TestDatabase, amqp_url, server_url, unique_naming};
 use std::process::{Command, Output};
 
 /// The settings that select a mode: the tests set what they mean and nothing else.
-const MODE_SETTINGS: [&str; 4] =
-    ["SHOP_ORDERS_DATABASE_URL", "SHOP_INVENTORY_DATABASE_URL", "SHOP_AMQP_URL", "SHOP_DATA_DIR"];
+const MODE_SETTINGS: [&str; 5] = [
+    "SHOP_ORDERS_DATABASE_URL",
+    "SHOP_INVENTORY_DATABASE_URL",
+    "SHOP_AMQP_URL",
+    "SHOP_STOREFRONT_DATABASE_URL",
+    "SHOP_DATA_DIR",
+];
 
 fn command(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
@@ -26,11 +31,15 @@ fn text(output: &Output) -> String {
 }
 
 #[tokio::test]
-async fn migrate_creates_both_databases_with_their_schemas() {
+async fn migrate_creates_every_database_with_its_schema() {
     let name = || format!("test_{}", uuid::Uuid::now_v7().simple());
-    let (orders_name, inventory_name) = (name(), name());
+    let (orders_name, inventory_name, storefront_name) = (name(), name(), name());
     let url = |name: &str| format!("{}/{name}", server_url());
-    let env = [("SHOP_ORDERS_DATABASE_URL", url(&orders_name)), ("SHOP_INVENTORY_DATABASE_URL", url(&inventory_name))];
+    let env = [
+        ("SHOP_ORDERS_DATABASE_URL", url(&orders_name)),
+        ("SHOP_INVENTORY_DATABASE_URL", url(&inventory_name)),
+        ("SHOP_STOREFRONT_DATABASE_URL", url(&storefront_name)),
+    ];
     let output = shop(&["migrate"], &env);
     assert!(output.status.success(), "{}", text(&output));
     // The databases exist now; from here on TestDatabase drops them when the test ends.
@@ -40,6 +49,7 @@ async fn migrate_creates_both_databases_with_their_schemas() {
         TestDatabase { name, url, pool }
     };
     let (orders, inventory) = (adopt(orders_name).await, adopt(inventory_name).await);
+    let storefront = adopt(storefront_name).await;
     let tables = |db: &TestDatabase| {
         let pool = db.pool.clone();
         async move {
@@ -59,6 +69,7 @@ async fn migrate_creates_both_databases_with_their_schemas() {
     for table in ["inbox", "outbox", "products", "reservation_sagas", "reservations"] {
         assert!(inventory_tables.iter().any(|t| t == table), "{table} missing: {inventory_tables:?}");
     }
+    assert!(tables(&storefront).await.iter().any(|t| t == "accounts"), "the storefront's accounts missing");
     // Running it again changes nothing and succeeds.
     assert!(shop(&["migrate"], &env).status.success());
 }
@@ -68,6 +79,7 @@ fn an_unreachable_database_is_reported_with_what_to_fix() {
     let env = [
         ("SHOP_ORDERS_DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/nowhere".to_owned()),
         ("SHOP_INVENTORY_DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/elsewhere".to_owned()),
+        ("SHOP_STOREFRONT_DATABASE_URL", "postgres://postgres:secret@127.0.0.1:1/accounts".to_owned()),
     ];
     let output = shop(&["migrate"], &env);
     assert!(!output.status.success());
@@ -217,6 +229,7 @@ fn settings_that_make_no_sense_are_refused_with_what_to_set() {
     let orders = ("SHOP_ORDERS_DATABASE_URL", format!("{}/x_orders", server_url()));
     let inventory = ("SHOP_INVENTORY_DATABASE_URL", format!("{}/x_inventory", server_url()));
     let amqp = ("SHOP_AMQP_URL", amqp_url());
+    let storefront = ("SHOP_STOREFRONT_DATABASE_URL", format!("{}/x_storefront", server_url()));
     /// A command, its settings, and what its refusal must say.
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, String)>, &'a str);
     let cases: Vec<Case<'_>> = vec![
@@ -252,6 +265,18 @@ fn settings_that_make_no_sense_are_refused_with_what_to_set() {
             vec![inventory.clone()],
             "SHOP_INVENTORY_DATABASE_URL is set but SHOP_ORDERS_DATABASE_URL is not",
         ),
+        (
+            vec!["up"],
+            vec![storefront.clone(), data.clone()],
+            "SHOP_STOREFRONT_DATABASE_URL is set but the services' database URLs are not",
+        ),
+        (
+            vec!["up"],
+            vec![orders.clone(), inventory.clone(), amqp.clone(), data.clone()],
+            "SHOP_STOREFRONT_DATABASE_URL is not set",
+        ),
+        (vec!["migrate"], vec![orders.clone(), inventory.clone()], "SHOP_STOREFRONT_DATABASE_URL is not set"),
+        (vec!["serve", "storefront"], vec![data.clone()], "SHOP_STOREFRONT_DATABASE_URL is not set"),
     ];
     for (args, env, expected) in cases {
         let output = shop(&args, &env);
@@ -268,7 +293,7 @@ fn migrate_without_databases_prepares_the_embedded_files() {
     let output = shop(&["migrate"], &env);
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains(&format!("the embedded databases in {} are up to date", dir.path().display())));
-    for file in ["orders.sqlite", "inventory.sqlite"] {
+    for file in ["orders.sqlite", "inventory.sqlite", "storefront.sqlite"] {
         assert!(dir.path().join(file).is_file(), "{file} missing");
     }
     assert!(shop(&["migrate"], &env).status.success(), "migrating again changes nothing and succeeds");

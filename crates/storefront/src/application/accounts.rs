@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The storefront's account storage (a port: PostgreSQL now, an embedded file later).
+/// The storefront's account storage (a port: PostgreSQL, or a SQLite file in the embedded mode).
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Stores a new account; refuses an email that already has one.
