@@ -2,8 +2,8 @@
 //! process, and nothing kept when it ends. For fast tests of what runs on top of a transport.
 
 use super::{
-    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, QueueStats, Settle, Transport, TransportError,
-    error_queue_of,
+    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, QueueStats, Settle, Subscribed, Transport,
+    TransportError, error_queue_of,
 };
 use crate::envelope::Envelope;
 use async_trait::async_trait;
@@ -38,22 +38,6 @@ struct Queue {
     available: Arc<Notify>,
     /// Streams consuming it now.
     consumers: Arc<AtomicU32>,
-}
-
-/// Counts a consuming stream while it lives.
-struct Subscribed(Arc<AtomicU32>);
-
-impl Subscribed {
-    fn new(consumers: Arc<AtomicU32>) -> Self {
-        consumers.fetch_add(1, Ordering::SeqCst);
-        Self(consumers)
-    }
-}
-
-impl Drop for Subscribed {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[derive(Clone)]

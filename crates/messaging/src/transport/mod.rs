@@ -13,6 +13,8 @@ use crate::unit_of_work::BoxError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Why the transport could not do what it was asked. Every one but
 /// [`Inequivalent`](Self::Inequivalent) is worth trying again later.
@@ -239,4 +241,21 @@ pub(crate) mod headers {
     pub const FAILURE_ATTEMPTS: &str = "x-failure-attempts";
     pub const FAILED_AT: &str = "x-failed-at";
     pub const ORIGINAL_QUEUE: &str = "x-original-queue";
+}
+
+/// Counts a consuming stream of an in-process broker while it lives (its
+/// [`QueueStats::consumers`]).
+struct Subscribed(Arc<AtomicU32>);
+
+impl Subscribed {
+    fn new(consumers: Arc<AtomicU32>) -> Self {
+        consumers.fetch_add(1, Ordering::SeqCst);
+        Self(consumers)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -13,8 +13,8 @@
 //! flagged redelivered.
 
 use super::{
-    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, QueueStats, Settle, Transport, TransportError,
-    error_queue_of,
+    DeadLetter, DeadLetters, Deliveries, Delivery, Failure, QueueSpec, QueueStats, Settle, Subscribed, Transport,
+    TransportError, error_queue_of,
 };
 use crate::ErrorChain;
 use crate::backoff::Backoff;
@@ -296,22 +296,6 @@ impl Transport for SqliteTransport {
 
     fn dead_letters(&self) -> Option<&dyn DeadLetters> {
         Some(self)
-    }
-}
-
-/// Counts a consuming stream while it lives.
-struct Subscribed(Arc<AtomicU32>);
-
-impl Subscribed {
-    fn new(consumers: Arc<AtomicU32>) -> Self {
-        consumers.fetch_add(1, Ordering::SeqCst);
-        Self(consumers)
-    }
-}
-
-impl Drop for Subscribed {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
