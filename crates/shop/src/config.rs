@@ -152,7 +152,7 @@ impl Default for Tuning {
 }
 
 /// The storefront's own database: its accounts.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StorefrontDatabase {
     /// PostgreSQL database of the storefront's accounts (created if missing) [default: none, the
     /// embedded mode's <data dir>/storefront.sqlite].
