@@ -11,6 +11,10 @@ use chrono::{DateTime, Utc};
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
+use std::time::Duration;
+
+/// Longest wait for the dead letters a listing looked at to be back in their queue.
+const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every message an error queue holds now (none if it does not exist), taken on `channel`
 /// without acks: those not acknowledged go back to the queue when the channel closes.
@@ -30,8 +34,10 @@ async fn take_all(channel: &Channel, error_queue: &str) -> Result<Vec<lapin::mes
 impl DeadLetters for RabbitMq {
     async fn list(&self, error_queue: &str) -> Result<Vec<DeadLetter>, TransportError> {
         let channel = self.channel().await?;
-        let letters = take_all(&channel, error_queue).await?.iter().map(|d| dead_letter_view(error_queue, d)).collect();
+        let letters: Vec<DeadLetter> =
+            take_all(&channel, error_queue).await?.iter().map(|d| dead_letter_view(error_queue, d)).collect();
         close_quietly(channel).await;
+        self.until_back(error_queue, letters.len()).await?;
         Ok(letters)
     }
 
@@ -65,6 +71,30 @@ impl DeadLetters for RabbitMq {
             rpc("purging a queue", channel.queue_purge(error_queue.into(), QueuePurgeOptions::default())).await?;
         close_quietly(channel).await;
         Ok(purged as usize)
+    }
+}
+
+impl RabbitMq {
+    /// Waits (at most [`GIVE_BACK_TIMEOUT`]: an operator may have moved them meanwhile) until
+    /// `error_queue` holds at least the `count` messages a listing took and gave back by closing
+    /// its channel. A quorum queue takes them back asynchronously, after the close is confirmed:
+    /// without the wait, a replay or purge right after a listing could find them still on their
+    /// way back, and move nothing.
+    async fn until_back(&self, error_queue: &str, count: usize) -> Result<(), TransportError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let channel = self.channel().await?;
+        let deadline = tokio::time::Instant::now() + GIVE_BACK_TIMEOUT;
+        loop {
+            let depth = inspect(&channel, error_queue).await?.map_or(0, |stats| stats.depth as usize);
+            if depth >= count || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        close_quietly(channel).await;
+        Ok(())
     }
 }
 
