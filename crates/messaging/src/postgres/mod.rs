@@ -1,5 +1,6 @@
 //! PostgreSQL adapter of the reliable-messaging tables: atomic commit of state + outbox + inbox,
-//! the outbox the relay works on ([`PgOutbox`]), database creation and migrations.
+//! the outbox the relay works on ([`PgOutbox`]) and its backlog ([`PgOutboxMonitor`]), database
+//! creation and migrations.
 
 mod outbox;
 

@@ -1,6 +1,6 @@
 //! SQLite adapter of the reliable-messaging tables, for the embedded mode: a service's whole
-//! state in one file. Atomic commit of state + outbox + inbox, the outbox the relay works on,
-//! migrations, and how values are stored.
+//! state in one file. Atomic commit of state + outbox + inbox, the outbox the relay works on and
+//! its backlog ([`SqliteOutboxMonitor`]), migrations, and how values are stored.
 //!
 //! Every file is in WAL mode (readers never wait for the writer), with `foreign_keys` on and a
 //! `busy_timeout` for other processes on the same file (the operator tools). Writes go through
