@@ -20,6 +20,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use messaging::Backoff;
 use reqwest::{Client, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -190,8 +191,13 @@ enum Service {
     Inventory,
 }
 
-/// Attempts before a request is given up; with the backoff, about 40 s of trying.
-const ATTEMPTS: u32 = 16;
+/// How long a request that gets no answer is tried again before the run gives up: longer than
+/// a service takes to notice a database or broker gone silent and reconnect (up to about two
+/// minutes on a loaded 2-core machine during `harness chaos`).
+const FAILURE_PATIENCE: Duration = Duration::from_secs(180);
+
+/// The pause after each request that got no answer.
+const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(3));
 
 /// How long a request refused for overload is tried again: refusals do not use up attempts,
 /// since a system under more load than it takes refuses many.
@@ -314,18 +320,19 @@ impl Api {
 
     async fn send(&self, service: Service, request: &Request) -> anyhow::Result<(StatusCode, Value)> {
         let patience = Instant::now() + SHED_PATIENCE;
-        let mut attempt = 0;
-        while attempt < ATTEMPTS {
+        let give_up = Instant::now() + FAILURE_PATIENCE;
+        let mut failures = 0;
+        while Instant::now() < give_up {
             match self.attempt(service, request).await {
                 Ok(answer) => return Ok(answer),
                 Err(NoAnswer::Shed(wait)) if Instant::now() < patience => tokio::time::sleep(wait).await,
                 Err(NoAnswer::Shed(_) | NoAnswer::Failed) => {
-                    tokio::time::sleep(retry_pause(attempt)).await;
-                    attempt += 1;
+                    failures += 1;
+                    tokio::time::sleep(RETRY_BACKOFF.pause(failures)).await;
                 }
             }
         }
-        bail!("{} {}: no answer after {ATTEMPTS} attempts", request.method, request.path)
+        bail!("{} {}: no answer after {failures} attempts in {FAILURE_PATIENCE:?}", request.method, request.path)
     }
 
     async fn expect(
@@ -464,9 +471,10 @@ impl Api {
             token: customer.to_owned(),
         };
         let patience = Instant::now() + SHED_PATIENCE;
-        let mut attempt = 0;
+        let give_up = Instant::now() + FAILURE_PATIENCE;
+        let mut failures = 0;
         let mut maybe_applied = false;
-        while attempt < ATTEMPTS {
+        while Instant::now() < give_up {
             if maybe_applied {
                 let current = self.order(order).await?;
                 let lines = current["lines"].as_array().cloned().unwrap_or_default();
@@ -481,12 +489,12 @@ impl Api {
                 Err(NoAnswer::Shed(wait)) if Instant::now() < patience => tokio::time::sleep(wait).await,
                 Err(NoAnswer::Shed(_) | NoAnswer::Failed) => {
                     maybe_applied = true;
-                    tokio::time::sleep(retry_pause(attempt)).await;
-                    attempt += 1;
+                    failures += 1;
+                    tokio::time::sleep(RETRY_BACKOFF.pause(failures)).await;
                 }
             }
         }
-        bail!("add product {product} to {order}: no answer after {ATTEMPTS} attempts")
+        bail!("add product {product} to {order}: no answer after {failures} attempts in {FAILURE_PATIENCE:?}")
     }
 
     /// Place, cancel or ship. A 409 after a retry is the first attempt's success showing; a
@@ -619,10 +627,6 @@ impl Api {
         }
         Ok(violations)
     }
-}
-
-fn retry_pause(attempt: u32) -> Duration {
-    Duration::from_millis((50u64 << attempt.min(6)).min(3_000))
 }
 
 /// The wait a response asks for (`Retry-After` in seconds, at most a minute; 1 s if unreadable),
