@@ -38,8 +38,8 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// outbox gets them until the claim is stamped or dropped.
     async fn claim_due(&self, limit: i64) -> Result<Claimed<Self::Claim>, RelayError>;
 
-    /// Stamps the claimed rows with `ids` sent.
-    async fn mark_sent(&self, claim: Self::Claim, ids: &[Uuid]) -> Result<(), RelayError>;
+    /// Stamps the claimed rows sent (or makes the stamp the claim made final).
+    async fn mark_sent(&self, claim: Self::Claim) -> Result<(), RelayError>;
 
     /// When the earliest unsent row falls due, if there is one.
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RelayError>;
@@ -241,8 +241,7 @@ impl<S: OutboxStore> Relay<S> {
             return Err(error.into());
         }
         let confirmed = Instant::now();
-        let ids: Vec<Uuid> = envelopes.iter().map(|e| e.message_id).collect();
-        self.store.mark_sent(claim, &ids).await?;
+        self.store.mark_sent(claim).await?;
         drop(spans);
 
         let now = Utc::now();

@@ -1,5 +1,5 @@
-//! The PostgreSQL outbox as the relay works on it: rows claimed `FOR UPDATE SKIP LOCKED` in a
-//! transaction that stamps them sent, woken by the `outbox` notification a trigger sends at
+//! The PostgreSQL outbox as the relay works on it: rows claimed `FOR UPDATE SKIP LOCKED` and
+//! stamped sent by one statement of a transaction committed once they are published, woken by the `outbox` notification a trigger sends at
 //! commit; and its backlog as operators see it.
 
 use super::envelope_from_row;
@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use uuid::Uuid;
 
 /// A listener that heard nothing for this long is asked to prove it is still connected.
 const LISTENER_PROBE_AFTER: Duration = Duration::from_secs(10);
@@ -45,25 +44,32 @@ impl OutboxStore for PgOutbox {
     type Claim = sqlx::Transaction<'static, Postgres>;
 
     async fn claim_due(&self, limit: i64) -> Result<Claimed<Self::Claim>, RelayError> {
-        let mut tx = self.pool.begin().await?;
-        // Walk the pending index in order and stop after one batch. Left alone, the planner can
-        // pick a bitmap scan and sort every pending row when its statistics are stale (a burst
-        // into a fresh table), which makes each claim cost as much as the whole backlog.
-        // Its commit need not wait for the disk: if the "sent" stamps are lost in a crash, the
+        // Three round trips: the transaction opens with its settings, one statement claims and
+        // stamps the rows (the stamp is seen by nobody until the commit, which comes only after
+        // the broker confirmed them; a failed publish rolls it back), and the commit.
+        // Walking the pending index in order and stopping after one batch: left alone, the
+        // planner can pick a bitmap scan and sort every pending row when its statistics are stale
+        // (a burst into a fresh table), which makes each claim cost as much as the whole backlog.
+        // The commit need not wait for the disk: if the "sent" stamps are lost in a crash, the
         // rows are published again and the consumers' inboxes drop the copies.
-        sqlx::raw_sql(
-            "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload \
-             FROM outbox WHERE sent_at IS NULL AND deliver_after <= now() \
-             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let mut tx = self
+            .pool
+            .begin_with(
+                "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off; \
+                 SET LOCAL synchronous_commit = off",
+            )
+            .await?;
+        let mut rows = sqlx::query(
+            "UPDATE outbox SET sent_at = clock_timestamp() \
+             WHERE message_id IN (SELECT message_id FROM outbox WHERE sent_at IS NULL AND deliver_after <= now() \
+                                  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING seq, message_id, message_type, correlation_id, causation_id, occurred_at, traceparent, payload",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
+        // RETURNING keeps no order: publish oldest first.
+        rows.sort_by_key(|row| row.try_get::<i64, _>("seq").unwrap_or_default());
         let envelopes = rows
             .iter()
             .map(|row| {
@@ -74,12 +80,8 @@ impl OutboxStore for PgOutbox {
         Ok(Claimed { envelopes, claim: tx })
     }
 
-    async fn mark_sent(&self, mut tx: Self::Claim, ids: &[Uuid]) -> Result<(), RelayError> {
-        sqlx::query("UPDATE outbox SET sent_at = clock_timestamp() WHERE message_id = ANY($1)")
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+    async fn mark_sent(&self, tx: Self::Claim) -> Result<(), RelayError> {
+        tx.commit().await?; // the claim stamped them
         Ok(())
     }
 

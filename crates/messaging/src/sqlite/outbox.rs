@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::sync::Arc;
-use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 /// The outbox of a SQLite file. Relays of one process may share it: each claims rows the
@@ -87,7 +86,7 @@ impl OutboxStore for SqliteOutbox {
         Ok(Claimed { envelopes, claim: ClaimedRows { seqs, state: state.clone() } })
     }
 
-    async fn mark_sent(&self, mut claim: Self::Claim, _ids: &[Uuid]) -> Result<(), RelayError> {
+    async fn mark_sent(&self, mut claim: Self::Claim) -> Result<(), RelayError> {
         let mut stamp = QueryBuilder::<Sqlite>::new("UPDATE outbox SET sent_at = ");
         stamp.push_bind(Timestamp::now()).push(" WHERE seq IN ");
         stamp.push_tuples(&claim.seqs, |mut row, seq| {
