@@ -1,6 +1,6 @@
 //! The PostgreSQL outbox as the relay works on it: rows claimed `FOR UPDATE SKIP LOCKED` and
-//! stamped sent by one statement of a transaction committed once they are published, woken by the `outbox` notification a trigger sends at
-//! commit; and its backlog as operators see it.
+//! stamped sent by one statement of a transaction committed once they are published, woken by
+//! the `outbox` notification a trigger sends at commit; and its backlog as operators see it.
 
 use super::envelope_from_row;
 use crate::ErrorChain;
