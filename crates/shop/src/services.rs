@@ -7,7 +7,7 @@ use crate::supervision::Supervisor;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use messaging::postgres::{PgInbox, PgOutboxMonitor, Relay};
+use messaging::postgres::{GroupCommit, PgInbox, PgOutboxMonitor, Relay};
 use messaging::relay::RelayConfig;
 use messaging::sqlite::{SqliteInbox, SqliteOutboxMonitor, SqliteRelay};
 use messaging::{
@@ -163,7 +163,10 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let storage = storage(url, runtime.embedded_dir.as_deref(), embedded::ORDERS, "SHOP_ORDERS_DATABASE_URL")?;
     let database = Database::open(SERVICE, &storage, &runtime.tuning, migrator, sqlite_migrator).await?;
     let (orders, catalog): (Arc<dyn OrderStore>, Arc<dyn Catalog>) = match &database {
-        Database::Postgres(pool) => (Arc::new(PgOrderStore::new(pool.clone())), Arc::new(PgCatalog::new(pool.clone()))),
+        Database::Postgres(pool) => {
+            let db = GroupCommit::from(pool.clone());
+            (Arc::new(PgOrderStore::new(db.clone())), Arc::new(PgCatalog::new(db)))
+        }
         Database::Sqlite(db) => (Arc::new(SqliteOrderStore::new(db.clone())), Arc::new(SqliteCatalog::new(db.clone()))),
     };
     let service = OrderService::new(orders.clone(), catalog.clone());
@@ -198,7 +201,8 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     let database = Database::open(SERVICE, &storage, &runtime.tuning, migrator, sqlite_migrator).await?;
     let (products, sagas): (Arc<dyn ProductStore>, Arc<dyn SagaStore>) = match &database {
         Database::Postgres(pool) => {
-            (Arc::new(PgProductStore::new(pool.clone())), Arc::new(PgSagaStore::new(pool.clone())))
+            let db = GroupCommit::from(pool.clone());
+            (Arc::new(PgProductStore::new(db.clone())), Arc::new(PgSagaStore::new(db)))
         }
         Database::Sqlite(db) => {
             (Arc::new(SqliteProductStore::new(db.clone())), Arc::new(SqliteSagaStore::new(db.clone())))

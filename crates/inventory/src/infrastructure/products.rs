@@ -1,22 +1,23 @@
 use crate::application::{ProductStore, ProductSummary};
 use crate::domain::{Money, OrderId, Product, ProductEvent, ProductId, ProductName, Quantity};
 use async_trait::async_trait;
-use messaging::postgres::{commit, load_error, save_error};
+use messaging::postgres::{GroupCommit, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct PgProductStore {
-    pool: PgPool,
+    db: GroupCommit,
 }
 
 impl PgProductStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store writing through `db` (a pool, or the group commit its database's other stores share).
+    pub fn new(db: impl Into<GroupCommit>) -> Self {
+        Self { db: db.into() }
     }
 }
 
@@ -117,7 +118,7 @@ fn restore(id: ProductId, row: &PgRow) -> Result<Product, BoxError> {
 impl ProductStore for PgProductStore {
     async fn next_id(&self) -> Result<ProductId, LoadError> {
         let id: i64 = sqlx::query_scalar("SELECT nextval('product_ids')")
-            .fetch_one(&self.pool)
+            .fetch_one(self.db.pool())
             .await
             .map_err(|error| load_error(error, "product id sequence"))?;
         ProductId::new(id).map_err(|error| LoadError::corrupt("product id sequence", error))
@@ -133,22 +134,23 @@ impl ProductStore for PgProductStore {
              FROM products p WHERE p.id = $1",
         )
         .bind(id.get())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
         .map_err(|error| load_error(error, what()))?;
         row.map(|row| restore(id, &row)).transpose().map_err(|error| LoadError::corrupt(what(), error))
     }
 
     async fn save(&self, product: &Product, changes: &[ProductEvent], effects: &Effects<'_>) -> Result<(), SaveError> {
-        commit(&self.pool, effects, async |tx| {
-            write_product(tx, product).await?;
-            write_reservations(tx, changes).await
-        })
-        .await
+        self.db
+            .commit(effects, async |tx| {
+                write_product(tx, product).await?;
+                write_reservations(tx, changes).await
+            })
+            .await
     }
 
     async fn commit(&self, effects: &Effects<'_>) -> Result<(), SaveError> {
-        commit(&self.pool, effects, async |_| Ok(())).await
+        self.db.commit(effects, async |_| Ok(())).await
     }
 
     async fn list(&self, after: Option<ProductId>, limit: u32) -> Result<Vec<ProductSummary>, LoadError> {
@@ -158,7 +160,7 @@ impl ProductStore for PgProductStore {
         )
         .bind(after.map_or(0, ProductId::get))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
         .map_err(|error| load_error(error, "product list"))?;
         rows.iter()

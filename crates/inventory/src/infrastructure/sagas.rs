@@ -3,21 +3,22 @@ use crate::application::saga::{Change, LineStatus, ReservationSaga, SagaLine, Sa
 use crate::domain::{OrderId, ProductId, Quantity};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use messaging::postgres::{commit, load_error, save_error};
+use messaging::postgres::{GroupCommit, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use serde::{Deserialize, Serialize};
+use sqlx::Row;
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct PgSagaStore {
-    pool: PgPool,
+    db: GroupCommit,
 }
 
 impl PgSagaStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store writing through `db` (a pool, or the group commit its database's other stores share).
+    pub fn new(db: impl Into<GroupCommit>) -> Self {
+        Self { db: db.into() }
     }
 }
 
@@ -190,7 +191,7 @@ impl SagaStore for PgSagaStore {
              FROM reservation_sagas WHERE order_id = $1",
         )
         .bind(order_id.as_uuid())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
         .map_err(|error| load_error(error, what()))?;
         row.map(|row| restore(order_id, &row)).transpose().map_err(|error| LoadError::corrupt(what(), error))
@@ -198,42 +199,43 @@ impl SagaStore for PgSagaStore {
 
     async fn save(&self, saga: &ReservationSaga, effects: &Effects<'_>) -> Result<(), SaveError> {
         let (lines, history) = (stored_lines(saga), stored_history(saga));
-        commit(&self.pool, effects, async |tx| {
-            let written = if saga.version() == 0 {
-                sqlx::query(
-                    "INSERT INTO reservation_sagas \
+        self.db
+            .commit(effects, async |tx| {
+                let written = if saga.version() == 0 {
+                    sqlx::query(
+                        "INSERT INTO reservation_sagas \
                          (order_id, state, lines, failure_reason, timeout_message_id, started_at, history, version) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
-                )
-                .bind(saga.order_id().as_uuid())
-                .bind(saga.state().as_str())
-                .bind(&lines)
-                .bind(saga.failure_reason())
-                .bind(saga.timeout_message_id())
-                .bind(saga.started_at())
-                .bind(&history)
-                .execute(&mut *tx)
-                .await
-            } else {
-                sqlx::query(
-                    "UPDATE reservation_sagas SET state = $3, lines = $4, failure_reason = $5, \
+                    )
+                    .bind(saga.order_id().as_uuid())
+                    .bind(saga.state().as_str())
+                    .bind(&lines)
+                    .bind(saga.failure_reason())
+                    .bind(saga.timeout_message_id())
+                    .bind(saga.started_at())
+                    .bind(&history)
+                    .execute(&mut *tx)
+                    .await
+                } else {
+                    sqlx::query(
+                        "UPDATE reservation_sagas SET state = $3, lines = $4, failure_reason = $5, \
                             timeout_message_id = $6, history = $7, updated_at = now(), version = version + 1 \
                      WHERE order_id = $1 AND version = $2",
-                )
-                .bind(saga.order_id().as_uuid())
-                .bind(saga.version())
-                .bind(saga.state().as_str())
-                .bind(&lines)
-                .bind(saga.failure_reason())
-                .bind(saga.timeout_message_id())
-                .bind(&history)
-                .execute(&mut *tx)
-                .await
-            }
-            .map_err(save_error)?;
-            if written.rows_affected() == 0 { Err(SaveError::Conflict) } else { Ok(()) }
-        })
-        .await
+                    )
+                    .bind(saga.order_id().as_uuid())
+                    .bind(saga.version())
+                    .bind(saga.state().as_str())
+                    .bind(&lines)
+                    .bind(saga.failure_reason())
+                    .bind(saga.timeout_message_id())
+                    .bind(&history)
+                    .execute(&mut *tx)
+                    .await
+                }
+                .map_err(save_error)?;
+                if written.rows_affected() == 0 { Err(SaveError::Conflict) } else { Ok(()) }
+            })
+            .await
     }
 }
 

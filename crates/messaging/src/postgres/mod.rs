@@ -2,9 +2,11 @@
 //! the outbox the relay works on ([`PgOutbox`]) and its backlog ([`PgOutboxMonitor`]), database
 //! creation and migrations.
 
+mod group;
 mod outbox;
 
 pub use crate::relay::{RelayConfig, RelayError};
+pub use group::GroupCommit;
 pub use outbox::{PgOutbox, PgOutboxMonitor};
 
 /// The relay of a PostgreSQL outbox: `Relay::new(name, pool, transport, config)`.
@@ -16,6 +18,7 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -122,46 +125,64 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
     }
 }
 
-/// Commits one unit of work: records the consumed message (refusing a second copy), lets
-/// `write_state` write the aggregate, writes the outgoing messages and withdraws cancelled
-/// scheduled ones, all in one transaction.
+/// Commits one unit of work on its own (see [`GroupCommit::commit`]); a store that runs
+/// beside others holds a [`GroupCommit`] instead, so that overlapping units share commits.
 pub async fn commit(
     pool: &PgPool,
     effects: &Effects<'_>,
     write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
 ) -> Result<(), SaveError> {
-    let mut tx = pool.begin().await.map_err(save_error)?;
-    if !effects.consumed.is_empty() {
-        let consumers: Vec<&str> = effects.consumed.iter().map(|c| c.consumer).collect();
-        let ids: Vec<Uuid> = effects.consumed.iter().map(|c| c.message_id).collect();
-        let recorded = sqlx::query(
-            "INSERT INTO inbox (consumer, message_id) SELECT * FROM unnest($1::text[], $2::uuid[]) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(consumers)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await
-        .map_err(save_error)?;
-        if recorded.rows_affected() < ids.len() as u64 {
+    GroupCommit::from(pool.clone()).commit(effects, write_state).await
+}
+
+/// Writes one unit of work on `conn`, inside a transaction: its effects first (the consumed
+/// messages' inbox records, refusing a second copy; the outgoing messages; the withdrawn
+/// scheduled ones), then the aggregate through `write_state`.
+async fn write_unit(
+    conn: &mut PgConnection,
+    effects: &Effects<'_>,
+    write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
+) -> Result<(), SaveError> {
+    if !effects.is_empty() {
+        let recorded = write_effects(&mut *conn, effects).await.map_err(save_error)?;
+        if recorded < effects.consumed.len() as i64 {
             return Err(SaveError::AlreadyConsumed);
         }
     }
-    write_state(&mut tx).await?;
-    write_outbox(&mut tx, effects).await.map_err(save_error)?;
-    tx.commit().await.map_err(save_error)
+    write_state(conn).await
 }
 
-async fn write_outbox(conn: &mut PgConnection, effects: &Effects<'_>) -> Result<(), sqlx::Error> {
-    if !effects.cancelled.is_empty() {
-        sqlx::query("DELETE FROM outbox WHERE message_id = ANY($1) AND sent_at IS NULL")
-            .bind(&effects.cancelled)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if effects.outgoing.is_empty() {
-        return Ok(());
-    }
+/// The statement writing a unit of work's effects, for each combination of what it has
+/// (inbox records: 1, withdrawn scheduled messages: 2, outgoing messages: 4). Only the parts
+/// there is something for: the outbox trigger wakes the relays for every INSERT statement, even
+/// one that inserts nothing.
+static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
+    std::array::from_fn(|which| {
+        let parts = [
+            "consumed AS (INSERT INTO inbox (consumer, message_id) SELECT * FROM unnest($1::text[], $2::uuid[]) \
+                          ON CONFLICT DO NOTHING RETURNING 1)",
+            "withdrawn AS (DELETE FROM outbox WHERE message_id = ANY($3::uuid[]) AND sent_at IS NULL)",
+            "sent AS (INSERT INTO outbox (message_id, message_type, correlation_id, causation_id, occurred_at, \
+                                         traceparent, payload, deliver_after) \
+                      SELECT id, type, correlation, causation, occurred, trace, payload, coalesce(due, now()) \
+                      FROM unnest($4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::timestamptz[], $9::text[], \
+                                  $10::jsonb[], $11::timestamptz[]) \
+                           AS m(id, type, correlation, causation, occurred, trace, payload, due))",
+        ];
+        let chosen: Vec<&str> = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit]).collect();
+        let recorded = if which & 1 != 0 { "SELECT count(*) FROM consumed" } else { "SELECT 0::bigint" };
+        if chosen.is_empty() { recorded.to_owned() } else { format!("WITH {} {recorded}", chosen.join(", ")) }
+    })
+});
+
+/// Writes `effects` in one statement; returns how many inbox records it added.
+async fn write_effects(conn: &mut PgConnection, effects: &Effects<'_>) -> Result<i64, sqlx::Error> {
+    let which = usize::from(!effects.consumed.is_empty())
+        | usize::from(!effects.cancelled.is_empty()) << 1
+        | usize::from(!effects.outgoing.is_empty()) << 2;
+    let sql: &'static str = &EFFECTS_STATEMENTS[which];
+    let consumers: Vec<&str> = effects.consumed.iter().map(|consumed| consumed.consumer).collect();
+    let consumed: Vec<Uuid> = effects.consumed.iter().map(|consumed| consumed.message_id).collect();
     let count = effects.outgoing.len();
     let (mut ids, mut types, mut correlations, mut causations) =
         (Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count));
@@ -178,25 +199,20 @@ async fn write_outbox(conn: &mut PgConnection, effects: &Effects<'_>) -> Result<
         payloads.push(&envelope.payload);
         due.push(outgoing.deliver_after);
     }
-    sqlx::query(
-        "INSERT INTO outbox (message_id, message_type, correlation_id, causation_id, occurred_at, \
-                             traceparent, payload, deliver_after) \
-         SELECT id, type, correlation, causation, occurred, trace, payload, coalesce(due, now()) \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[], $6::text[], \
-                     $7::jsonb[], $8::timestamptz[]) \
-              AS m(id, type, correlation, causation, occurred, trace, payload, due)",
-    )
-    .bind(ids)
-    .bind(types)
-    .bind(correlations)
-    .bind(causations)
-    .bind(occurred)
-    .bind(traces)
-    .bind(payloads)
-    .bind(due)
-    .execute(conn)
-    .await?;
-    Ok(())
+    sqlx::query_scalar(sql)
+        .bind(consumers)
+        .bind(consumed)
+        .bind(&effects.cancelled)
+        .bind(ids)
+        .bind(types)
+        .bind(correlations)
+        .bind(causations)
+        .bind(occurred)
+        .bind(traces)
+        .bind(payloads)
+        .bind(due)
+        .fetch_one(conn)
+        .await
 }
 
 /// Classifies a database error for a save: lost connections and deadlocks are worth retrying,

@@ -2,19 +2,19 @@ use crate::application::Catalog;
 use crate::domain::{CatalogItem, ProductId};
 use async_trait::async_trait;
 use kernel::Money;
-use messaging::postgres::{commit, load_error, save_error};
+use messaging::postgres::{GroupCommit, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
-use sqlx::PgPool;
 
 #[derive(Clone)]
 pub struct PgCatalog {
-    pool: PgPool,
+    db: GroupCommit,
 }
 
 impl PgCatalog {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store writing through `db` (a pool, or the group commit its database's other stores share).
+    pub fn new(db: impl Into<GroupCommit>) -> Self {
+        Self { db: db.into() }
     }
 }
 
@@ -31,7 +31,7 @@ impl Catalog for PgCatalog {
         let row: Option<(i64, String, Decimal)> =
             sqlx::query_as("SELECT product_id, name, price FROM catalog_products WHERE product_id = $1")
                 .bind(product_id.get())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db.pool())
                 .await
                 .map_err(|error| load_error(error, format!("catalog product {product_id}")))?;
         row.map(item).transpose()
@@ -40,29 +40,30 @@ impl Catalog for PgCatalog {
     async fn list(&self) -> Result<Vec<CatalogItem>, LoadError> {
         let rows: Vec<(i64, String, Decimal)> =
             sqlx::query_as("SELECT product_id, name, price FROM catalog_products ORDER BY product_id")
-                .fetch_all(&self.pool)
+                .fetch_all(self.db.pool())
                 .await
                 .map_err(|error| load_error(error, "catalog"))?;
         rows.into_iter().map(item).collect()
     }
 
     async fn upsert(&self, item: &CatalogItem, version: i64, effects: &Effects<'_>) -> Result<(), SaveError> {
-        commit(&self.pool, effects, async |tx| {
-            sqlx::query(
-                "INSERT INTO catalog_products (product_id, name, price, version) VALUES ($1, $2, $3, $4) \
+        self.db
+            .commit(effects, async |tx| {
+                sqlx::query(
+                    "INSERT INTO catalog_products (product_id, name, price, version) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (product_id) DO UPDATE \
                  SET name = excluded.name, price = excluded.price, version = excluded.version, updated_at = now() \
                  WHERE catalog_products.version < excluded.version",
-            )
-            .bind(item.product_id.get())
-            .bind(&item.name)
-            .bind(item.price.amount())
-            .bind(version)
-            .execute(tx)
+                )
+                .bind(item.product_id.get())
+                .bind(&item.name)
+                .bind(item.price.amount())
+                .bind(version)
+                .execute(tx)
+                .await
+                .map_err(save_error)?;
+                Ok(())
+            })
             .await
-            .map_err(save_error)?;
-            Ok(())
-        })
-        .await
     }
 }

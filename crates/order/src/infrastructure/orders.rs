@@ -5,21 +5,22 @@ use crate::domain::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kernel::Money;
-use messaging::postgres::{commit, load_error, save_error};
+use messaging::postgres::{GroupCommit, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct PgOrderStore {
-    pool: PgPool,
+    db: GroupCommit,
 }
 
 impl PgOrderStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store writing through `db` (a pool, or the group commit its database's other stores share).
+    pub fn new(db: impl Into<GroupCommit>) -> Self {
+        Self { db: db.into() }
     }
 }
 
@@ -159,7 +160,7 @@ impl OrderStore for PgOrderStore {
              FROM orders WHERE id = $1",
         )
         .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db.pool())
         .await
         .map_err(|error| load_error(error, what()))?;
         row.as_ref().map(restore).transpose().map_err(|error| LoadError::corrupt(what(), error))
@@ -172,7 +173,7 @@ impl OrderStore for PgOrderStore {
         effects: &Effects<'_>,
     ) -> Result<(), SaveError> {
         let reason = order.state().reason().map(Reason::as_str);
-        commit(&self.pool, effects, async |tx| {
+        self.db.commit(effects, async |tx| {
             let written = if order.version() == 0 {
                 sqlx::query(
                     "INSERT INTO orders (id, customer_id, description, status, status_reason, lines, total, created_at, \
@@ -248,7 +249,7 @@ impl OrderStore for PgOrderStore {
             sqlx::query_as("SELECT order_id, fingerprint FROM idempotency_keys WHERE key = $1 AND created_at >= $2")
                 .bind(key)
                 .bind(expired_before)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db.pool())
                 .await
                 .map_err(|error| load_error(error, "idempotency key"))?;
         Ok(row.map(|(id, fingerprint)| (OrderId::from_uuid(id), fingerprint)))
@@ -257,7 +258,7 @@ impl OrderStore for PgOrderStore {
     async fn forget_idempotency_keys(&self, expired_before: DateTime<Utc>) -> Result<u64, SaveError> {
         let deleted = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
             .bind(expired_before)
-            .execute(&self.pool)
+            .execute(self.db.pool())
             .await
             .map_err(save_error)?;
         Ok(deleted.rows_affected())
@@ -276,7 +277,7 @@ impl OrderStore for PgOrderStore {
         .bind(filter.status.map(OrderStatus::as_str))
         .bind(filter.after.map(|id| id.as_uuid()))
         .bind(i64::from(filter.limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db.pool())
         .await
         .map_err(|error| load_error(error, "order list"))?;
         let orders = rows
