@@ -66,8 +66,39 @@ pub struct Claimed<C> {
 #[async_trait]
 pub trait CommitWatch: Send {
     /// Resolves when outbox rows may have been committed since the last call (or when
-    /// notifications may have been missed, so that the relay looks anyway). Cancel-safe.
-    async fn committed(&mut self);
+    /// notifications may have been missed, so that the relay looks anyway), with what is
+    /// known of the rows they scheduled for later. Cancel-safe.
+    async fn committed(&mut self) -> Scheduled;
+}
+
+/// What commits tell a relay of the rows they scheduled for later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduled {
+    /// Nothing: the relay asks the store when the next row falls due.
+    Unknown,
+    /// The earliest time a row they wrote falls due, if any of them is not due yet.
+    Earliest(Option<DateTime<Utc>>),
+}
+
+impl Scheduled {
+    /// The earliest due time, if known.
+    fn earliest(self) -> Option<Option<DateTime<Utc>>> {
+        match self {
+            Scheduled::Unknown => None,
+            Scheduled::Earliest(earliest) => Some(earliest),
+        }
+    }
+
+    /// What two reports (of commits heard together) tell.
+    pub fn and(self, other: Scheduled) -> Scheduled {
+        match (self, other) {
+            (Scheduled::Earliest(a), Scheduled::Earliest(b)) => Scheduled::Earliest(match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }),
+            _ => Scheduled::Unknown,
+        }
+    }
 }
 
 /// Pauses after failed publishes: a broker that is down must not be hammered by new commits.
@@ -158,6 +189,9 @@ impl<S: OutboxStore> Relay<S> {
         let mut failures = 0u32;
         let mut resume_at: Option<Instant> = None;
         let mut next_cleanup = Instant::now();
+        // When the earliest row scheduled for later falls due, if known (`None`: ask the store).
+        // Commits report what they schedule, so that a busy relay need not ask after each batch.
+        let mut scheduled: Option<Option<DateTime<Utc>>> = None;
         loop {
             if Instant::now() >= next_cleanup {
                 relay.clean_up().await;
@@ -172,7 +206,14 @@ impl<S: OutboxStore> Relay<S> {
             }
             let pause = match resume_at {
                 Some(at) if backing_off => at - Instant::now(),
-                _ if in_flight.is_empty() => relay.time_to_next_due().await,
+                _ if in_flight.is_empty() => {
+                    let next_due = match scheduled {
+                        Some(known) => known,
+                        None => relay.next_due().await,
+                    };
+                    scheduled = Some(next_due);
+                    relay.sleep_until_due(next_due)
+                }
                 _ => relay.config.sweep_interval,
             };
             tokio::select! {
@@ -196,8 +237,19 @@ impl<S: OutboxStore> Relay<S> {
                         }
                     }
                 }
-                _ = commits.committed(), if !backing_off => wanted = wanted.max(1),
-                _ = tokio::time::sleep(pause) => wanted = wanted.max(1),
+                heard = commits.committed(), if !backing_off => {
+                    wanted = wanted.max(1);
+                    scheduled = match (scheduled, heard) {
+                        (Some(known), Scheduled::Earliest(reported)) => {
+                            Scheduled::Earliest(known).and(Scheduled::Earliest(reported)).earliest()
+                        }
+                        _ => None,
+                    };
+                }
+                _ = tokio::time::sleep(pause) => {
+                    wanted = wanted.max(1);
+                    scheduled = None; // a row fell due, or the sweep: look again
+                }
             }
         }
         while in_flight.join_next().await.is_some() {}
@@ -281,16 +333,16 @@ impl<S: OutboxStore> Relay<S> {
         span
     }
 
+    /// When the earliest unsent row falls due, as the store says (`None` if it cannot say).
+    async fn next_due(&self) -> Option<DateTime<Utc>> {
+        tokio::time::timeout(self.config.deadline, self.store.next_due()).await.ok()?.ok()?
+    }
+
     /// How long to sleep before the next scheduled row is due (or the sweep interval).
-    async fn time_to_next_due(&self) -> Duration {
-        match tokio::time::timeout(self.config.deadline, self.store.next_due()).await {
-            Ok(Ok(Some(due))) => {
-                // A due row we could not claim is being published by another relay: let it be.
-                let until_due = (due - Utc::now()).to_std().unwrap_or(self.config.sweep_interval);
-                until_due.min(self.config.sweep_interval)
-            }
-            _ => self.config.sweep_interval,
-        }
+    fn sleep_until_due(&self, next_due: Option<DateTime<Utc>>) -> Duration {
+        // A due row we could not claim is being published by another relay: let it be.
+        let until_due = next_due.and_then(|due| (due - Utc::now()).to_std().ok());
+        until_due.unwrap_or(self.config.sweep_interval).min(self.config.sweep_interval)
     }
 
     /// Deletes sent outbox rows and inbox records past their retention, a bounded batch per

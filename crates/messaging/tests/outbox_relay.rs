@@ -36,6 +36,7 @@ messaging::contract_tests!(
         a_batch_with_one_message_already_applied_applies_nothing,
         the_inbox_tells_which_consumer_applied_what,
         a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes,
+        a_message_scheduled_while_the_relay_idles_goes_at_its_time_not_at_the_sweep,
     ],
     postgres => Postgres, sqlite => Sqlite,
 );
@@ -323,6 +324,28 @@ async fn a_scheduled_message_waits_for_its_time_and_a_cancelled_one_never_goes<S
     assert_eq!(delivery.message.as_ref().unwrap().message_id, due_soon.message_id);
     delivery.ack().await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(800), observed.next()).await.is_err(), "cancelled message sent");
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+async fn a_message_scheduled_while_the_relay_idles_goes_at_its_time_not_at_the_sweep<S: Store>() {
+    let store = S::new().await;
+    let transport = MemoryTransport::new();
+    let mut observed = subscribe(&transport).await;
+    // A sweep too slow to matter: the relay learns of the message from the commit alone.
+    let config = RelayConfig { sweep_interval: Duration::from_secs(60), ..quick(10) };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay(&store, &transport, config).run(shutdown.clone()));
+    // Let it go idle first: a message committed now wakes it; a later one must be foreseen.
+    store.commit(Effects::new().send(message())).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), observed.next()).await.unwrap().unwrap().ack().await.unwrap();
+
+    let later = message();
+    let at = Utc::now() + ChronoDuration::milliseconds(500);
+    store.commit(Effects::new().schedule(later.clone(), at)).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), observed.next()).await.unwrap().unwrap();
+    assert!(Utc::now() >= at, "delivered early");
+    assert_eq!(delivery.message.as_ref().unwrap().message_id, later.message_id);
     shutdown.cancel();
     running.await.unwrap();
 }

@@ -158,19 +158,29 @@ async fn write_unit(
 /// one that inserts nothing.
 static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
     std::array::from_fn(|which| {
+        let consumes = which & 1 != 0;
+        // A second copy of a consumed message writes nothing (its outgoing messages may carry
+        // the ids of the first copy's).
+        let first_copy = if consumes { "(SELECT count(*) FROM consumed) = cardinality($2::uuid[])" } else { "true" };
         let parts = [
             "consumed AS (INSERT INTO inbox (consumer, message_id) SELECT * FROM unnest($1::text[], $2::uuid[]) \
-                          ON CONFLICT DO NOTHING RETURNING 1)",
-            "withdrawn AS (DELETE FROM outbox WHERE message_id = ANY($3::uuid[]) AND sent_at IS NULL)",
-            "sent AS (INSERT INTO outbox (message_id, message_type, correlation_id, causation_id, occurred_at, \
-                                         traceparent, payload, deliver_after) \
-                      SELECT id, type, correlation, causation, occurred, trace, payload, coalesce(due, now()) \
-                      FROM unnest($4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::timestamptz[], $9::text[], \
-                                  $10::jsonb[], $11::timestamptz[]) \
-                           AS m(id, type, correlation, causation, occurred, trace, payload, due))",
+                          ON CONFLICT DO NOTHING RETURNING 1)"
+                .to_owned(),
+            format!(
+                "withdrawn AS (DELETE FROM outbox WHERE message_id = ANY($3::uuid[]) AND sent_at IS NULL AND {first_copy})"
+            ),
+            format!(
+                "sent AS (INSERT INTO outbox (message_id, message_type, correlation_id, causation_id, occurred_at, \
+                                             traceparent, payload, deliver_after) \
+                          SELECT id, type, correlation, causation, occurred, trace, payload, coalesce(due, now()) \
+                          FROM unnest($4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::timestamptz[], $9::text[], \
+                                      $10::jsonb[], $11::timestamptz[]) \
+                               AS m(id, type, correlation, causation, occurred, trace, payload, due) \
+                          WHERE {first_copy})"
+            ),
         ];
-        let chosen: Vec<&str> = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit]).collect();
-        let recorded = if which & 1 != 0 { "SELECT count(*) FROM consumed" } else { "SELECT 0::bigint" };
+        let chosen: Vec<&str> = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].as_str()).collect();
+        let recorded = if consumes { "SELECT count(*) FROM consumed" } else { "SELECT 0::bigint" };
         if chosen.is_empty() { recorded.to_owned() } else { format!("WITH {} {recorded}", chosen.join(", ")) }
     })
 });

@@ -5,7 +5,7 @@
 use super::envelope_from_row;
 use crate::ErrorChain;
 use crate::outbox::{OutboxBacklog, OutboxMonitor};
-use crate::relay::{Claimed, CommitWatch, OutboxStore, RelayError};
+use crate::relay::{Claimed, CommitWatch, OutboxStore, RelayError, Scheduled};
 use crate::unit_of_work::BoxError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -114,7 +114,7 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn watch(&self) -> Box<dyn CommitWatch> {
-        let heard = Arc::new(Notify::new());
+        let heard = Arc::new(Heard::default());
         let stop = CancellationToken::new();
         tokio::spawn(listen_for_commits(self.pool.clone(), heard.clone(), stop.clone()));
         Box::new(Notifications { heard, _stop: stop.drop_guard() })
@@ -123,14 +123,42 @@ impl OutboxStore for PgOutbox {
 
 /// The `outbox` notifications, heard by a task of their own that ends when this is dropped.
 struct Notifications {
-    heard: Arc<Notify>,
+    heard: Arc<Heard>,
     _stop: DropGuard,
+}
+
+/// Notifications heard and not yet taken, folded into one.
+#[derive(Default)]
+struct Heard {
+    wake: Notify,
+    scheduled: std::sync::Mutex<Option<Scheduled>>,
+}
+
+impl Heard {
+    fn tell(&self, scheduled: Scheduled) {
+        let mut pending = self.scheduled.lock().expect("notification lock");
+        *pending = Some(pending.map_or(scheduled, |earlier| earlier.and(scheduled)));
+        self.wake.notify_one();
+    }
 }
 
 #[async_trait]
 impl CommitWatch for Notifications {
-    async fn committed(&mut self) {
-        self.heard.notified().await;
+    async fn committed(&mut self) -> Scheduled {
+        self.heard.wake.notified().await;
+        self.heard.scheduled.lock().expect("notification lock").take().unwrap_or(Scheduled::Unknown)
+    }
+}
+
+/// What a notification's payload says of the rows its commit scheduled for later: the
+/// trigger sends the earliest such due time in microseconds since the epoch, or nothing.
+fn scheduled(payload: &str) -> Scheduled {
+    if payload.is_empty() {
+        return Scheduled::Earliest(None);
+    }
+    match payload.parse().ok().and_then(DateTime::from_timestamp_micros) {
+        Some(due) => Scheduled::Earliest(Some(due)),
+        None => Scheduled::Unknown,
     }
 }
 
@@ -138,7 +166,7 @@ impl CommitWatch for Notifications {
 /// and whenever notifications may have been missed: when the listener reconnected, or was
 /// opened again after it failed or stopped answering a probe. Its waits are its own, so that
 /// no caller's cancellation can leave the listening connection in the middle of a query.
-async fn listen_for_commits(pool: PgPool, heard: Arc<Notify>, stop: CancellationToken) {
+async fn listen_for_commits(pool: PgPool, heard: Arc<Heard>, stop: CancellationToken) {
     let mut listener: Option<PgListener> = None;
     // When the listener last proved alive (a notification, a probe).
     let mut heard_at = Instant::now();
@@ -150,7 +178,7 @@ async fn listen_for_commits(pool: PgPool, heard: Arc<Notify>, stop: Cancellation
             };
             if listener.is_some() {
                 heard_at = Instant::now();
-                heard.notify_one();
+                heard.tell(Scheduled::Unknown);
             } else {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -162,17 +190,21 @@ async fn listen_for_commits(pool: PgPool, heard: Arc<Notify>, stop: Cancellation
         tokio::select! {
             _ = stop.cancelled() => return,
             received = active.try_recv() => match received {
-                Ok(Some(_)) => {
+                Ok(Some(notification)) => {
                     // Coalesce the notifications already buffered: one sweep serves them all.
-                    while active.next_buffered().is_some() {}
+                    let mut told = scheduled(notification.payload());
+                    while let Some(buffered) = active.next_buffered() {
+                        told = told.and(scheduled(buffered.payload()));
+                    }
                     heard_at = Instant::now();
-                    heard.notify_one();
+                    heard.tell(told);
                 }
-                Ok(None) => heard.notify_one(), // reconnected: notifications may have been lost
+                // Reconnected: notifications may have been lost.
+                Ok(None) => heard.tell(Scheduled::Unknown),
                 Err(error) => {
                     tracing::warn!(error = %ErrorChain(&error), "outbox listener failed; relying on the periodic sweep");
                     listener = None;
-                    heard.notify_one();
+                    heard.tell(Scheduled::Unknown);
                 }
             },
             _ = tokio::time::sleep_until(heard_at + LISTENER_PROBE_AFTER) => {
@@ -181,7 +213,7 @@ async fn listen_for_commits(pool: PgPool, heard: Arc<Notify>, stop: Cancellation
                 } else {
                     tracing::warn!("outbox listener stopped answering; connecting again");
                     listener = None;
-                    heard.notify_one();
+                    heard.tell(Scheduled::Unknown);
                 }
             }
         }
