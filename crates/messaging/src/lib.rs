@@ -2,8 +2,8 @@
 //!
 //! - [`Envelope`] and [`Causation`]: the metadata every message carries.
 //! - [`Effects`]: what a unit of work commits beside its aggregate (outbox rows, scheduled-message
-//!   cancellations, the inbox record), committed atomically by [`postgres::commit`] or
-//!   [`sqlite::commit`].
+//!   cancellations, the inbox record), committed atomically by [`postgres::GroupCommit`] (units
+//!   of work that overlap share a transaction) or [`sqlite::commit`].
 //! - [`relay::Relay`]: publishes committed outbox rows through a [`Transport`]; one loop over the
 //!   [`relay::OutboxStore`] port, which [`postgres::PgOutbox`] and [`sqlite::SqliteOutbox`]
 //!   implement.

@@ -1,13 +1,13 @@
-//! Group commit: units of work that arrive while another is being written join its
-//! transaction, each inside a savepoint of its own, and the group commits once none of its
-//! members is still writing. Under load a service then spends one commit (one WAL flush, one
-//! notification to the relays) on many units of work; alone, a unit of work costs what a
-//! transaction of its own would.
+//! Group commit: a unit of work that arrives while every writer is busy joins the transaction
+//! of one of them, inside a savepoint of its own, and a group commits once none of its members
+//! is still writing. Under load a service then spends one commit (one WAL flush, one
+//! notification to the relays) on several units of work; alone, a unit of work has a
+//! transaction to itself, at the cost of a separate one.
 //!
 //! Each member stays its own unit of work: its inbox record, aggregate and outbox rows are
 //! written together or not at all (a failure rolls back to its savepoint and is its own), and
-//! it returns only once its group has committed. Groups form only when more units of work
-//! overlap than there are writers: alone, a unit of work has a transaction to itself.
+//! it returns only once its group has committed. A member abandoned mid-write (its caller gave
+//! up) breaks its group: the others are told to try again, and nothing of the group is kept.
 
 use super::{save_error, write_unit};
 use crate::unit_of_work::{Effects, SaveError};
@@ -49,30 +49,7 @@ impl GroupCommit {
         let inner = Inner { pool, writers: writers.max(1), open: Mutex::new(Vec::new()) };
         Self { inner: Arc::new(inner) }
     }
-}
 
-/// Units of work sharing one transaction.
-struct Group {
-    /// Opened by the first member to write; taken by the commit.
-    tx: tokio::sync::Mutex<Option<Transaction<'static, Postgres>>>,
-    members: Mutex<Members>,
-    /// The commit's outcome, once known.
-    committed: watch::Sender<Option<Result<(), Arc<str>>>>,
-}
-
-#[derive(Default)]
-struct Members {
-    joined: usize,
-    /// Joined and not done writing.
-    writing: usize,
-    /// Wrote their part and wait for the commit.
-    kept: usize,
-    /// The transaction can no longer be trusted: a member was abandoned in the middle of a
-    /// statement, or a rollback to its savepoint failed.
-    broken: bool,
-}
-
-impl GroupCommit {
     /// The pool the groups' transactions are taken from.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
@@ -126,6 +103,27 @@ impl GroupCommit {
         open.push(group.clone());
         group
     }
+}
+
+/// Units of work sharing one transaction.
+struct Group {
+    /// Opened by the first member to write; taken by the commit.
+    tx: tokio::sync::Mutex<Option<Transaction<'static, Postgres>>>,
+    members: Mutex<Members>,
+    /// The commit's outcome, once known.
+    committed: watch::Sender<Option<Result<(), Arc<str>>>>,
+}
+
+#[derive(Default)]
+struct Members {
+    joined: usize,
+    /// Joined and not done writing.
+    writing: usize,
+    /// Wrote their part and wait for the commit.
+    kept: usize,
+    /// The transaction can no longer be trusted: a member was abandoned in the middle of a
+    /// statement, or a rollback to its savepoint failed.
+    broken: bool,
 }
 
 fn abandoned() -> SaveError {
