@@ -108,10 +108,17 @@ impl GroupCommit {
 /// Units of work sharing one transaction.
 struct Group {
     /// Opened by the first member to write; taken by the commit.
-    tx: tokio::sync::Mutex<Option<Transaction<'static, Postgres>>>,
+    tx: tokio::sync::Mutex<Option<Open>>,
     members: Mutex<Members>,
     /// The commit's outcome, once known.
     committed: watch::Sender<Option<Result<(), Arc<str>>>>,
+}
+
+/// A group's transaction.
+struct Open {
+    tx: Transaction<'static, Postgres>,
+    /// Whether the savepoint `unit` exists: every member but the first writes in one.
+    savepoint: bool,
 }
 
 #[derive(Default)]
@@ -140,7 +147,8 @@ struct Membership<'a> {
 }
 
 impl Membership<'_> {
-    /// Writes the unit of work in its own savepoint of the group's transaction.
+    /// Writes the unit of work: the first of a transaction directly in it (a failure rolls the
+    /// transaction back, and the next member begins another), the others each in a savepoint.
     async fn write(
         &mut self,
         effects: &Effects<'_>,
@@ -150,25 +158,40 @@ impl Membership<'_> {
         if self.group.members.lock().expect("group members lock").broken {
             return Err(abandoned());
         }
+        let first = tx.is_none();
         let connection: &mut PgConnection = match tx.as_mut() {
-            Some(tx) => {
+            Some(open) => {
                 self.writing = true;
-                // The previous member's savepoint becomes part of the group; this one gets its own.
-                sqlx::raw_sql("RELEASE SAVEPOINT unit; SAVEPOINT unit").execute(&mut **tx).await.map_err(|error| {
+                // The previous member's savepoint (if any) becomes part of the group; this one
+                // gets its own.
+                let savepoint =
+                    if open.savepoint { "RELEASE SAVEPOINT unit; SAVEPOINT unit" } else { "SAVEPOINT unit" };
+                sqlx::raw_sql(savepoint).execute(&mut *open.tx).await.map_err(|error| {
                     self.break_group();
                     save_error(error)
                 })?;
-                tx
+                open.savepoint = true;
+                &mut open.tx
             }
             None => {
-                let begun = self.inner.pool.begin_with("BEGIN; SAVEPOINT unit").await.map_err(save_error)?;
+                let begun = self.inner.pool.begin().await.map_err(save_error)?;
                 self.writing = true;
-                tx.insert(begun)
+                &mut tx.insert(Open { tx: begun, savepoint: false }).tx
             }
         };
         let written = write_unit(connection, effects, write_state).await;
-        if written.is_err() && sqlx::raw_sql("ROLLBACK TO SAVEPOINT unit").execute(connection).await.is_err() {
-            self.break_group();
+        if written.is_err() {
+            if first {
+                if let Some(open) = tx.take() {
+                    let _ = open.tx.rollback().await; // dropped unfinished, it is rolled back anyway
+                }
+            } else if sqlx::raw_sql("ROLLBACK TO SAVEPOINT unit")
+                .execute(&mut *tx.as_mut().expect("open").tx)
+                .await
+                .is_err()
+            {
+                self.break_group();
+            }
         }
         self.writing = false;
         written
@@ -219,9 +242,9 @@ impl Group {
         };
         let outcome = match tx {
             _ if broken => Err("another unit of work in its group commit was abandoned mid-write".into()),
-            Some(tx) if kept > 0 => {
+            Some(open) if kept > 0 => {
                 metrics::histogram!("group_commit_units").record(kept as f64);
-                tx.commit().await.map_err(|error| Arc::from(crate::ErrorChain(&error).to_string()))
+                open.tx.commit().await.map_err(|error| Arc::from(crate::ErrorChain(&error).to_string()))
             }
             _ => Ok(()), // nothing kept: dropping the transaction rolls it back
         };
