@@ -13,6 +13,7 @@ use super::{save_error, write_unit};
 use crate::unit_of_work::{Effects, SaveError};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Most units of work in one group: the first of them waits for the last to be written.
@@ -22,6 +23,9 @@ const MAX_MEMBERS: usize = 8;
 /// writer and groups of 16 spent the least CPU per order, two writers and groups of 8 the same
 /// throughput with the p99 of separate transactions.
 const WRITERS: usize = 2;
+/// Longest wait for a group's COMMIT; past it the outcome is unknown and reported as a
+/// failure to try again (the inbox makes a repeat of a committed unit of work harmless).
+const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Commits the units of work of one database, grouping those that overlap. Clones share the
 /// groups: give every store of a database the same one.
@@ -244,7 +248,12 @@ impl Group {
             _ if broken => Err("another unit of work in its group commit was abandoned mid-write".into()),
             Some(open) if kept > 0 => {
                 metrics::histogram!("group_commit_units").record(kept as f64);
-                open.tx.commit().await.map_err(|error| Arc::from(crate::ErrorChain(&error).to_string()))
+                // Bounded: no caller's deadline reaches this task, and a commit on a connection
+                // that went silent would otherwise hold it for good.
+                match tokio::time::timeout(COMMIT_DEADLINE, open.tx.commit()).await {
+                    Ok(committed) => committed.map_err(|error| Arc::from(crate::ErrorChain(&error).to_string())),
+                    Err(_) => Err(format!("the commit did not answer within {COMMIT_DEADLINE:?}").into()),
+                }
             }
             _ => Ok(()), // nothing kept: dropping the transaction rolls it back
         };
