@@ -81,14 +81,6 @@ pub enum Scheduled {
 }
 
 impl Scheduled {
-    /// The earliest due time, if known.
-    fn earliest(self) -> Option<Option<DateTime<Utc>>> {
-        match self {
-            Scheduled::Unknown => None,
-            Scheduled::Earliest(earliest) => Some(earliest),
-        }
-    }
-
     /// What two reports (of commits heard together) tell.
     pub fn and(self, other: Scheduled) -> Scheduled {
         match (self, other) {
@@ -189,9 +181,10 @@ impl<S: OutboxStore> Relay<S> {
         let mut failures = 0u32;
         let mut resume_at: Option<Instant> = None;
         let mut next_cleanup = Instant::now();
-        // When the earliest row scheduled for later falls due, if known (`None`: ask the store).
-        // Commits report what they schedule, so that a busy relay need not ask after each batch.
-        let mut scheduled: Option<Option<DateTime<Utc>>> = None;
+        // When the earliest row scheduled for later falls due, as far as known (unknown: ask the
+        // store). Commits report what they schedule, so that a busy relay need not ask after
+        // each batch.
+        let mut scheduled = Scheduled::Unknown;
         loop {
             if Instant::now() >= next_cleanup {
                 relay.clean_up().await;
@@ -208,10 +201,10 @@ impl<S: OutboxStore> Relay<S> {
                 Some(at) if backing_off => at - Instant::now(),
                 _ if in_flight.is_empty() => {
                     let next_due = match scheduled {
-                        Some(known) => known,
-                        None => relay.next_due().await,
+                        Scheduled::Earliest(known) => known,
+                        Scheduled::Unknown => relay.next_due().await,
                     };
-                    scheduled = Some(next_due);
+                    scheduled = Scheduled::Earliest(next_due);
                     relay.sleep_until_due(next_due)
                 }
                 _ => relay.config.sweep_interval,
@@ -239,16 +232,11 @@ impl<S: OutboxStore> Relay<S> {
                 }
                 heard = commits.committed(), if !backing_off => {
                     wanted = wanted.max(1);
-                    scheduled = match (scheduled, heard) {
-                        (Some(known), Scheduled::Earliest(reported)) => {
-                            Scheduled::Earliest(known).and(Scheduled::Earliest(reported)).earliest()
-                        }
-                        _ => None,
-                    };
+                    scheduled = scheduled.and(heard);
                 }
                 _ = tokio::time::sleep(pause) => {
                     wanted = wanted.max(1);
-                    scheduled = None; // a row fell due, or the sweep: look again
+                    scheduled = Scheduled::Unknown; // a row fell due, or the sweep: look again
                 }
             }
         }

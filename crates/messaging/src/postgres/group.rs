@@ -84,20 +84,21 @@ impl GroupCommit {
         }
     }
 
-    /// The group to join: a new one while fewer than [`WRITERS`] are open and each has a
-    /// member writing; otherwise the open group with the fewest members writing.
+    /// The group to join: a new one while fewer groups are open than there are writers (an
+    /// open group always has a member writing); otherwise the open group with the fewest
+    /// members writing.
     fn join(&self) -> Arc<Group> {
         let mut open = self.inner.open.lock().expect("group commit lock");
         open.retain(|group| group.members.lock().expect("group members lock").joined < MAX_MEMBERS);
-        let idlest = open.iter().min_by_key(|group| group.members.lock().expect("group members lock").writing);
-        if let Some(group) = idlest {
+        if open.len() >= self.inner.writers
+            && let Some(group) =
+                open.iter().min_by_key(|group| group.members.lock().expect("group members lock").writing)
+        {
             let mut members = group.members.lock().expect("group members lock");
-            if members.writing == 0 || open.len() >= self.inner.writers {
-                members.joined += 1;
-                members.writing += 1;
-                drop(members);
-                return group.clone();
-            }
+            members.joined += 1;
+            members.writing += 1;
+            drop(members);
+            return group.clone();
         }
         let group = Arc::new(Group {
             tx: tokio::sync::Mutex::new(None),
