@@ -54,10 +54,11 @@ impl Default for PoolSettings {
     }
 }
 
-/// How long a connection may take to answer a ping. sqlx pings a connection handed back to
-/// the pool (it may have been given up in the middle of a query when its caller's deadline
-/// passed) without a deadline: on a connection that went silent, that ping would wait forever
-/// and hold a pool slot. The pool pings it first, within this.
+/// How long a connection may take to answer a ping, or to finish what it was given up in the
+/// middle of. sqlx pings a connection handed back to the pool without a deadline: on one left
+/// in the middle of a query (its caller's deadline passed) whose server went silent, that ping
+/// would wait forever and hold a pool slot. The pool first waits for the rest of that query's
+/// answer, within this.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection idle for less than this is handed out without a ping (a server that went away
 /// meanwhile shows as a transient failure of the query); one idle longer is pinged first.
@@ -65,7 +66,18 @@ const TRUSTED_IDLE: Duration = Duration::from_secs(1);
 
 /// Pings `connection`, within [`PING_TIMEOUT`].
 async fn ping(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    match tokio::time::timeout(PING_TIMEOUT, sqlx::Connection::ping(connection)).await {
+    within_ping_timeout(sqlx::Connection::ping(connection)).await
+}
+
+/// Reads what `connection` still owes (the answer to a query whose caller gave up, the
+/// rollback of a dropped transaction), within [`PING_TIMEOUT`]. On a connection that owes
+/// nothing, the usual case, this costs no round trip: sqlx's own ping follows.
+async fn drain(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    within_ping_timeout(sqlx::Connection::flush(connection)).await
+}
+
+async fn within_ping_timeout(answer: impl Future<Output = Result<(), sqlx::Error>>) -> Result<bool, sqlx::Error> {
+    match tokio::time::timeout(PING_TIMEOUT, answer).await {
         Ok(answer) => answer.map(|()| true),
         Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
     }
@@ -85,9 +97,9 @@ pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<PgPool, 
         let timeout = format!("{}ms", settings.statement_timeout.as_millis());
         options = options.options([("statement_timeout", &timeout), ("idle_in_transaction_session_timeout", &timeout)]);
     }
-    // Pings, each bounded: on release (before sqlx's own), and on acquire only after a second of
-    // idleness (instead of sqlx's unbounded ping on every acquire), so that the bound costs no
-    // round trip under load.
+    // Bounded waits: on release, for what the connection still owes (before sqlx's own ping,
+    // which has no deadline), and on acquire a ping only after a second of idleness (instead of
+    // sqlx's unbounded ping on every acquire), so that the bounds cost no round trip under load.
     PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
@@ -95,7 +107,7 @@ pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<PgPool, 
         .before_acquire(|connection, metadata| {
             Box::pin(async move { if metadata.idle_for < TRUSTED_IDLE { Ok(true) } else { ping(connection).await } })
         })
-        .after_release(|connection, _| Box::pin(ping(connection)))
+        .after_release(|connection, _| Box::pin(drain(connection)))
         .connect_with(options)
         .await
 }
