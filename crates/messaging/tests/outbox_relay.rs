@@ -368,3 +368,18 @@ async fn instances_starting_together_all_get_the_database() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_connection_given_up_mid_query_goes_back_to_the_pool_drained_not_discarded() {
+    let db = common::database().await;
+    let pool = messaging::postgres::connect(&db.url, 1).await.unwrap();
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.unwrap();
+
+    // The caller gives up while the server is still working on its query.
+    let given_up = tokio::time::timeout(Duration::from_millis(50), sqlx::query("SELECT pg_sleep(0.3)").execute(&pool));
+    assert!(given_up.await.is_err());
+
+    // The pool's only connection comes back once its answer is read, and answers the next query.
+    let next: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&pool).await.unwrap();
+    assert_eq!(next, backend, "the connection was closed instead of drained");
+}
