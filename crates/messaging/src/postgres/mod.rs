@@ -72,6 +72,8 @@ async fn ping(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
 /// Reads what `connection` still owes (the answer to a query whose caller gave up, the
 /// rollback of a dropped transaction), within [`PING_TIMEOUT`]. On a connection that owes
 /// nothing, the usual case, this costs no round trip: sqlx's own ping follows.
+/// (`Connection::flush` is public but hidden from sqlx's docs: if a release drops it, the build
+/// breaks; the ping above would then do, at one more round trip.)
 async fn drain(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
     within_ping_timeout(sqlx::Connection::flush(connection)).await
 }
