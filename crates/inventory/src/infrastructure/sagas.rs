@@ -204,8 +204,8 @@ impl SagaStore for PgSagaStore {
                 let written = if saga.version() == 0 {
                     sqlx::query(
                         "INSERT INTO reservation_sagas \
-                         (order_id, state, lines, failure_reason, timeout_message_id, started_at, history, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
+                            (order_id, state, lines, failure_reason, timeout_message_id, started_at, history, version) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
                     )
                     .bind(saga.order_id().as_uuid())
                     .bind(saga.state().as_str())
@@ -219,8 +219,8 @@ impl SagaStore for PgSagaStore {
                 } else {
                     sqlx::query(
                         "UPDATE reservation_sagas SET state = $3, lines = $4, failure_reason = $5, \
-                            timeout_message_id = $6, history = $7, updated_at = now(), version = version + 1 \
-                     WHERE order_id = $1 AND version = $2",
+                                timeout_message_id = $6, history = $7, updated_at = now(), version = version + 1 \
+                         WHERE order_id = $1 AND version = $2",
                     )
                     .bind(saga.order_id().as_uuid())
                     .bind(saga.version())

@@ -51,9 +51,9 @@ impl Catalog for PgCatalog {
             .commit(effects, async |tx| {
                 sqlx::query(
                     "INSERT INTO catalog_products (product_id, name, price, version) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (product_id) DO UPDATE \
-                 SET name = excluded.name, price = excluded.price, version = excluded.version, updated_at = now() \
-                 WHERE catalog_products.version < excluded.version",
+                     ON CONFLICT (product_id) DO UPDATE \
+                     SET name = excluded.name, price = excluded.price, version = excluded.version, updated_at = now() \
+                     WHERE catalog_products.version < excluded.version",
                 )
                 .bind(item.product_id.get())
                 .bind(&item.name)
