@@ -5,7 +5,7 @@
 use messaging::testing::TestDatabase;
 use messaging::{Effects, TraceParent};
 use order::application::{Actor, AppError, Catalog, IdempotencyKey, NewOrder, OrderFilter, OrderService};
-use order::domain::{CatalogItem, CustomerId, OrderError, ProductId, Quantity, Reason};
+use order::domain::{CatalogItem, CustomerId, OrderError, OrderStatus, ProductId, Quantity, Reason};
 use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -42,7 +42,7 @@ fn trace() -> TraceParent {
 }
 
 fn new(customer_id: Option<CustomerId>) -> NewOrder {
-    NewOrder { customer_id, description: None }
+    NewOrder::draft(customer_id, None)
 }
 
 #[tokio::test]
@@ -89,6 +89,49 @@ async fn another_customers_order_does_not_exist_for_a_customer() {
     assert_eq!(seen.lines().len(), 1, "a refused command changed the order");
     assert_eq!(service.get(Actor::Admin, order).await.unwrap(), seen);
     service.place(as_alice, order, trace()).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_order_comes_with_its_lines_and_placed_in_one_commit_or_not_at_all() {
+    let setup = setup().await;
+    let (service, kettle) = (&setup.service, setup.product);
+    let (alice, as_alice) = customer();
+    let two = Quantity::new(2).unwrap();
+    let checkout = |lines: Vec<(ProductId, Quantity)>, place| NewOrder { lines, place, ..new(Some(alice)) };
+
+    let (order, created) =
+        service.create(as_alice, checkout(vec![(kettle, two), (kettle, two)], true), None, trace()).await.unwrap();
+    assert!(created);
+    assert_eq!((order.status(), order.version()), (OrderStatus::Placed, 1), "one save");
+    assert_eq!((order.lines().len(), order.lines()[0].quantity.get()), (1, 4), "a product named twice is one line");
+    assert_eq!(order.total().to_string(), "99.60");
+    assert_eq!(service.get(as_alice, order.id()).await.unwrap(), order);
+    let drafted = service.create(as_alice, checkout(vec![(kettle, two)], false), None, trace()).await.unwrap().0;
+    assert_eq!(drafted.status(), OrderStatus::Draft);
+
+    let unknown = ProductId::new(99).unwrap();
+    let refused = service.create(as_alice, checkout(vec![(kettle, two), (unknown, two)], true), None, trace()).await;
+    assert!(matches!(refused, Err(AppError::UnknownProduct(id)) if id == unknown), "{refused:?}");
+    let empty = service.create(as_alice, checkout(Vec::new(), true), None, trace()).await;
+    assert!(matches!(empty, Err(AppError::Rule(OrderError::EmptyOrder))), "{empty:?}");
+    let listed = service.list(as_alice, OrderFilter { customer_id: None, status: None, after: None, limit: 10 }).await;
+    assert_eq!(listed.unwrap().orders.len(), 2, "a refused order left something behind");
+
+    // Under one key, the lines and the placing are part of what a repeat must repeat.
+    let key = || Some(IdempotencyKey::new("checkout-3").unwrap());
+    let first = service.create(as_alice, checkout(vec![(kettle, two)], true), key(), trace()).await.unwrap().0;
+    assert_eq!(
+        service.create(as_alice, checkout(vec![(kettle, two)], true), key(), trace()).await.unwrap(),
+        (first, false)
+    );
+    for other in [
+        checkout(vec![(kettle, two)], false),
+        checkout(vec![(kettle, Quantity::new(1).unwrap())], true),
+        new(Some(alice)),
+    ] {
+        let reused = service.create(as_alice, other, key(), trace()).await;
+        assert!(matches!(reused, Err(AppError::IdempotencyKeyReused)), "{reused:?}");
+    }
 }
 
 #[tokio::test]

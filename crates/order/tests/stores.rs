@@ -310,9 +310,10 @@ async fn the_catalog_keeps_the_newest_version_of_a_product<B: Backend>() {
     catalog.upsert(&item(7, "5.00"), 2, &Effects::new()).await.unwrap();
     // Late news of an older version changes nothing.
     catalog.upsert(&item(7, "4.00"), 1, &Effects::new()).await.unwrap();
-    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "5.00");
+    let price = async || catalog.find_many(&[ProductId::new(7).unwrap()]).await.unwrap()[0].price.to_string();
+    assert_eq!(price().await, "5.00");
     catalog.upsert(&item(7, "6.00"), 3, &Effects::new()).await.unwrap();
-    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "6.00");
+    assert_eq!(price().await, "6.00");
     assert_eq!(catalog.list().await.unwrap().len(), 1);
 }
 
@@ -325,7 +326,18 @@ async fn the_catalog_lists_products_by_id_with_exact_prices<B: Backend>() {
     let listed: Vec<(i64, String)> =
         catalog.list().await.unwrap().iter().map(|item| (item.product_id.get(), item.price.to_string())).collect();
     assert_eq!(listed, [(3, "19.99".into()), (7, "1000000.05".into()), (12, "0.10".into())]);
-    assert!(catalog.find(ProductId::new(4).unwrap()).await.unwrap().is_none());
+    // Several at once, in one read: those the catalog holds, each once.
+    let ids = [4, 12, 3, 12].map(|id| ProductId::new(id).unwrap());
+    let mut found: Vec<(i64, String)> = catalog
+        .find_many(&ids)
+        .await
+        .unwrap()
+        .iter()
+        .map(|item| (item.product_id.get(), item.price.to_string()))
+        .collect();
+    found.sort();
+    assert_eq!(found, [(3, "19.99".into()), (12, "0.10".into())]);
+    assert!(catalog.find_many(&[]).await.unwrap().is_empty());
 }
 
 async fn a_catalog_update_commits_with_its_inbox_record<B: Backend>() {
@@ -335,7 +347,8 @@ async fn a_catalog_update_commits_with_its_inbox_record<B: Backend>() {
     catalog.upsert(&item(7, "5.00"), 1, &Effects::consuming("catalog", news)).await.unwrap();
     let copy = catalog.upsert(&item(7, "9.00"), 2, &Effects::consuming("catalog", news)).await;
     assert!(matches!(copy, Err(SaveError::AlreadyConsumed)), "{copy:?}");
-    assert_eq!(catalog.find(ProductId::new(7).unwrap()).await.unwrap().unwrap().price.to_string(), "5.00");
+    let kept = catalog.find_many(&[ProductId::new(7).unwrap()]).await.unwrap();
+    assert_eq!(kept[0].price.to_string(), "5.00");
 }
 
 // --- rows written before a rule: PostgreSQL only, no SQLite database ever held them -----------

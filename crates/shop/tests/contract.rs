@@ -191,6 +191,8 @@ async fn the_documents_state_the_limits_the_services_enforce() {
         (Some(1), Some(u64::from(kernel::Quantity::MAX)))
     );
     assert_eq!(schema(&inventory, "ProductId")["minimum"], 1);
+    let lines = &schema(&orders, "CreateOrderRequest")["properties"]["lines"];
+    assert_eq!(lines["maxItems"].as_u64(), Some(order::domain::Order::MAX_LINES as u64), "{lines}");
     let stock = &schema(&inventory, "CreateProductRequest")["properties"]["stock"];
     assert_eq!(stock["maximum"].as_u64(), Some(u64::from(inventory::domain::Product::MAX_STOCK)), "{stock}");
     let statuses = schema(&orders, "OrderStatusName")["enum"].clone();

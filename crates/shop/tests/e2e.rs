@@ -36,6 +36,7 @@ in_both_modes!(
     a_several_line_order_is_confirmed_with_the_right_total_and_stock,
     insufficient_stock_rejects_the_order_and_releases_every_partial_reservation,
     an_unknown_product_is_refused_when_added,
+    an_order_created_with_its_lines_and_placed_in_one_request_is_confirmed,
     a_reservation_that_times_out_rejects_the_order_and_releases_late_reservations,
     cancelling_while_stock_is_being_reserved_releases_it,
     cancelling_a_confirmed_order_releases_its_stock,
@@ -99,6 +100,55 @@ async fn an_unknown_product_is_refused_when_added(mode: Mode) {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["detail"], "product 424242 is not in the catalog");
     assert_eq!(system.order(&order).await["lines"], json!([]));
+    system.stop().await;
+}
+
+async fn an_order_created_with_its_lines_and_placed_in_one_request_is_confirmed(mode: Mode) {
+    let system = System::start_in(mode).await;
+    let kettle = system.product("Kettle", "24.90", 5).await;
+    let mug = system.product("Mug", "4.50", 10).await;
+    let create = async |key: &str, body: Value| {
+        let response = system
+            .http
+            .post(system.order_url("/api/orders"))
+            .bearer_auth(&system.customer_token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    let line = |product: i64, quantity: u32| json!({ "productId": product, "quantity": quantity });
+    let checkout = json!({ "lines": [line(kettle, 2), line(mug, 3), line(kettle, 1)], "place": true });
+
+    let (status, placed) = create("checkout-1", checkout.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    assert_eq!((&placed["status"], &placed["total"]), (&json!("placed"), &json!("88.20")), "{placed}");
+    assert_eq!(placed["lines"].as_array().unwrap().len(), 2, "the two kettle lines merge");
+    let (status, again) = create("checkout-1", checkout).await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &placed["id"]), "a repeat is the same order");
+    let (status, _) = create("checkout-1", json!({ "lines": [line(kettle, 2)], "place": true })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "the key was used for other lines");
+
+    let order = placed["id"].as_str().unwrap();
+    assert_eq!(system.settled(order).await["status"], "confirmed");
+    assert_eq!(system.stock_of(kettle).await, (5, 3, 2));
+    assert_eq!(system.stock_of(mug).await, (10, 3, 7));
+
+    // What cannot become a placed order creates nothing.
+    let (status, problem) =
+        create("checkout-2", json!({ "lines": [line(mug, 1), line(424_242, 1)], "place": true })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["detail"], "product 424242 is not in the catalog");
+    let (status, problem) = create("checkout-3", json!({ "place": true })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let too_many: Vec<Value> = (0..101).map(|_| line(mug, 1)).collect();
+    let (status, problem) = create("checkout-4", json!({ "lines": too_many })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().starts_with("lines: at most 100 lines"), "{problem}");
+    let (_, listed) = system.call(Method::GET, &system.order_url("/api/orders"), None).await;
+    assert_eq!(listed["orders"].as_array().unwrap().len(), 1, "{listed}");
     system.stop().await;
 }
 

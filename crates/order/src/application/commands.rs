@@ -11,6 +11,7 @@ use crate::domain::{
 };
 use kernel::{Chars, Text, TextKind};
 use messaging::{Causation, Effects, SaveError, TraceParent, retry_on_conflict};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,14 +33,25 @@ impl Actor {
 }
 
 /// What a client asks for when it creates an order. A customer's order is its own (naming
-/// another customer is refused); an admin names the customer.
+/// another customer is refused); an admin names the customer. The order may come with its lines
+/// and be placed at once: one request and one commit instead of one per step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewOrder {
     pub customer_id: Option<CustomerId>,
     pub description: Option<OrderDescription>,
+    /// Products at the catalog's price, in this order; a product named twice gets one line with
+    /// the quantities added, as when it is added twice.
+    pub lines: Vec<(ProductId, Quantity)>,
+    /// Place the order once its lines are on it.
+    pub place: bool,
 }
 
 impl NewOrder {
+    /// An empty draft.
+    pub fn draft(customer_id: Option<CustomerId>, description: Option<OrderDescription>) -> Self {
+        Self { customer_id, description, lines: Vec::new(), place: false }
+    }
+
     fn customer(&self, actor: Actor) -> Result<CustomerId, AppError> {
         match (actor, self.customer_id) {
             (Actor::Customer(own), None) => Ok(own),
@@ -49,11 +61,20 @@ impl NewOrder {
             (Actor::Admin, None) => Err(AppError::CustomerRequired),
         }
     }
-}
 
-/// Two requests under one idempotency key must agree on this.
-fn fingerprint(customer: CustomerId, description: Option<&OrderDescription>) -> String {
-    format!("{customer}|{}", description.map(OrderDescription::as_str).unwrap_or_default())
+    /// Two requests under one idempotency key must agree on this. An empty draft keeps the form
+    /// keys have always been recorded in, so that a retry across an upgrade still matches; the
+    /// rest is JSON, which cannot be mistaken for it (it starts with `{`, not a UUID).
+    fn fingerprint(&self, customer: CustomerId) -> String {
+        let description = self.description.as_ref().map(OrderDescription::as_str).unwrap_or_default();
+        if self.lines.is_empty() && !self.place {
+            return format!("{customer}|{description}");
+        }
+        let lines: Vec<(i64, u32)> =
+            self.lines.iter().map(|(product, quantity)| (product.get(), quantity.get())).collect();
+        serde_json::json!({ "customer": customer.to_string(), "description": description, "lines": lines, "place": self.place })
+            .to_string()
+    }
 }
 
 /// A client-chosen key that makes order creation safe to retry: 1 to 255 visible ASCII
@@ -96,8 +117,9 @@ impl OrderService {
         kernel::now().checked_sub_signed(ttl).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
     }
 
-    /// Creates a draft order. Under an idempotency key used for the same request within its
-    /// time to live, it returns the order created then (and `false`) instead of creating another.
+    /// Creates an order: a draft, with the lines asked for, placed if asked. Under an idempotency
+    /// key used for the same request within its time to live, it returns the order created then
+    /// (and `false`) instead of creating another.
     pub async fn create(
         &self,
         actor: Actor,
@@ -106,7 +128,7 @@ impl OrderService {
         trace: TraceParent,
     ) -> Result<(Order, bool), AppError> {
         let customer = new.customer(actor)?;
-        let fingerprint = fingerprint(customer, new.description.as_ref());
+        let fingerprint = new.fingerprint(customer);
         retry_on_conflict(|| async {
             let expired_before = self.idempotency_keys_expired_before();
             if let Some(key) = &key
@@ -118,6 +140,12 @@ impl OrderService {
                 return Ok((self.get(actor, id).await?, false));
             }
             let mut order = Order::create(OrderId::generate(), customer, new.description.clone(), kernel::now());
+            for (item, quantity) in self.priced(&new.lines).await? {
+                order.add_line(&item, quantity)?;
+            }
+            if new.place {
+                order.place(kernel::now())?;
+            }
             let idempotency = key.as_ref().map(|key| IdempotencyKeyUse {
                 key: key.as_str(),
                 fingerprint: &fingerprint,
@@ -144,7 +172,8 @@ impl OrderService {
         quantity: Quantity,
         trace: TraceParent,
     ) -> Result<Order, AppError> {
-        let item = self.catalog.find(product_id).await?.ok_or(AppError::UnknownProduct(product_id))?;
+        let [(item, quantity)] =
+            self.priced(&[(product_id, quantity)]).await?.try_into().expect("one line in, one out");
         self.update(actor, id, trace, |order| order.add_line(&item, quantity)).await
     }
 
@@ -204,6 +233,24 @@ impl OrderService {
     /// The products orders can be made of.
     pub async fn catalog(&self) -> Result<Vec<CatalogItem>, AppError> {
         Ok(self.catalog.list().await?)
+    }
+
+    /// Each line's product as the catalog has it, read at once; the first unknown product named
+    /// is [`AppError::UnknownProduct`].
+    async fn priced(&self, lines: &[(ProductId, Quantity)]) -> Result<Vec<(CatalogItem, Quantity)>, AppError> {
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<ProductId> = lines.iter().map(|(product, _)| *product).collect();
+        let found: HashMap<ProductId, CatalogItem> =
+            self.catalog.find_many(&ids).await?.into_iter().map(|item| (item.product_id, item)).collect();
+        lines
+            .iter()
+            .map(|(product, quantity)| {
+                let item = found.get(product).ok_or(AppError::UnknownProduct(*product))?;
+                Ok((item.clone(), *quantity))
+            })
+            .collect()
     }
 
     async fn update(

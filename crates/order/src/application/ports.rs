@@ -76,7 +76,8 @@ pub struct OrderPage {
 /// The order service's copy of the inventory catalog.
 #[async_trait]
 pub trait Catalog: Send + Sync {
-    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, LoadError>;
+    /// The products among `product_ids` that the catalog holds, in any order; one read for all.
+    async fn find_many(&self, product_ids: &[ProductId]) -> Result<Vec<CatalogItem>, LoadError>;
 
     async fn list(&self) -> Result<Vec<CatalogItem>, LoadError>;
 

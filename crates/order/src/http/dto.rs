@@ -18,6 +18,23 @@ pub struct CreateOrderRequest {
     pub customer_id: Option<Uuid>,
     /// What the customer calls the order; blank means none.
     pub description: Option<OrderDescription>,
+    /// Products to put on the order at once, at the catalog's price; a product named twice
+    /// gets one line with the quantities added.
+    #[serde(default, deserialize_with = "at_most_max_lines")]
+    #[schema(max_items = 100)]
+    pub lines: Vec<AddItemRequest>,
+    /// Place the order in the same request, once its lines are on it (it needs at least one).
+    #[serde(default)]
+    pub place: bool,
+}
+
+/// An order never has more lines than the domain allows, so a request never names more.
+fn at_most_max_lines<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<AddItemRequest>, D::Error> {
+    let lines = Vec::<AddItemRequest>::deserialize(deserializer)?;
+    if lines.len() > Order::MAX_LINES {
+        return Err(serde::de::Error::custom(format!("at most {} lines (got {})", Order::MAX_LINES, lines.len())));
+    }
+    Ok(lines)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

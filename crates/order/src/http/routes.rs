@@ -68,7 +68,7 @@ fn order_id(id: Uuid) -> OrderId {
 /// The header that makes order creation safe to retry.
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
-/// Creates a draft order.
+/// Creates an order: a draft, or with `lines` and `place` an order placed in this one request.
 ///
 /// With an `Idempotency-Key` header, repeating the request returns the order created the first
 /// time (status 200) instead of creating another, for as long as the key holds (24 hours unless
@@ -78,12 +78,12 @@ const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
     request_body = CreateOrderRequest,
     params(("Idempotency-Key" = Option<IdempotencyKey>, Header, description = "Makes the request safe to retry")),
     responses(
-        (status = 201, description = "Created", body = OrderResponse),
+        (status = 201, description = "Created (placed, when `place` was asked)", body = OrderResponse),
         (status = 200, description = "Already created under this Idempotency-Key", body = OrderResponse),
         (status = 400, description = "Invalid input (the detail names the field or header), or an admin named no customer", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A customer named another customer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Concurrent requests under this Idempotency-Key kept conflicting; retry", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Idempotency-Key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key reused for another request, an unknown product, more units than a line may hold, or `place` without lines", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_order(
@@ -94,8 +94,12 @@ async fn create_order(
     Json(request): Json<CreateOrderRequest>,
 ) -> ApiResult<Response> {
     let key = web::header(&headers, IDEMPOTENCY_KEY, |text| IdempotencyKey::new(text))?;
-    let new =
-        NewOrder { customer_id: request.customer_id.map(CustomerId::from_uuid), description: request.description };
+    let new = NewOrder {
+        customer_id: request.customer_id.map(CustomerId::from_uuid),
+        description: request.description,
+        lines: request.lines.into_iter().map(|line| (line.product_id, line.quantity)).collect(),
+        place: request.place,
+    };
     let (order, created) = state.orders.create(actor, new, key, trace).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id())).expect("ids are ASCII");

@@ -27,14 +27,15 @@ pub(super) fn item((product_id, name, price): (i64, String, Decimal)) -> Result<
 
 #[async_trait]
 impl Catalog for PgCatalog {
-    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, LoadError> {
-        let row: Option<(i64, String, Decimal)> =
-            sqlx::query_as("SELECT product_id, name, price FROM catalog_products WHERE product_id = $1")
-                .bind(product_id.get())
-                .fetch_optional(self.db.pool())
+    async fn find_many(&self, product_ids: &[ProductId]) -> Result<Vec<CatalogItem>, LoadError> {
+        let ids: Vec<i64> = product_ids.iter().map(|id| id.get()).collect();
+        let rows: Vec<(i64, String, Decimal)> =
+            sqlx::query_as("SELECT product_id, name, price FROM catalog_products WHERE product_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(self.db.pool())
                 .await
-                .map_err(|error| load_error(error, format!("catalog product {product_id}")))?;
-        row.map(item).transpose()
+                .map_err(|error| load_error(error, "catalog products"))?;
+        rows.into_iter().map(item).collect()
     }
 
     async fn list(&self) -> Result<Vec<CatalogItem>, LoadError> {

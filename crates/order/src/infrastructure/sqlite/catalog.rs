@@ -25,14 +25,19 @@ fn restore((product_id, name, price): (i64, String, String)) -> Result<CatalogIt
 
 #[async_trait]
 impl Catalog for SqliteCatalog {
-    async fn find(&self, product_id: ProductId) -> Result<Option<CatalogItem>, LoadError> {
-        let row: Option<(i64, String, String)> =
-            sqlx::query_as("SELECT product_id, name, price FROM catalog_products WHERE product_id = ?")
-                .bind(product_id.get())
-                .fetch_optional(self.db.reader())
-                .await
-                .map_err(|error| load_error(error, format!("catalog product {product_id}")))?;
-        row.map(restore).transpose()
+    async fn find_many(&self, product_ids: &[ProductId]) -> Result<Vec<CatalogItem>, LoadError> {
+        // The ids as one JSON array: one statement whatever their number.
+        let ids = serde_json::to_string(&product_ids.iter().map(|id| id.get()).collect::<Vec<_>>())
+            .expect("integers serialize");
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT product_id, name, price FROM catalog_products \
+             WHERE product_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(ids)
+        .fetch_all(self.db.reader())
+        .await
+        .map_err(|error| load_error(error, "catalog products"))?;
+        rows.into_iter().map(restore).collect()
     }
 
     async fn list(&self) -> Result<Vec<CatalogItem>, LoadError> {
