@@ -12,6 +12,7 @@
 #   LOAD_ORDERS_FIRST  orders of the first step               default 300          (QUICK: 20)
 #   LOAD_ORDERS        orders of every later step             default 2000         (QUICK: 40)
 #   LATENCY_ORDERS     3-line orders placed one at a time     default 200          (QUICK: 20)
+#   LOAD_ARGS          extra `harness load` flags of every step, e.g. "--step-by-step"   default none
 #   PGBENCH_CLIENTS    pgbench client counts                  default "1 8 16"
 #   PGBENCH_SECONDS    seconds per pgbench client count       default 10           (QUICK: 2)
 #   PGBENCH_ARGS       extra pgbench flags, e.g. "-M prepared" default none
@@ -46,6 +47,7 @@ LOAD_CONCURRENCY=${LOAD_CONCURRENCY:-1 4 16 32 64 128}
 LOAD_ORDERS_FIRST=${LOAD_ORDERS_FIRST:-300}
 LOAD_ORDERS=${LOAD_ORDERS:-2000}
 LATENCY_ORDERS=${LATENCY_ORDERS:-200}
+LOAD_ARGS=${LOAD_ARGS:-}
 PGBENCH_CLIENTS=${PGBENCH_CLIENTS:-1 8 16}
 PGBENCH_SECONDS=${PGBENCH_SECONDS:-10}
 PGBENCH_ARGS=${PGBENCH_ARGS:-}
@@ -222,6 +224,7 @@ load_orders=$LOAD_ORDERS
 pgbench_clients=$PGBENCH_CLIENTS
 pgbench_seconds=$PGBENCH_SECONDS
 pgbench_args=$PGBENCH_ARGS
+load_args=$LOAD_ARGS
 queue_prefix=$QUEUE_PREFIX
 EOF
 }
@@ -389,7 +392,8 @@ run_load_step() {
     local index=$1 concurrency=$2 orders=$3 rc=0 peak hwm
     log "load step $index ($MODE): $orders orders from $concurrency customers"
     start_sampler "$WORK/${PREFIX}rss_$index"
-    "$HARNESS_BIN" load --orders "$orders" --concurrency "$concurrency" --quiet \
+    # shellcheck disable=SC2086 # LOAD_ARGS is a list of flags
+    "$HARNESS_BIN" load --orders "$orders" --concurrency "$concurrency" --quiet $LOAD_ARGS \
         --json "$WORK/${PREFIX}load_$index.json" \
         --orders-url "http://$ORDERS_ADDR" --inventory-url "http://$INVENTORY_ADDR" \
         >"$WORK/${PREFIX}load_$index.log" 2>&1 || rc=$?
@@ -413,7 +417,7 @@ run_latency() {
     local rc=0
     log "latency ($MODE): $LATENCY_ORDERS orders of 3 lines, one in flight at a time"
     "$HARNESS_BIN" load --orders "$LATENCY_ORDERS" --concurrency 1 --min-lines 3 --max-lines 3 --products 10 \
-        --cancel-ratio 0 --ship-ratio 0 --await-outcome --quiet --json "$WORK/${PREFIX}latency.json" \
+        --cancel-ratio 0 --ship-ratio 0 --await-outcome --quiet $LOAD_ARGS --json "$WORK/${PREFIX}latency.json" \
         --orders-url "http://$ORDERS_ADDR" --inventory-url "http://$INVENTORY_ADDR" \
         >"$WORK/${PREFIX}latency.log" 2>&1 || rc=$?
     sed 's/^/  /' "$WORK/${PREFIX}latency.log" >&2

@@ -319,6 +319,8 @@ def markdown(result):
                f"{' (working tree dirty)' if m.get('git_dirty') == '1' else ''}: {m.get('git_subject', '')}")
     out.append(f"- machine: {m.get('nproc')} cores ({m.get('cpu_model')}), {m.get('mem_total_mib')} MiB RAM, "
                f"Linux {m.get('kernel')}, load average at start {m.get('loadavg_at_start')}")
+    if result["config"].get("load_args"):
+        out.append(f"- `harness load` flags of every step: `{result['config']['load_args']}`")
     out.append(f"- PostgreSQL {m.get('postgres_version')} (synchronous_commit {m.get('pg_synchronous_commit')}, "
                f"fsync {m.get('pg_fsync')}, shared_buffers {m.get('pg_shared_buffers')}); {m.get('rabbitmq_version')}")
     tps = ", ".join(f"c={count}: {fmt(f['tps'], 0)} tps ({fmt(f['latency_avg_ms'], 2)} ms)"

@@ -511,6 +511,8 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         cancel_ratio: 0.1,
         ship_ratio: 0.3,
         await_outcome: false,
+        // Step by step: the most requests per order, so the most to be cut off half-way.
+        step_by_step: true,
         seed: Some(seed),
         settle_timeout: args.quiescence_timeout,
         json: None,

@@ -211,6 +211,9 @@ async fn crash(args: &CrashArgs, seed: u64, system: &mut System) -> anyhow::Resu
         cancel_ratio: 0.1,
         ship_ratio: 0.3,
         await_outcome: false,
+        // In one request: a kill lands between the placing commit and its answer, which the
+        // retry under the same Idempotency-Key must find.
+        step_by_step: false,
         seed: Some(seed),
         settle_timeout: args.settle_timeout,
         json: None,

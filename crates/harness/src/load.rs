@@ -2,8 +2,9 @@
 //! then the run waits for every order to end and checks the system's invariants through the
 //! same APIs.
 //!
-//! Each customer creates an order (with an Idempotency-Key), adds 1..k lines of distinct
-//! products, places it, and then may cancel it at once, wait for the outcome and cancel the
+//! Each customer places an order of 1..k lines of distinct products, in one request that
+//! creates it with its lines and places it (with an Idempotency-Key), or with
+//! `--step-by-step` as a draft, a request per line and the place; it then may cancel it at once, wait for the outcome and cancel the
 //! confirmed order, or ship it. Place-to-decision latency is read from the order's own
 //! `placedAt`/`decidedAt`, so polling does not blur it.
 //!
@@ -71,6 +72,10 @@ pub struct LoadArgs {
     /// most `--concurrency` orders are in flight (`--concurrency 1`: one order at a time).
     #[arg(long)]
     pub await_outcome: bool,
+    /// Build each order step by step (create a draft, add each line, place it: 2 + lines
+    /// requests) instead of in the one request that creates it with its lines and places it.
+    #[arg(long)]
+    pub step_by_step: bool,
     /// Seed of the random choices (printed, so a run can be repeated).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -423,24 +428,35 @@ impl Api {
         customer: &str,
         rng: &mut fastrand::Rng,
     ) -> anyhow::Result<String> {
+        let mut chosen = products.to_vec();
+        rng.shuffle(&mut chosen);
+        let count = rng.usize(args.min_lines..=args.max_lines);
+        let lines: Vec<(i64, u32)> =
+            chosen.into_iter().take(count).map(|product| (product, rng.u32(1..=args.max_quantity))).collect();
+        let body = if args.step_by_step {
+            json!({ "description": "load test" })
+        } else {
+            let lines: Vec<Value> =
+                lines.iter().map(|(product, quantity)| json!({ "productId": product, "quantity": quantity })).collect();
+            json!({ "description": "load test", "lines": lines, "place": true })
+        };
         // The key makes the create safe to repeat after an attempt without an answer.
         let create = Request {
             method: Method::POST,
             path: "/api/orders".into(),
-            body: Some(json!({ "description": "load test" })),
+            body: Some(body),
             idempotency_key: Some(Uuid::now_v7().to_string()),
             token: customer.to_owned(),
         };
         let (status, created) = self.send(Service::Orders, &create).await?;
         ensure!(status == StatusCode::CREATED || status == StatusCode::OK, "create order: {status}: {created}");
         let id = created["id"].as_str().context("order without id")?.to_owned();
-
-        let mut chosen = products.to_vec();
-        rng.shuffle(&mut chosen);
-        for product in chosen.into_iter().take(rng.usize(args.min_lines..=args.max_lines)) {
-            self.add_line(customer, &id, product, rng.u32(1..=args.max_quantity)).await?;
+        if args.step_by_step {
+            for (product, quantity) in lines {
+                self.add_line(customer, &id, product, quantity).await?;
+            }
+            self.transition(customer, &id, "place", None).await?;
         }
-        self.transition(customer, &id, "place", None).await?;
 
         // What this customer does after placing: cancel at once, cancel once confirmed, ship
         // once confirmed, or nothing.
