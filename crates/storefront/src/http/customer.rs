@@ -161,11 +161,10 @@ pub async fn add_to_cart(
         }
     };
     let added = async {
-        let cart = match app.api.cart(&acting).await? {
-            Some(cart) => cart,
-            None => app.api.create_order(&acting).await?,
-        };
-        app.api.add_item(&acting, cart.id, product, quantity).await
+        match app.api.cart(&acting).await? {
+            Some(cart) => app.api.add_item(&acting, cart.id, product, quantity).await,
+            None => app.api.create_order_with(&acting, product, quantity).await,
+        }
     }
     .await;
     after(&session, "/", added, |order| {

@@ -346,8 +346,10 @@ impl ShopApi {
         }
     }
 
-    pub async fn create_order(&self, acting: &Acting) -> Result<Order, ApiError> {
-        self.call(acting, Method::POST, Service::Orders, "/api/orders", Some(json!({}))).await
+    /// A new draft with one line, in one request: nothing is created if the line is refused.
+    pub async fn create_order_with(&self, acting: &Acting, product: i64, quantity: i64) -> Result<Order, ApiError> {
+        let body = json!({ "lines": [{ "productId": product, "quantity": quantity }] });
+        self.call(acting, Method::POST, Service::Orders, "/api/orders", Some(body)).await
     }
 
     pub async fn add_item(&self, acting: &Acting, order: Uuid, product: i64, quantity: i64) -> Result<Order, ApiError> {
