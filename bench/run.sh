@@ -12,7 +12,7 @@
 #   LOAD_ORDERS_FIRST  orders of the first step               default 300          (QUICK: 20)
 #   LOAD_ORDERS        orders of every later step             default 2000         (QUICK: 40)
 #   LATENCY_ORDERS     3-line orders placed one at a time     default 200          (QUICK: 20)
-#   LOAD_ARGS          extra `harness load` flags of every step, e.g. "--step-by-step"   default none
+#   LOAD_ARGS          extra `harness load` flags of every step, e.g. "--flow step-by-step"   default none
 #   PGBENCH_CLIENTS    pgbench client counts                  default "1 8 16"
 #   PGBENCH_SECONDS    seconds per pgbench client count       default 10           (QUICK: 2)
 #   PGBENCH_ARGS       extra pgbench flags, e.g. "-M prepared" default none

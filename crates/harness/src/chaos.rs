@@ -10,7 +10,7 @@
 //! every invariant, through the APIs and in the databases, and reports how long the services
 //! took to notice the silent connections.
 
-use crate::load::{Api, LoadArgs, summarize};
+use crate::load::{Api, LoadArgs, OrderFlow, summarize};
 use crate::proxy::{Detection, Episode, Proxy};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -511,8 +511,9 @@ async fn chaos(args: &ChaosArgs, seed: u64, cluster: Arc<tokio::sync::Mutex<Clus
         cancel_ratio: 0.1,
         ship_ratio: 0.3,
         await_outcome: false,
-        // Step by step: the most requests per order, so the most to be cut off half-way.
-        step_by_step: true,
+        // Both flows: step by step has the most requests to be cut off half-way, the one
+        // request the retry under its key that must find an order already placed.
+        flow: OrderFlow::Mixed,
         seed: Some(seed),
         settle_timeout: args.quiescence_timeout,
         json: None,

@@ -11,7 +11,7 @@
 
 use crate::chaos::{consumer_queues, free_port, shop_binary, wait_ready};
 use crate::invariants;
-use crate::load::{Api, LoadArgs, summarize};
+use crate::load::{Api, LoadArgs, OrderFlow, summarize};
 use anyhow::Context;
 use clap::Args;
 use messaging::Naming;
@@ -211,9 +211,9 @@ async fn crash(args: &CrashArgs, seed: u64, system: &mut System) -> anyhow::Resu
         cancel_ratio: 0.1,
         ship_ratio: 0.3,
         await_outcome: false,
-        // In one request: a kill lands between the placing commit and its answer, which the
-        // retry under the same Idempotency-Key must find.
-        step_by_step: false,
+        // Both flows: a kill may land between the placing commit and its answer, which the retry
+        // under the same Idempotency-Key must find, or between a draft's steps.
+        flow: OrderFlow::Mixed,
         seed: Some(seed),
         settle_timeout: args.settle_timeout,
         json: None,

@@ -3,9 +3,10 @@
 //! same APIs.
 //!
 //! Each customer places an order of 1..k lines of distinct products, in one request that
-//! creates it with its lines and places it (with an Idempotency-Key), or with `--step-by-step`
-//! as a draft, a request per line and the place; it then may cancel it at once, wait for the
-//! outcome and cancel the confirmed order, or ship it. Place-to-decision latency is read from
+//! creates it with its lines and places it (with an Idempotency-Key), or with `--flow
+//! step-by-step` as a draft, a request per line and the place (`--flow mixed`: either, at
+//! random); it then may cancel it at once, wait for the outcome and cancel the confirmed order,
+//! or ship it. Place-to-decision latency is read from
 //! the order's own `placedAt`/`decidedAt`, so polling does not blur it.
 //!
 //! Each simulated customer has its own token (signed with the local key, as `shop token`
@@ -18,7 +19,7 @@
 //! (with some jitter) and tries again; those refusals are counted, not treated as failures.
 
 use anyhow::{Context, bail, ensure};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use messaging::Backoff;
@@ -32,6 +33,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use web::auth::{Role, Signer};
+
+/// How a customer places an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderFlow {
+    /// Created with its lines and placed in one request.
+    OneRequest,
+    /// Created as a draft, then a request per line, then the place: 2 + lines requests.
+    StepByStep,
+    /// Either, at random for each order.
+    Mixed,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadArgs {
@@ -72,10 +84,9 @@ pub struct LoadArgs {
     /// most `--concurrency` orders are in flight (`--concurrency 1`: one order at a time).
     #[arg(long)]
     pub await_outcome: bool,
-    /// Build each order step by step (create a draft, add each line, place it: 2 + lines
-    /// requests) instead of in the one request that creates it with its lines and places it.
-    #[arg(long)]
-    pub step_by_step: bool,
+    /// How each order is placed.
+    #[arg(long, value_enum, default_value_t = OrderFlow::OneRequest)]
+    pub flow: OrderFlow,
     /// Seed of the random choices (printed, so a run can be repeated).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -433,7 +444,12 @@ impl Api {
         let count = rng.usize(args.min_lines..=args.max_lines);
         let lines: Vec<(i64, u32)> =
             chosen.into_iter().take(count).map(|product| (product, rng.u32(1..=args.max_quantity))).collect();
-        let body = if args.step_by_step {
+        let step_by_step = match args.flow {
+            OrderFlow::OneRequest => false,
+            OrderFlow::StepByStep => true,
+            OrderFlow::Mixed => rng.bool(),
+        };
+        let body = if step_by_step {
             json!({ "description": "load test" })
         } else {
             let lines: Vec<Value> =
@@ -451,7 +467,7 @@ impl Api {
         let (status, created) = self.send(Service::Orders, &create).await?;
         ensure!(status == StatusCode::CREATED || status == StatusCode::OK, "create order: {status}: {created}");
         let id = created["id"].as_str().context("order without id")?.to_owned();
-        if args.step_by_step {
+        if step_by_step {
             for (product, quantity) in lines {
                 self.add_line(customer, &id, product, quantity).await?;
             }
