@@ -6,8 +6,8 @@
 //! creates it with its lines and places it (with an Idempotency-Key), or with `--flow
 //! step-by-step` as a draft, a request per line and the place (`--flow mixed`: either, at
 //! random); it then may cancel it at once, wait for the outcome and cancel the confirmed order,
-//! or ship it. Place-to-decision latency is read from
-//! the order's own `placedAt`/`decidedAt`, so polling does not blur it.
+//! or ship it. Place-to-decision latency is read from the order's own `placedAt`/`decidedAt`,
+//! so polling does not blur it.
 //!
 //! Each simulated customer has its own token (signed with the local key, as `shop token`
 //! does); products, shipping and the checks use an admin token.
