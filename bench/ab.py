@@ -14,7 +14,8 @@ interleaved pairs, and the CPU per order (which queueing does not blur), do.
 Each run starts `shop up` on fresh scratch databases and a queue prefix of its own, warms it
 up, then times one `harness load`; it drops the databases and deletes the queues afterwards.
 CPU comes from /proc (utime + stime): `shop up`'s process, every `postgres` process and
-RabbitMQ's `beam.smp`, so nothing else should run on the machine meanwhile.
+RabbitMQ's `beam.smp`, so nothing else should run on the machine meanwhile. PostgreSQL and
+RabbitMQ are found as bench/run.sh finds them (PGHOST, PGPORT, PGUSER, AMQP_HOST, AMQP_PORT).
 """
 
 import argparse
@@ -32,8 +33,11 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICKS = os.sysconf("SC_CLK_TCK")
-PG = os.environ.get("PGURL", "postgres://postgres@127.0.0.1:5432")
-AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+# The same settings as bench/run.sh: PGHOST PGPORT PGUSER, AMQP_HOST AMQP_PORT (guest/guest).
+PG = "postgres://{}@{}:{}".format(os.environ.get("PGUSER", "postgres"), os.environ.get("PGHOST", "127.0.0.1"),
+                                  os.environ.get("PGPORT", "5432"))
+AMQP = "amqp://guest:guest@{}:{}/%2f".format(os.environ.get("AMQP_HOST", "127.0.0.1"),
+                                              os.environ.get("AMQP_PORT", "5672"))
 ORDERS_ADDR = "127.0.0.1:18281"
 INVENTORY_ADDR = "127.0.0.1:18282"
 
