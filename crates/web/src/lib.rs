@@ -6,6 +6,8 @@
 //!   defaults.
 //! - [`shed_load`] and [`time_limit`]: past a number of requests in flight, 503 with
 //!   `Retry-After` at once; a request that runs too long, 503.
+//! - [`Conditional`]: a GET that holds the current version (`If-None-Match`) and asks to wait
+//!   (`Prefer: wait=N`) is answered when the resource changes, or 304 after the wait.
 //! - [`PageSize`]: the size of a page of a list, in range.
 //! - [`SharedResponses`]: the answers the shared extractors and middleware give, declared on
 //!   every operation of an OpenAPI document.
@@ -17,6 +19,7 @@
 
 pub mod admin;
 pub mod auth;
+mod conditional;
 mod extract;
 mod limits;
 mod openapi;
@@ -25,8 +28,9 @@ mod page;
 mod problem;
 mod trace;
 
+pub use conditional::{Conditional, MAX_WAIT, tagged};
 pub use extract::{Json, MAX_BODY_BYTES, Path, Query, header};
-pub use limits::{InFlightLimit, RETRY_AFTER, shed_load, time_limit};
+pub use limits::{InFlightLimit, InFlightPlace, RETRY_AFTER, RequestDeadline, shed_load, time_limit};
 pub use openapi::SharedResponses;
 pub use operations::{ReadinessCheck, operations_router};
 pub use page::PageSize;

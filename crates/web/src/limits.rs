@@ -7,9 +7,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// How long a client told to come back (`Retry-After`) should wait.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -32,8 +33,8 @@ impl InFlightLimit {
 /// Middleware (`axum::middleware::from_fn_with_state(limit, shed_load)`): a request beyond the
 /// limit is answered 503 with `Retry-After` at once, without reaching its handler (nor the token
 /// check, which costs CPU too).
-pub async fn shed_load(State(limit): State<InFlightLimit>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = limit.permits.clone().try_acquire_owned() else {
+pub async fn shed_load(State(limit): State<InFlightLimit>, mut request: Request, next: Next) -> Response {
+    let Ok(permit) = limit.permits.clone().try_acquire_owned() else {
         metrics::counter!("http_requests_shed_total", "service" => limit.service).increment(1);
         let detail = format!(
             "{} requests are in flight, the most this service takes at once; try again in {} s",
@@ -44,13 +45,34 @@ pub async fn shed_load(State(limit): State<InFlightLimit>, request: Request, nex
             Problem::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Service overloaded", detail);
         return retry_later(problem);
     };
+    let place = InFlightPlace(Arc::new(Mutex::new(Some(permit))));
+    request.extensions_mut().insert(place.clone());
     next.run(request).await
 }
 
+/// A request's place among those in flight (a request extension that [`shed_load`] adds). A
+/// request that only waits, for a change to happen say, gives its place up: clients that wait
+/// hold neither a database connection nor the room of requests that work.
+#[derive(Clone)]
+pub struct InFlightPlace(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl InFlightPlace {
+    pub fn give_up(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+}
+
+/// When [`time_limit`] will abandon the request (a request extension): what waits must end
+/// before then.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub Instant);
+
 /// Middleware (`axum::middleware::from_fn_with_state(timeout, time_limit)`): a request still
 /// running after `timeout` is dropped and answered 503.
-pub async fn time_limit(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
+pub async fn time_limit(State(timeout): State<Duration>, mut request: Request, next: Next) -> Response {
+    let deadline = Instant::now() + timeout;
+    request.extensions_mut().insert(RequestDeadline(deadline));
+    match tokio::time::timeout_at(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => retry_later(Problem::unavailable(format!(
             "the request took longer than {} s and was abandoned",
@@ -117,6 +139,34 @@ mod tests {
         for request in [third, fourth] {
             assert_eq!(request.await.unwrap().unwrap().status(), StatusCode::OK);
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_gives_up_its_place_no_longer_counts_among_those_in_flight() {
+        let release = Arc::new(Notify::new());
+        let (entered, mut waiting) = tokio::sync::mpsc::unbounded_channel();
+        let held = release.clone();
+        let waits = move |axum::Extension(place): axum::Extension<InFlightPlace>| {
+            let (entered, held) = (entered.clone(), held.clone());
+            async move {
+                let released = held.notified();
+                place.give_up();
+                entered.send(()).unwrap();
+                released.await;
+                "changed"
+            }
+        };
+        let app = Router::new()
+            .route("/", get(waits))
+            .route("/work", get(|| async { "done" }))
+            .layer(axum::middleware::from_fn_with_state(InFlightLimit::new("test", 1), shed_load));
+        let waiter = tokio::spawn(app.clone().oneshot(get_root()));
+        waiting.recv().await.unwrap();
+
+        let work = axum::http::Request::get("/work").body(Body::empty()).unwrap();
+        assert_eq!(app.oneshot(work).await.unwrap().status(), StatusCode::OK, "the waiter's place was free");
+        release.notify_waiters();
+        assert_eq!(waiter.await.unwrap().unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test(start_paused = true)]
