@@ -153,6 +153,9 @@ struct ServiceParts {
     http_addr: SocketAddr,
     /// Housekeeping that runs until the service stops.
     chores: Vec<BoxFuture<'static, ()>>,
+    /// Run when the service starts stopping, before the HTTP server waits for the requests in
+    /// flight: what makes long requests end.
+    on_stopping: Option<Box<dyn FnOnce() + Send>>,
 }
 
 pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow::Result<RunningService> {
@@ -169,12 +172,17 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
         }
         Database::Sqlite(db) => (Arc::new(SqliteOrderStore::new(db.clone())), Arc::new(SqliteCatalog::new(db.clone()))),
     };
-    let service = OrderService::new(orders.clone(), catalog.clone());
+    let service = OrderService::new(orders, catalog.clone());
     let service = Arc::new(service.with_idempotency_key_ttl(settings.idempotency_key_ttl));
     let consumers = Consumers::new(SERVICE, runtime, &database);
-    let consumers =
-        vec![consumers.of(CatalogHandler::new(catalog)), consumers.of(ReservationOutcomeHandler::new(orders))];
+    // Through the service's store: a decision saved ends the waits for that order.
+    let consumers = vec![
+        consumers.of(CatalogHandler::new(catalog)),
+        consumers.of(ReservationOutcomeHandler::new(service.orders())),
+    ];
     let chores = vec![forget_expired_idempotency_keys(service.clone(), settings.idempotency_key_ttl)];
+    let waits = service.clone();
+    let on_stopping: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || waits.stop_waiting()));
     let api = order::http::router(service);
     let parts = ServiceParts {
         name: SERVICE,
@@ -184,6 +192,7 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
         openapi: order::http::ApiDoc::openapi(),
         http_addr: settings.http_addr,
         chores,
+        on_stopping,
     };
     run(parts, runtime).await
 }
@@ -217,7 +226,17 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     let api = inventory::http::router(service);
     let openapi = inventory::http::ApiDoc::openapi();
     let http_addr = settings.http_addr;
-    run(ServiceParts { name: SERVICE, database, consumers, api, openapi, http_addr, chores: Vec::new() }, runtime).await
+    let parts = ServiceParts {
+        name: SERVICE,
+        database,
+        consumers,
+        api,
+        openapi,
+        http_addr,
+        chores: Vec::new(),
+        on_stopping: None,
+    };
+    run(parts, runtime).await
 }
 
 /// Deletes the idempotency keys that have expired, as the relay deletes sent outbox rows: every
@@ -300,7 +319,7 @@ fn with_operators(parts: ServiceParts, transport: Arc<dyn Transport>) -> Service
 }
 
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, database, consumers, api, openapi, http_addr, chores } =
+    let ServiceParts { name, database, consumers, api, openapi, http_addr, chores, on_stopping } =
         with_operators(parts, runtime.transport.clone());
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
     let supervisor = Supervisor::new(name);
@@ -358,6 +377,9 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
     let done = tokio::spawn(async move {
         stopping.cancelled().await;
         tracing::info!(service = name, "stopping: finishing requests in flight");
+        if let Some(on_stopping) = on_stopping {
+            on_stopping();
+        }
         if let Ok(Err(error)) = serving.await {
             tracing::warn!(service = name, %error, "HTTP server error");
         }

@@ -37,6 +37,7 @@ in_both_modes!(
     insufficient_stock_rejects_the_order_and_releases_every_partial_reservation,
     an_unknown_product_is_refused_when_added,
     an_order_created_with_its_lines_and_placed_in_one_request_is_confirmed,
+    a_client_that_holds_a_placed_order_waits_in_one_request_for_its_decision,
     a_reservation_that_times_out_rejects_the_order_and_releases_late_reservations,
     cancelling_while_stock_is_being_reserved_releases_it,
     cancelling_a_confirmed_order_releases_its_stock,
@@ -149,6 +150,43 @@ async fn an_order_created_with_its_lines_and_placed_in_one_request_is_confirmed(
     assert!(problem["detail"].as_str().unwrap().starts_with("lines: at most 100 lines"), "{problem}");
     let (_, listed) = system.call(Method::GET, &system.order_url("/api/orders"), None).await;
     assert_eq!(listed["orders"].as_array().unwrap().len(), 1, "{listed}");
+    system.stop().await;
+}
+
+async fn a_client_that_holds_a_placed_order_waits_in_one_request_for_its_decision(mode: Mode) {
+    let system = System::start_in(mode).await;
+    let kettle = system.product("Kettle", "24.90", 5).await;
+    let stall = system.stall_product_writes(kettle).await;
+    let order = system.placed_order(&[(kettle, 1)]).await;
+    let url = system.order_url(&format!("/api/orders/{order}"));
+    let get = |tag: &str, prefer: &str| {
+        let request = system.http.get(&url).bearer_auth(&system.customer_token).header("If-None-Match", tag);
+        request.header("Prefer", prefer).send()
+    };
+    let plain = system.http.get(&url).bearer_auth(&system.customer_token).send().await.unwrap();
+    let placed = plain.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(plain.json::<Value>().await.unwrap()["status"], "placed");
+
+    // Still placed when the wait is over: 304, with the wait it got.
+    let unchanged = get(&placed, "wait=1").await.unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(unchanged.headers()["etag"], placed.as_str());
+    assert_eq!(unchanged.headers()["preference-applied"], "wait=1");
+    // A tag the client no longer holds current: the order at once.
+    let stale = get("W/\"0\"", "wait=20").await.unwrap();
+    assert_eq!(
+        (stale.status(), stale.json::<Value>().await.unwrap()["status"].clone()),
+        (StatusCode::OK, json!("placed"))
+    );
+
+    // A wait of 20 s ends with the decision, well before, once the stock can be written.
+    let waiting = tokio::time::timeout(Duration::from_secs(10), get(&placed, "wait=20"));
+    let (decided, ()) = tokio::join!(waiting, stall.release());
+    let decided = decided.expect("the decision ended the wait").unwrap();
+    assert_eq!(decided.status(), StatusCode::OK);
+    let confirmed = decided.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(confirmed, placed);
+    assert_eq!(decided.json::<Value>().await.unwrap()["status"], "confirmed");
     system.stop().await;
 }
 

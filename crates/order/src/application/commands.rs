@@ -2,6 +2,7 @@
 //! method and saves the order with the messages it produced in one transaction, retrying from a
 //! fresh load when another writer got there first.
 
+use super::changes::OrderChanges;
 use super::error::AppError;
 use super::messages::integration_message;
 use super::ports::IdempotencyKeyUse;
@@ -91,8 +92,10 @@ impl TextKind for IdempotencyKeyText {
 }
 
 pub struct OrderService {
+    /// Saves through it end the waits for the order saved.
     orders: Arc<dyn OrderStore>,
     catalog: Arc<dyn Catalog>,
+    changes: Arc<OrderChanges>,
     idempotency_key_ttl: Duration,
 }
 
@@ -102,7 +105,25 @@ impl OrderService {
     pub const DEFAULT_IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
     pub fn new(orders: Arc<dyn OrderStore>, catalog: Arc<dyn Catalog>) -> Self {
-        Self { orders, catalog, idempotency_key_ttl: Self::DEFAULT_IDEMPOTENCY_KEY_TTL }
+        Self::following_changes(orders, catalog, OrderChanges::new())
+    }
+
+    /// With the waits for orders to change kept by `changes`.
+    pub fn following_changes(orders: Arc<dyn OrderStore>, catalog: Arc<dyn Catalog>, changes: OrderChanges) -> Self {
+        let changes = Arc::new(changes);
+        let orders = changes.announcing(orders);
+        Self { orders, catalog, changes, idempotency_key_ttl: Self::DEFAULT_IDEMPOTENCY_KEY_TTL }
+    }
+
+    /// The store this service saves through. Handlers that change orders save through it too:
+    /// their saves then end the waits for those orders at once.
+    pub fn orders(&self) -> Arc<dyn OrderStore> {
+        self.orders.clone()
+    }
+
+    /// Ends the waits for changes and starts no more: the service is stopping.
+    pub fn stop_waiting(&self) {
+        self.changes.close();
     }
 
     /// How long a key holds: a request under a key used longer ago creates a new order.
@@ -215,6 +236,19 @@ impl OrderService {
             Some(order) if actor.may_see(&order) => Ok(order),
             Some(_) | None => Err(AppError::OrderNotFound(id)),
         }
+    }
+
+    /// The order once `held` no longer holds for it (the client's copy is out of date), or after
+    /// `wait` as it is then. A save by this process ends the wait at once; one by another
+    /// instance is seen within [`OrderChanges::look_again`].
+    pub async fn get_when_changed(
+        &self,
+        actor: Actor,
+        id: OrderId,
+        wait: Duration,
+        held: impl Fn(&Order) -> bool,
+    ) -> Result<Order, AppError> {
+        self.changes.when_changed(id, wait, held, || self.get(actor, id)).await
     }
 
     /// A customer lists its own orders only (naming another customer is refused); an admin

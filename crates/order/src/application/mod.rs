@@ -1,12 +1,14 @@
 //! The order application layer: command handlers behind the HTTP API, message handlers behind
 //! the broker, and the ports they use. No SQL, no HTTP, no broker client here.
 
+mod changes;
 mod commands;
 mod error;
 mod handlers;
 mod messages;
 pub mod ports;
 
+pub use changes::OrderChanges;
 pub use commands::{Actor, IdempotencyKey, IdempotencyKeyText, NewOrder, OrderService};
 pub use error::AppError;
 pub use handlers::{CatalogHandler, ProductNews, ReservationOutcome, ReservationOutcomeHandler};

@@ -3,7 +3,7 @@ use super::dto::{
     OrderPageSize, OrderResponse, OrderStatusName,
 };
 use crate::application::{Actor, IdempotencyKey, NewOrder, OrderFilter, OrderService};
-use crate::domain::{CustomerId, OrderId, ProductId};
+use crate::domain::{CustomerId, Order, OrderId, ProductId};
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use uuid::Uuid;
 use web::auth::{BearerAuth, Caller};
-use web::{Json, Path, Problem, Query, RequestTrace, SharedResponses};
+use web::{Conditional, Json, Path, Problem, Query, RequestTrace, SharedResponses, tagged};
 
 #[derive(Clone)]
 struct AppState {
@@ -78,8 +78,8 @@ const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
     request_body = CreateOrderRequest,
     params(("Idempotency-Key" = Option<IdempotencyKey>, Header, description = "Makes the request safe to retry")),
     responses(
-        (status = 201, description = "Created (placed, when `place` was asked)", body = OrderResponse),
-        (status = 200, description = "Already created under this Idempotency-Key", body = OrderResponse),
+        (status = 201, description = "Created (placed, when `place` was asked)", body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`: the `If-None-Match` of a later GET"))),
+        (status = 200, description = "Already created under this Idempotency-Key", body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`: the `If-None-Match` of a later GET"))),
         (status = 400, description = "Invalid input (the detail names the field or header), or an admin named no customer", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A customer named another customer", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Concurrent requests under this Idempotency-Key kept conflicting; retry", body = Problem, content_type = "application/problem+json"),
@@ -103,15 +103,25 @@ async fn create_order(
     let (order, created) = state.orders.create(actor, new, key, trace).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id())).expect("ids are ASCII");
-    Ok((status, [(header::LOCATION, location)], Json(OrderResponse::from(&order))).into_response())
+    Ok((status, [(header::LOCATION, location)], Tagged(order)).into_response())
 }
 
-/// An order with its lines.
+/// An order with its lines, tagged with its version (`ETag`).
+///
+/// A client that holds the order as it is (`If-None-Match` with the tag it was given) may ask
+/// to wait for a change with `Prefer: wait=N` (seconds, at most 20): the answer comes when the
+/// order changes, or after the wait with 304 Not Modified. One request then follows a placed
+/// order to its confirmation or rejection, instead of polling.
 #[utoipa::path(
     get, path = "/api/orders/{id}", tag = "orders",
-    params(("id" = Uuid, Path, description = "Order id")),
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of the order the client holds: 304 while the order is still at that version"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: with `If-None-Match`, hold the answer up to N seconds (at most 20) until the order changes"),
+    ),
     responses(
-        (status = 200, body = OrderResponse),
+        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`"), ("Preference-Applied" = Option<String>, description = "`wait=N` when the request waited up to N seconds"))),
+        (status = 304, description = "The order is still at the version named in `If-None-Match` (after the wait asked for)", headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`"), ("Preference-Applied" = Option<String>, description = "`wait=N` when the request waited up to N seconds"))),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
     )
@@ -120,9 +130,24 @@ async fn get_order(
     State(state): State<AppState>,
     actor: Actor,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<OrderResponse>> {
-    let order = state.orders.get(actor, order_id(id)).await?;
-    Ok(Json(OrderResponse::from(&order)))
+    conditional: Conditional,
+) -> ApiResult<Response> {
+    let wait = conditional.wait();
+    if !wait.is_zero() {
+        conditional.start_waiting();
+    }
+    let held = |order: &Order| conditional.holds(order.version());
+    let order = state.orders.get_when_changed(actor, order_id(id), wait, held).await?;
+    Ok(conditional.respond(order.version(), Json(OrderResponse::from(&order))))
+}
+
+/// An order as the API shows it, with its version as `ETag`.
+struct Tagged(Order);
+
+impl IntoResponse for Tagged {
+    fn into_response(self) -> Response {
+        tagged(self.0.version(), Json(OrderResponse::from(&self.0)))
+    }
 }
 
 /// Orders, newest first, filtered by customer and status, a page at a time. A customer sees
@@ -157,7 +182,7 @@ async fn list_orders(
     params(("id" = Uuid, Path, description = "Order id")),
     request_body = AddItemRequest,
     responses(
-        (status = 200, body = OrderResponse),
+        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`: the `If-None-Match` of a later GET"))),
         (status = 400, description = "Invalid quantity or product id, or the id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is no longer a draft, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -170,9 +195,9 @@ async fn add_item(
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
     Json(request): Json<AddItemRequest>,
-) -> ApiResult<Json<OrderResponse>> {
+) -> ApiResult<Tagged> {
     let order = state.orders.add_item(actor, order_id(id), request.product_id, request.quantity, trace).await?;
-    Ok(Json(OrderResponse::from(&order)))
+    Ok(Tagged(order))
 }
 
 /// Removes a product's line from a draft order.
@@ -180,7 +205,7 @@ async fn add_item(
     delete, path = "/api/orders/{id}/items/{product_id}", tag = "orders",
     params(("id" = Uuid, Path, description = "Order id"), ("product_id" = ProductId, Path, description = "Product id")),
     responses(
-        (status = 200, body = OrderResponse),
+        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`: the `If-None-Match` of a later GET"))),
         (status = 400, description = "The id is not a UUID, or the product id not a positive integer", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's) or line", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is no longer a draft, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -191,10 +216,10 @@ async fn remove_item(
     actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path((id, product)): Path<(Uuid, i64)>,
-) -> ApiResult<Json<OrderResponse>> {
+) -> ApiResult<Tagged> {
     let product = ProductId::new(product).map_err(|e| Problem::invalid_input(format!("product_id: {e}")))?;
     let order = state.orders.remove_item(actor, order_id(id), product, trace).await?;
-    Ok(Json(OrderResponse::from(&order)))
+    Ok(Tagged(order))
 }
 
 /// Places a draft order: inventory then reserves its stock, and the order becomes confirmed
@@ -203,7 +228,7 @@ async fn remove_item(
     post, path = "/api/orders/{id}/place", tag = "orders",
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
-        (status = 200, body = OrderResponse),
+        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`: the `If-None-Match` of a later GET"))),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not a draft, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -215,8 +240,8 @@ async fn place_order(
     actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<OrderResponse>> {
-    Ok(Json(OrderResponse::from(&state.orders.place(actor, order_id(id), trace).await?)))
+) -> ApiResult<Tagged> {
+    Ok(Tagged(state.orders.place(actor, order_id(id), trace).await?))
 }
 
 /// Cancels a draft, placed or confirmed order; stock held for it is released.
@@ -225,7 +250,7 @@ async fn place_order(
     params(("id" = Uuid, Path, description = "Order id")),
     request_body = CancelRequest,
     responses(
-        (status = 200, body = OrderResponse),
+        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`: the `If-None-Match` of a later GET"))),
         (status = 400, description = "Missing or invalid reason, or the id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already rejected, shipped or cancelled, or changed concurrently", body = Problem, content_type = "application/problem+json"),
@@ -237,8 +262,8 @@ async fn cancel_order(
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
     Json(request): Json<CancelRequest>,
-) -> ApiResult<Json<OrderResponse>> {
-    Ok(Json(OrderResponse::from(&state.orders.cancel(actor, order_id(id), request.reason, trace).await?)))
+) -> ApiResult<Tagged> {
+    Ok(Tagged(state.orders.cancel(actor, order_id(id), request.reason, trace).await?))
 }
 
 /// Ships a confirmed order: its reserved stock leaves the warehouse. Admins only.
@@ -246,7 +271,7 @@ async fn cancel_order(
     post, path = "/api/orders/{id}/ship", tag = "orders",
     params(("id" = Uuid, Path, description = "Order id")),
     responses(
-        (status = 200, body = OrderResponse),
+        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`: the `If-None-Match` of a later GET"))),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
@@ -258,8 +283,8 @@ async fn ship_order(
     actor: Actor,
     RequestTrace(trace): RequestTrace,
     Path(id): Path<Uuid>,
-) -> ApiResult<Json<OrderResponse>> {
-    Ok(Json(OrderResponse::from(&state.orders.ship(actor, order_id(id), trace).await?)))
+) -> ApiResult<Tagged> {
+    Ok(Tagged(state.orders.ship(actor, order_id(id), trace).await?))
 }
 
 /// The products orders can be made of, as inventory last announced them.
