@@ -197,9 +197,12 @@ struct Request {
     method: Method,
     path: String,
     body: Option<Value>,
-    idempotency_key: Option<String>,
+    headers: Vec<(&'static str, String)>,
     token: String,
 }
+
+/// A request that asks to wait for a change: its time is the wait, not the service's.
+const PREFER: &str = "Prefer";
 
 #[derive(Clone, Copy)]
 enum Service {
@@ -269,7 +272,7 @@ impl Api {
 
     /// One attempt on the next instance, or why it brought no usable answer.
     async fn attempt(&self, service: Service, request: &Request) -> Result<(StatusCode, Value), NoAnswer> {
-        let Request { method, path, body, idempotency_key, token } = request;
+        let Request { method, path, body, headers, token } = request;
         let instances = match service {
             Service::Orders => &self.orders,
             Service::Inventory => &self.inventory,
@@ -279,9 +282,10 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        if let Some(key) = idempotency_key {
-            request = request.header("Idempotency-Key", key);
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
+        let timed = !headers.iter().any(|(name, _)| *name == PREFER);
         self.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let response = request.send().await;
@@ -299,8 +303,10 @@ impl Api {
                 }
             }
             Ok(response) if !response.status().is_server_error() => {
-                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
-                self.latency.lock().expect("latency lock").record(micros).expect("latency within range");
+                if timed {
+                    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+                    self.latency.lock().expect("latency lock").record(micros).expect("latency within range");
+                }
                 let status = response.status();
                 Ok((status, response.json::<Value>().await.unwrap_or(Value::Null)))
             }
@@ -330,7 +336,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        let request = Request { method, path: path.to_owned(), body, idempotency_key: None, token: token.to_owned() };
+        let request = Request { method, path: path.to_owned(), body, headers: Vec::new(), token: token.to_owned() };
         self.send(service, &request).await
     }
 
@@ -461,17 +467,18 @@ impl Api {
             method: Method::POST,
             path: "/api/orders".into(),
             body: Some(body),
-            idempotency_key: Some(Uuid::now_v7().to_string()),
+            headers: vec![("Idempotency-Key", Uuid::now_v7().to_string())],
             token: customer.to_owned(),
         };
         let (status, created) = self.send(Service::Orders, &create).await?;
         ensure!(status == StatusCode::CREATED || status == StatusCode::OK, "create order: {status}: {created}");
         let id = created["id"].as_str().context("order without id")?.to_owned();
+        let mut placed = created;
         if step_by_step {
             for (product, quantity) in lines {
                 self.add_line(customer, &id, product, quantity).await?;
             }
-            self.transition(customer, &id, "place", None).await?;
+            placed = self.transition(customer, &id, "place", None).await?;
         }
 
         // What this customer does after placing: cancel at once, cancel once confirmed, ship
@@ -481,7 +488,7 @@ impl Api {
         if roll < args.cancel_ratio / 2.0 {
             self.transition(customer, &id, "cancel", Some(json!({ "reason": "changed my mind right away" }))).await?;
         } else if roll < args.cancel_ratio || ship || args.await_outcome {
-            let outcome = self.wait_until_decided(&id, Duration::from_secs(60)).await?;
+            let outcome = self.wait_until_decided(&id, placed, Duration::from_secs(60)).await?;
             if outcome["status"] == "confirmed" {
                 if roll < args.cancel_ratio {
                     self.transition(customer, &id, "cancel", Some(json!({ "reason": "found it cheaper" }))).await?;
@@ -499,7 +506,7 @@ impl Api {
             method: Method::POST,
             path: format!("/api/orders/{order}/items"),
             body: Some(json!({ "productId": product, "quantity": quantity })),
-            idempotency_key: None,
+            headers: Vec::new(),
             token: customer.to_owned(),
         };
         let patience = Instant::now() + SHED_PATIENCE;
@@ -529,26 +536,37 @@ impl Api {
         bail!("add product {product} to {order}: no answer after {failures} attempts in {FAILURE_PATIENCE:?}")
     }
 
-    /// Place, cancel or ship. A 409 after a retry is the first attempt's success showing; a
-    /// 409 for a cancel or ship means the order ended otherwise meanwhile (rejected, say).
-    async fn transition(&self, token: &str, order: &str, action: &str, body: Option<Value>) -> anyhow::Result<()> {
+    /// Place, cancel or ship; returns the answer. A 409 after a retry is the first attempt's
+    /// success showing; a 409 for a cancel or ship means the order ended otherwise meanwhile
+    /// (rejected, say).
+    async fn transition(&self, token: &str, order: &str, action: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let path = format!("/api/orders/{order}/{action}");
         let (status, answer) = self.call_as(token, Service::Orders, Method::POST, &path, body).await?;
         ensure!(status == StatusCode::OK || status == StatusCode::CONFLICT, "{action} {order}: {status}: {answer}");
-        Ok(())
+        Ok(answer)
     }
 
-    async fn wait_until_decided(&self, id: &str, limit: Duration) -> anyhow::Result<Value> {
+    /// Follows the order from `known` (the last view of it, if it is one) until it is decided:
+    /// each request waits for the next change (`If-None-Match` with `Prefer: wait`).
+    async fn wait_until_decided(&self, id: &str, known: Value, limit: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + limit;
-        let mut pause = Duration::from_millis(2);
-        loop {
-            let order = self.order(id).await?;
-            if order["status"] != "placed" || Instant::now() >= deadline {
-                return Ok(order);
+        let mut order = if known["id"] == id { known } else { self.order(id).await? };
+        while order["status"] == "placed" && Instant::now() < deadline {
+            // The API tags an order with its version, as a weak tag.
+            let follow = Request {
+                method: Method::GET,
+                path: format!("/api/orders/{id}"),
+                body: None,
+                headers: vec![("If-None-Match", format!("W/\"{}\"", order["version"])), (PREFER, "wait=10".into())],
+                token: self.admin.clone(),
+            };
+            match self.send(Service::Orders, &follow).await? {
+                (StatusCode::OK, changed) => order = changed,
+                (StatusCode::NOT_MODIFIED, _) => {}
+                (status, answer) => bail!("GET /api/orders/{id}: {status}: {answer}"),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
         }
+        Ok(order)
     }
 
     /// Polls every order until it has left `placed` (or the time is up); returns the last view.
