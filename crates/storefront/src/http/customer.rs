@@ -22,8 +22,11 @@ use super::PageError;
 
 type Page = Result<Html<String>, PageError>;
 
-/// How often a live order page's stream asks the order service for news.
-const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How long each of a live order page's requests to the order service waits for the order to
+/// change (the service answers as soon as it does).
+const FOLLOW_WAIT: Duration = Duration::from_secs(15);
+/// The pause after a request for news that failed.
+const FOLLOW_AGAIN_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How long one stream follows an order (the browser then reconnects if the page is still open).
 const FOLLOW_FOR: Duration = Duration::from_secs(300);
 /// Orders per page of the history.
@@ -286,7 +289,8 @@ pub async fn order(
 
 /// Server-sent events for an order page: the status part of the page (`event: status`) each
 /// time the order changes, and `event: end` once it no longer waits for the stock. The
-/// storefront follows the order by asking the order service every 250 ms while the page is open.
+/// storefront follows the order with requests that the order service answers when the order
+/// changes.
 pub async fn order_events(
     State(app): State<Storefront>,
     session: SessionHandle,
@@ -330,18 +334,25 @@ impl Follow {
             let order = match self.first.take() {
                 Some(order) => order,
                 None => {
-                    tokio::select! {
-                        _ = self.app.stopping.cancelled() => return None,
-                        _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-                    }
-                    if tokio::time::Instant::now() >= deadline {
+                    // The first view was sent: from now on, news of a change from it.
+                    let version = self.last_version?;
+                    let wait = FOLLOW_WAIT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                    if wait < Duration::from_secs(1) {
                         return None;
                     }
-                    match self.app.api.order(&self.acting, self.id).await {
-                        Ok(order) => order,
+                    let news = tokio::select! {
+                        _ = self.app.stopping.cancelled() => return None,
+                        news = self.app.api.order_after(&self.acting, self.id, version, wait) => news,
+                    };
+                    match news {
+                        Ok(Some(order)) => order,
+                        Ok(None) => continue,
                         Err(error) => {
                             tracing::debug!(order = %self.id, error = %error, "cannot follow the order now");
-                            continue;
+                            tokio::select! {
+                                _ = self.app.stopping.cancelled() => return None,
+                                _ = tokio::time::sleep(FOLLOW_AGAIN_AFTER_FAILURE) => continue,
+                            }
                         }
                     }
                 }

@@ -251,29 +251,13 @@ impl ShopApi {
         path: &str,
         body: Option<Value>,
     ) -> Result<T, ApiError> {
-        let unavailable = |source: Box<dyn std::error::Error + Send + Sync>| ApiError::Unavailable {
-            service: service.name(),
-            source,
-        };
         let mut request =
             self.http.request(method, format!("{}{path}", self.base(service))).bearer_auth(self.token(acting));
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|error| unavailable(error.into()))?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|error| unavailable(error.into()))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|error| unavailable(error.into()));
-        }
-        if status.is_client_error() {
-            let detail = serde_json::from_slice::<ProblemBody>(&bytes)
-                .ok()
-                .and_then(|problem| problem.detail)
-                .unwrap_or_else(|| status.to_string());
-            return Err(ApiError::Refused { status, detail });
-        }
-        Err(unavailable(format!("{status}: {}", String::from_utf8_lossy(&bytes)).into()))
+        let response = request.send().await.map_err(|error| unavailable(service, error.into()))?;
+        read(service, response).await
     }
 
     /// Whether a service answers its liveness probe.
@@ -330,6 +314,26 @@ impl ShopApi {
 
     pub async fn order(&self, acting: &Acting, order: Uuid) -> Result<Order, ApiError> {
         self.call(acting, Method::GET, Service::Orders, &format!("/api/orders/{order}"), None).await
+    }
+
+    /// The order once it is no longer at `version`, or `None` if it still is after `wait`: the
+    /// order service answers when the order changes (`If-None-Match`, `Prefer: wait`).
+    pub async fn order_after(
+        &self,
+        acting: &Acting,
+        order: Uuid,
+        version: i64,
+        wait: Duration,
+    ) -> Result<Option<Order>, ApiError> {
+        let url = format!("{}/api/orders/{order}", self.base(Service::Orders));
+        let request = self.http.get(url).bearer_auth(self.token(acting));
+        let request = request.header(reqwest::header::IF_NONE_MATCH, format!("W/\"{version}\""));
+        let request = request.header("Prefer", format!("wait={}", wait.as_secs())).timeout(wait + CALL_TIMEOUT);
+        let response = request.send().await.map_err(|error| unavailable(Service::Orders, error.into()))?;
+        if response.status() == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        read(Service::Orders, response).await.map(Some)
     }
 
     pub async fn page_of_orders(&self, acting: &Acting, query: &OrderQuery) -> Result<OrderPage, ApiError> {
@@ -403,4 +407,25 @@ impl ShopApi {
         let moved: Moved = self.call(acting, Method::POST, service, &path, None).await?;
         Ok(moved.count)
     }
+}
+
+fn unavailable(service: Service, source: Box<dyn std::error::Error + Send + Sync>) -> ApiError {
+    ApiError::Unavailable { service: service.name(), source }
+}
+
+/// A service's answer: its body on success, the problem's detail when it refused.
+async fn read<T: DeserializeOwned>(service: Service, response: reqwest::Response) -> Result<T, ApiError> {
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|error| unavailable(service, error.into()))?;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).map_err(|error| unavailable(service, error.into()));
+    }
+    if status.is_client_error() {
+        let detail = serde_json::from_slice::<ProblemBody>(&bytes)
+            .ok()
+            .and_then(|problem| problem.detail)
+            .unwrap_or_else(|| status.to_string());
+        return Err(ApiError::Refused { status, detail });
+    }
+    Err(unavailable(service, format!("{status}: {}", String::from_utf8_lossy(&bytes)).into()))
 }
