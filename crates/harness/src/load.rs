@@ -560,8 +560,13 @@ impl Api {
                 headers: vec![("If-None-Match", format!("W/\"{}\"", order["version"])), (PREFER, "wait=10".into())],
                 token: self.admin.clone(),
             };
+            let asked = Instant::now();
             match self.send(Service::Orders, &follow).await? {
                 (StatusCode::OK, changed) => order = changed,
+                // Unchanged sooner than asked: the service did not wait (at its limit of waits).
+                (StatusCode::NOT_MODIFIED, _) if asked.elapsed() < Duration::from_secs(1) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 (StatusCode::NOT_MODIFIED, _) => {}
                 (status, answer) => bail!("GET /api/orders/{id}: {status}: {answer}"),
             }

@@ -60,7 +60,7 @@ async fn wait_for_change(
     actor: Actor,
     order: &Order,
     wait: Duration,
-) -> tokio::task::JoinHandle<Result<Order, AppError>> {
+) -> tokio::task::JoinHandle<Result<(Order, bool), AppError>> {
     let (service, id, version) = (service.clone(), order.id(), order.version());
     let (read, mut first_read) = tokio::sync::mpsc::unbounded_channel();
     let waiting = tokio::spawn(async move {
@@ -88,9 +88,10 @@ async fn a_wait_ends_as_soon_as_this_process_saves_the_order() {
     let waiting = wait_for_change(&service, actor, &order, AN_HOUR).await;
 
     cancel(&service, actor, order.id()).await;
-    let changed = tokio::time::timeout(PATIENCE, waiting).await.expect("the save ended the wait").unwrap().unwrap();
+    let (changed, waited) =
+        tokio::time::timeout(PATIENCE, waiting).await.expect("the save ended the wait").unwrap().unwrap();
     assert_eq!(changed.status(), OrderStatus::Cancelled);
-    assert!(changed.version() > order.version());
+    assert!(changed.version() > order.version() && waited);
 }
 
 #[tokio::test]
@@ -102,7 +103,8 @@ async fn a_wait_sees_another_instances_save_when_it_looks_again() {
     let waiting = wait_for_change(&here, actor, &order, AN_HOUR).await;
 
     cancel(&elsewhere, actor, order.id()).await;
-    let changed = tokio::time::timeout(PATIENCE, waiting).await.expect("looking again saw the save").unwrap().unwrap();
+    let (changed, _) =
+        tokio::time::timeout(PATIENCE, waiting).await.expect("looking again saw the save").unwrap().unwrap();
     assert_eq!(changed.status(), OrderStatus::Cancelled);
 }
 
@@ -113,8 +115,9 @@ async fn an_order_that_did_not_change_is_answered_as_it_is_once_the_wait_is_over
     let actor = customer();
     let order = placed_order(&service, actor).await;
 
-    let same = wait_for_change(&service, actor, &order, Duration::from_millis(200)).await.await.unwrap().unwrap();
-    assert_eq!((same.status(), same.version()), (OrderStatus::Placed, order.version()));
+    let (same, waited) =
+        wait_for_change(&service, actor, &order, Duration::from_millis(200)).await.await.unwrap().unwrap();
+    assert_eq!((same.status(), same.version(), waited), (OrderStatus::Placed, order.version(), true));
     let not_yours = service.get_when_changed(customer(), order.id(), AN_HOUR, |_| true);
     let refused = tokio::time::timeout(PATIENCE, not_yours).await.expect("refused at once");
     assert!(matches!(refused, Err(AppError::OrderNotFound(id)) if id == order.id()), "{refused:?}");
@@ -129,9 +132,10 @@ async fn stopping_the_service_ends_the_waits_and_starts_no_more() {
     let waiting = wait_for_change(&service, actor, &order, AN_HOUR).await;
 
     service.stop_waiting();
-    let same = tokio::time::timeout(PATIENCE, waiting).await.expect("the stop ended the wait").unwrap().unwrap();
+    let (same, _) = tokio::time::timeout(PATIENCE, waiting).await.expect("the stop ended the wait").unwrap().unwrap();
     assert_eq!(same.version(), order.version());
     let after = wait_for_change(&service, actor, &order, AN_HOUR).await;
-    let answered = tokio::time::timeout(PATIENCE, after).await.expect("answered without waiting").unwrap().unwrap();
-    assert_eq!(answered.version(), order.version());
+    let (answered, waited) =
+        tokio::time::timeout(PATIENCE, after).await.expect("answered without waiting").unwrap().unwrap();
+    assert_eq!((answered.version(), waited), (order.version(), false));
 }

@@ -61,9 +61,9 @@ impl Conditional {
     }
 
     /// 304 when the client holds `version`, `body` otherwise, tagged with it; with
-    /// `Preference-Applied` when the request could wait for it.
-    pub fn respond(&self, version: i64, body: impl IntoResponse) -> Response {
-        let wait = self.wait;
+    /// `Preference-Applied` when the request `waited` (could wait) for it.
+    pub fn respond(&self, version: i64, waited: bool, body: impl IntoResponse) -> Response {
+        let wait = if waited { self.wait } else { Duration::ZERO };
         let mut response = tagged(
             version,
             if self.holds(version) { StatusCode::NOT_MODIFIED.into_response() } else { body.into_response() },
@@ -154,14 +154,17 @@ mod tests {
     #[test]
     fn the_answer_is_304_when_the_client_holds_the_tag_and_says_it_waited() {
         let waited = conditional(&[("if-none-match", "W/\"1\""), ("prefer", "wait=2")]);
-        let response = waited.respond(1, "body");
+        let response = waited.respond(1, true, "body");
         assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(response.headers()["etag"], "W/\"1\"");
         assert_eq!(response.headers()["preference-applied"], "wait=2");
-        let response = waited.respond(2, "body");
+        let response = waited.respond(2, true, "body");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["etag"], "W/\"2\"");
-        let plain = conditional(&[]).respond(2, "body");
+        let refused = waited.respond(1, false, "body");
+        assert_eq!(refused.status(), StatusCode::NOT_MODIFIED);
+        assert!(!refused.headers().contains_key("preference-applied"), "it could not wait");
+        let plain = conditional(&[]).respond(2, false, "body");
         assert_eq!(plain.status(), StatusCode::OK);
         assert!(!plain.headers().contains_key("preference-applied"));
     }

@@ -60,19 +60,20 @@ impl OrderChanges {
     }
 
     /// The order once `held` no longer holds for it (the client's copy is out of date), or
-    /// after `wait` as it is then; `load` reads it.
+    /// after `wait` as it is then; `load` reads it. With whether it could wait: not when the
+    /// service stops or holds as many waits as it takes.
     pub(super) async fn when_changed<F, E>(
         self: &Arc<Self>,
         id: OrderId,
         wait: Duration,
         held: impl Fn(&Order) -> bool,
         load: impl Fn() -> F,
-    ) -> Result<Order, E>
+    ) -> Result<(Order, bool), E>
     where
         F: Future<Output = Result<Order, E>>,
     {
         let Some(watch) = self.watch(id, wait) else {
-            return load().await;
+            return Ok((load().await?, false));
         };
         let deadline = Instant::now() + wait;
         loop {
@@ -81,12 +82,12 @@ impl OrderChanges {
             saved.as_mut().enable();
             let order = load().await?;
             if !held(&order) || Instant::now() >= deadline {
-                return Ok(order);
+                return Ok((order, true));
             }
             tokio::select! {
                 () = saved => {}
                 () = tokio::time::sleep_until(deadline.min(Instant::now() + self.look_again)) => {}
-                () = self.closed.cancelled() => return Ok(order),
+                () = self.closed.cancelled() => return Ok((order, true)),
             }
         }
     }

@@ -120,8 +120,8 @@ async fn create_order(
         ("Prefer" = Option<String>, Header, description = "`wait=N`: with `If-None-Match`, hold the answer up to N seconds (at most 20) until the order changes"),
     ),
     responses(
-        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`"), ("Preference-Applied" = Option<String>, description = "`wait=N` when the request waited up to N seconds"))),
-        (status = 304, description = "The order is still at the version named in `If-None-Match` (after the wait asked for)", headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`"), ("Preference-Applied" = Option<String>, description = "`wait=N` when the request waited up to N seconds"))),
+        (status = 200, body = OrderResponse, headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`"), ("Preference-Applied" = Option<String>, description = "`wait=N` when the request could wait up to N seconds (not while the service stops or holds as many waits as it takes)"))),
+        (status = 304, description = "The order is still at the version named in `If-None-Match` (after the wait asked for)", headers(("ETag" = String, description = "The order's version as a weak tag, `W/\"<version>\"`"), ("Preference-Applied" = Option<String>, description = "`wait=N` when the request could wait up to N seconds (not while the service stops or holds as many waits as it takes)"))),
         (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another customer's)", body = Problem, content_type = "application/problem+json"),
     )
@@ -137,8 +137,8 @@ async fn get_order(
         conditional.start_waiting();
     }
     let held = |order: &Order| conditional.holds(order.version());
-    let order = state.orders.get_when_changed(actor, order_id(id), wait, held).await?;
-    Ok(conditional.respond(order.version(), Json(OrderResponse::from(&order))))
+    let (order, waited) = state.orders.get_when_changed(actor, order_id(id), wait, held).await?;
+    Ok(conditional.respond(order.version(), waited, Json(OrderResponse::from(&order))))
 }
 
 /// An order as the API shows it, with its version as `ETag`.

@@ -5,7 +5,7 @@ use super::session::{SessionHandle, SessionUser};
 use super::views::{AccountPage, CartPage, CatalogPage, LineView, OrderPage, OrdersPage, StatusFragment, StatusView};
 use super::{Form, Path, Query, Storefront, acting, after, chrome, html, signed_in};
 use crate::application::AppError;
-use crate::infrastructure::api::{Acting, ApiError, OrderQuery};
+use crate::infrastructure::api::{Acting, ApiError, Order, OrderQuery};
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,6 +25,8 @@ type Page = Result<Html<String>, PageError>;
 /// How long each of a live order page's requests to the order service waits for the order to
 /// change (the service answers as soon as it does).
 const FOLLOW_WAIT: Duration = Duration::from_secs(15);
+/// The pause after a request for news that came back unchanged without waiting.
+const FOLLOW_AGAIN_EARLY: Duration = Duration::from_millis(250);
 /// The pause after a request for news that failed.
 const FOLLOW_AGAIN_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How long one stream follows an order (the browser then reconnects if the page is still open).
@@ -313,7 +315,7 @@ struct Follow {
     acting: Acting,
     id: Uuid,
     csrf: String,
-    first: Option<crate::infrastructure::api::Order>,
+    first: Option<Order>,
     last_version: Option<i64>,
     /// The order no longer waits: the next event is `end`.
     ending: bool,
@@ -333,29 +335,10 @@ impl Follow {
         loop {
             let order = match self.first.take() {
                 Some(order) => order,
-                None => {
-                    // The first view was sent: from now on, news of a change from it.
-                    let version = self.last_version?;
-                    let wait = FOLLOW_WAIT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-                    if wait < Duration::from_secs(1) {
-                        return None;
-                    }
-                    let news = tokio::select! {
-                        _ = self.app.stopping.cancelled() => return None,
-                        news = self.app.api.order_after(&self.acting, self.id, version, wait) => news,
-                    };
-                    match news {
-                        Ok(Some(order)) => order,
-                        Ok(None) => continue,
-                        Err(error) => {
-                            tracing::debug!(order = %self.id, error = %error, "cannot follow the order now");
-                            tokio::select! {
-                                _ = self.app.stopping.cancelled() => return None,
-                                _ = tokio::time::sleep(FOLLOW_AGAIN_AFTER_FAILURE) => continue,
-                            }
-                        }
-                    }
-                }
+                None => match self.news(deadline).await? {
+                    Some(order) => order,
+                    None => continue,
+                },
             };
             if self.last_version == Some(order.version) {
                 continue;
@@ -368,6 +351,36 @@ impl Follow {
             let fragment = StatusFragment { status }.render().unwrap_or_default();
             let event = Event::default().event("status").data(fragment);
             return Some(event);
+        }
+    }
+
+    /// The order once it is no longer at the version last sent; `Some(None)` when there is no
+    /// news yet, `None` when the stream is over.
+    async fn news(&self, deadline: tokio::time::Instant) -> Option<Option<Order>> {
+        let version = self.last_version?;
+        let wait = FOLLOW_WAIT.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        if wait < Duration::from_secs(1) {
+            return None;
+        }
+        let asked = tokio::time::Instant::now();
+        let news = tokio::select! {
+            _ = self.app.stopping.cancelled() => return None,
+            news = self.app.api.order_after(&self.acting, self.id, version, wait) => news,
+        };
+        let pause = match news {
+            Ok(Some(order)) if order.version != version => return Some(Some(order)),
+            // The wait ran out: ask again at once.
+            Ok(_) if asked.elapsed() >= wait => return Some(None),
+            // Unchanged sooner than asked: the service did not wait (at its limit of waits, say).
+            Ok(_) => FOLLOW_AGAIN_EARLY,
+            Err(error) => {
+                tracing::debug!(order = %self.id, error = %error, "cannot follow the order now");
+                FOLLOW_AGAIN_AFTER_FAILURE
+            }
+        };
+        tokio::select! {
+            _ = self.app.stopping.cancelled() => None,
+            _ = tokio::time::sleep(pause) => Some(None),
         }
     }
 }
