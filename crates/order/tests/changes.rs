@@ -33,8 +33,11 @@ impl Setup {
 
     /// An instance of the service that looks again every `look_again`.
     fn service(&self, look_again: Duration) -> Arc<OrderService> {
+        self.service_with(OrderChanges::with(look_again, OrderChanges::DEFAULT_MAX_WAITS))
+    }
+
+    fn service_with(&self, changes: OrderChanges) -> Arc<OrderService> {
         let store = Arc::new(PgOrderStore::new(self.db.pool.clone()));
-        let changes = OrderChanges::looking_again_every(look_again);
         Arc::new(OrderService::following_changes(store, self.catalog.clone(), changes))
     }
 }
@@ -121,6 +124,21 @@ async fn an_order_that_did_not_change_is_answered_as_it_is_once_the_wait_is_over
     let not_yours = service.get_when_changed(customer(), order.id(), AN_HOUR, |_| true);
     let refused = tokio::time::timeout(PATIENCE, not_yours).await.expect("refused at once");
     assert!(matches!(refused, Err(AppError::OrderNotFound(id)) if id == order.id()), "{refused:?}");
+}
+
+#[tokio::test]
+async fn past_its_limit_of_waits_the_service_answers_at_once_and_says_it_did_not_wait() {
+    let setup = Setup::new().await;
+    let service = setup.service_with(OrderChanges::with(AN_HOUR, 1));
+    let actor = customer();
+    let order = placed_order(&service, actor).await;
+    let waiting = wait_for_change(&service, actor, &order, AN_HOUR).await;
+
+    let second = service.get_when_changed(actor, order.id(), AN_HOUR, |now| now.version() == order.version());
+    let (same, waited) = tokio::time::timeout(PATIENCE, second).await.expect("answered at once").unwrap();
+    assert_eq!((same.version(), waited), (order.version(), false));
+    cancel(&service, actor, order.id()).await;
+    assert!(tokio::time::timeout(PATIENCE, waiting).await.unwrap().unwrap().unwrap().1, "the first one waited");
 }
 
 #[tokio::test]

@@ -28,17 +28,18 @@ pub struct OrderChanges {
 
 impl OrderChanges {
     pub const DEFAULT_LOOK_AGAIN: Duration = Duration::from_millis(500);
-    pub const MAX_WAITS: usize = 4096;
+    pub const DEFAULT_MAX_WAITS: usize = 4096;
 
     pub fn new() -> Self {
-        Self::looking_again_every(Self::DEFAULT_LOOK_AGAIN)
+        Self::with(Self::DEFAULT_LOOK_AGAIN, Self::DEFAULT_MAX_WAITS)
     }
 
-    /// How often a wait reads its order again, for the saves of other instances.
-    pub fn looking_again_every(look_again: Duration) -> Self {
+    /// Waits that read their order again every `look_again` (for the saves of other
+    /// instances), at most `max_waits` of them at once.
+    pub fn with(look_again: Duration, max_waits: usize) -> Self {
         Self {
             waits: Mutex::default(),
-            room: Arc::new(Semaphore::new(Self::MAX_WAITS)),
+            room: Arc::new(Semaphore::new(max_waits)),
             look_again,
             closed: CancellationToken::new(),
         }

@@ -240,7 +240,7 @@ impl OrderService {
 
     /// The order once `held` no longer holds for it (the client's copy is out of date), or after
     /// `wait` as it is then, with whether it could wait (not while the service stops, nor past
-    /// [`OrderChanges::MAX_WAITS`]). A save by this process ends the wait at once; one by
+    /// [`OrderChanges::with`]'s limit). A save by this process ends the wait at once; one by
     /// another instance is seen within [`OrderChanges::look_again`].
     pub async fn get_when_changed(
         &self,
