@@ -44,7 +44,7 @@ impl Inventory {
     }
 
     async fn reserved(&self, product: ProductId) -> u32 {
-        self.products.load(product).await.unwrap().unwrap().reserved()
+        self.products.load(product, &[]).await.unwrap().unwrap().reserved()
     }
 }
 

@@ -109,6 +109,7 @@ messaging::contract_tests!(
         reservations_are_stored_as_rows_that_add_up_to_the_reserved_count,
         a_product_saved_at_a_stale_version_is_refused_and_writes_nothing,
         the_database_itself_refuses_an_oversold_product,
+        reservations_beyond_the_reserved_count_are_corrupt,
         the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order,
         products_are_listed_by_id_a_page_at_a_time,
         effects_without_a_product_are_committed_alone,
@@ -130,7 +131,7 @@ async fn saved_product(store: &dyn ProductStore, stock: u32) -> Product {
     .unwrap();
     let changes = product.take_events();
     store.save(&product, &changes, &Effects::new()).await.unwrap();
-    store.load(id).await.unwrap().unwrap()
+    store.load(id, &[]).await.unwrap().unwrap()
 }
 
 fn qty(units: i64) -> Quantity {
@@ -158,11 +159,11 @@ async fn a_product_round_trips_with_its_exact_price<B: Backend>() {
     let changes = product.take_events();
     store.save(&product, &changes, &Effects::new()).await.unwrap();
     product.record_saved();
-    let loaded = store.load(product.id()).await.unwrap().unwrap();
+    let loaded = store.load(product.id(), &[]).await.unwrap().unwrap();
     assert_eq!(loaded, product);
     assert_eq!(loaded.price().to_string(), "1234567.89");
     assert_eq!((loaded.name().as_str(), loaded.description(), loaded.version()), ("Lamp", "brass", 2));
-    assert!(store.load(ProductId::new(999).unwrap()).await.unwrap().is_none());
+    assert!(store.load(ProductId::new(999).unwrap(), &[]).await.unwrap().is_none());
 }
 
 async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count<B: Backend>() {
@@ -175,7 +176,12 @@ async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count<B: Ba
     let changes = product.take_events();
     store.save(&product, &changes, &Effects::new()).await.unwrap();
 
-    let mut loaded = store.load(product.id()).await.unwrap().unwrap();
+    // Only the reservations of the orders asked for are read; the reserved count is all of them.
+    let with_a = store.load(product.id(), &[a, OrderId::generate()]).await.unwrap().unwrap();
+    assert_eq!((with_a.reserved(), with_a.reservations().len(), with_a.reservation_of(a)), (7, 1, Some(qty(3))));
+    let without = store.load(product.id(), &[]).await.unwrap().unwrap();
+    assert_eq!((without.reserved(), without.available(), without.reservations().len()), (7, 3, 0));
+    let mut loaded = store.load(product.id(), &[a, b]).await.unwrap().unwrap();
     assert_eq!((loaded.stock(), loaded.reserved(), loaded.reservation_of(a)), (10, 7, Some(qty(3))));
     assert_eq!(loaded.reservation_of(b), Some(qty(4)));
     loaded.deduct(a).unwrap();
@@ -183,7 +189,7 @@ async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count<B: Ba
     let changes = loaded.take_events();
     store.save(&loaded, &changes, &Effects::new()).await.unwrap();
 
-    let current = store.load(product.id()).await.unwrap().unwrap();
+    let current = store.load(product.id(), &[a, b]).await.unwrap().unwrap();
     assert_eq!((current.stock(), current.reserved(), current.reservations().len()), (7, 0, 0));
     // No reservation row is left behind to be re-inserted: the deleted rows are really gone.
     let copied =
@@ -195,8 +201,8 @@ async fn a_product_saved_at_a_stale_version_is_refused_and_writes_nothing<B: Bac
     let db = B::new().await;
     let store = db.products();
     let product = saved_product(store.as_ref(), 5).await;
-    let mut first = store.load(product.id()).await.unwrap().unwrap();
-    let mut second = store.load(product.id()).await.unwrap().unwrap();
+    let mut first = store.load(product.id(), &[]).await.unwrap().unwrap();
+    let mut second = store.load(product.id(), &[]).await.unwrap().unwrap();
     first.reserve(OrderId::generate(), qty(5)).unwrap();
     let changes = first.take_events();
     store.save(&first, &changes, &Effects::new()).await.unwrap();
@@ -210,8 +216,8 @@ async fn a_product_saved_at_a_stale_version_is_refused_and_writes_nothing<B: Bac
             .envelope(&contracts::order::OrderShipped { order_id: Uuid::now_v7() }),
     );
     assert!(matches!(store.save(&second, &changes, &effects).await, Err(SaveError::Conflict)));
-    let current = store.load(product.id()).await.unwrap().unwrap();
-    assert_eq!((current.reserved(), current.reservations().len()), (5, 1));
+    let current = store.load(product.id(), &[]).await.unwrap().unwrap();
+    assert_eq!((current.reserved(), current.available()), (5, 0));
     assert_eq!(db.outbox_rows().await, 0);
 }
 
@@ -220,6 +226,25 @@ async fn the_database_itself_refuses_an_oversold_product<B: Backend>() {
     let product = saved_product(db.products().as_ref(), 2).await;
     let oversell = db.execute("UPDATE products SET reserved = 3 WHERE id = $1", product.id()).await;
     assert!(oversell.is_err(), "CHECK (reserved <= stock) let an oversold product through");
+}
+
+async fn reservations_beyond_the_reserved_count_are_corrupt<B: Backend>() {
+    let db = B::new().await;
+    let store = db.products();
+    let mut product = saved_product(store.as_ref(), 5).await;
+    let order = OrderId::generate();
+    product.reserve(order, qty(3)).unwrap();
+    let changes = product.take_events();
+    store.save(&product, &changes, &Effects::new()).await.unwrap();
+    db.execute("UPDATE products SET reserved = 1 WHERE id = $1", product.id()).await.unwrap();
+
+    assert_eq!(store.load(product.id(), &[]).await.unwrap().unwrap().reserved(), 1, "nothing read to disagree");
+    let corrupt = store.load(product.id(), &[order]).await.unwrap_err();
+    assert!(matches!(&corrupt, LoadError::Corrupt { .. }), "{corrupt:?}");
+    assert!(
+        messaging::ErrorChain(&corrupt).to_string().contains("1 units reserved of 5 in stock, 3 read"),
+        "{corrupt:?}"
+    );
 }
 
 async fn the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order<B: Backend>() {
@@ -241,7 +266,7 @@ async fn products_are_listed_by_id_a_page_at_a_time<B: Backend>() {
     for stock in [3, 1, 4, 1, 5] {
         ids.push(saved_product(store.as_ref(), stock).await.id());
     }
-    let mut reserved = store.load(ids[2]).await.unwrap().unwrap();
+    let mut reserved = store.load(ids[2], &[]).await.unwrap().unwrap();
     reserved.reserve(OrderId::generate(), qty(2)).unwrap();
     let changes = reserved.take_events();
     store.save(&reserved, &changes, &Effects::new()).await.unwrap();
@@ -327,7 +352,7 @@ async fn a_name_stored_before_names_were_one_line_still_restores() {
     all.run(&db.pool).await.unwrap();
 
     let store = PgProductStore::new(db.pool.clone());
-    let load = async |id| store.load(ProductId::new(id).unwrap()).await.unwrap().unwrap();
+    let load = async |id| store.load(ProductId::new(id).unwrap(), &[]).await.unwrap().unwrap();
     assert_eq!(load(1).await.name().as_str(), "Two line name");
     assert_eq!(load(2).await.name().as_str(), "?");
 }

@@ -11,8 +11,10 @@ pub trait ProductStore: Send + Sync {
     /// A fresh product id.
     async fn next_id(&self) -> Result<ProductId, LoadError>;
 
-    /// The product, if it exists. A stored product that does not restore is [`LoadError::Corrupt`].
-    async fn load(&self, id: ProductId) -> Result<Option<Product>, LoadError>;
+    /// The product, if it exists, with the reservations of `orders` (a popular product holds
+    /// many; a command concerns a few). A stored product that does not restore is
+    /// [`LoadError::Corrupt`].
+    async fn load(&self, id: ProductId, orders: &[OrderId]) -> Result<Option<Product>, LoadError>;
 
     /// Saves the product if it is still at the version it was loaded at (0 for a new one).
     /// `changes` are the events it raised since: they say which reservations to write.

@@ -43,7 +43,8 @@ impl ProductService {
     }
 
     pub async fn get(&self, id: ProductId) -> Result<Product, AppError> {
-        self.products.load(id).await?.ok_or(AppError::ProductNotFound(id))
+        // No command of this service touches a reservation: none is read.
+        self.products.load(id, &[]).await?.ok_or(AppError::ProductNotFound(id))
     }
 
     pub async fn list(&self, after: Option<ProductId>, limit: u32) -> Result<Vec<ProductSummary>, AppError> {

@@ -18,6 +18,17 @@ messaging::inbound! {
     }
 }
 
+impl StockCommand {
+    /// The order the command is for.
+    fn order_id(&self) -> OrderId {
+        OrderId::from_uuid(match self {
+            StockCommand::Reserve(reserve) => reserve.order_id,
+            StockCommand::Release(release) => release.order_id,
+            StockCommand::Deduct(deduct) => deduct.order_id,
+        })
+    }
+}
+
 pub struct StockHandler {
     products: Arc<dyn ProductStore>,
 }
@@ -60,8 +71,9 @@ impl BatchHandler for StockHandler {
     /// that cannot name a product is a defect.
     async fn apply(&self, &product: &i64, commands: &[&Received<StockCommand>]) -> Result<(), AppError> {
         let product_id = ProductId::new(product);
+        let orders: Vec<OrderId> = commands.iter().map(|received| received.message.order_id()).collect();
         let mut found = match product_id {
-            Ok(id) => self.products.load(id).await?,
+            Ok(id) => self.products.load(id, &orders).await?,
             Err(_) => None,
         };
         let mut effects = Effects::new();

@@ -58,6 +58,11 @@ pub enum ProductError {
 /// Invariants: the reserved units (the sum of the reservations) never exceed the stock; each
 /// order holds at most one reservation; stock never goes below zero (it is unsigned, and only
 /// a deduction of reserved units lowers it).
+///
+/// A popular product holds a reservation for every confirmed order not yet shipped, and a
+/// command concerns one or a few orders: a product is restored with its reserved total and the
+/// reservations of the orders in hand only, which are all that `reserve`, `release` and
+/// `deduct` look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
     id: ProductId,
@@ -65,6 +70,9 @@ pub struct Product {
     description: String,
     price: Money,
     stock: u32,
+    /// Units held for orders: the sum of every reservation, restored or not.
+    reserved: u32,
+    /// The reservations of the orders in hand.
     reservations: BTreeMap<OrderId, Quantity>,
     version: i64,
     events: Vec<ProductEvent>,
@@ -93,23 +101,27 @@ impl Product {
             description: description.map(ProductDescription::into_string).unwrap_or_default(),
             price,
             stock,
+            reserved: 0,
             reservations: BTreeMap::new(),
             version: 0,
             events: vec![created],
         })
     }
 
-    /// Rebuilds a product from storage.
+    /// Rebuilds a product from storage: `reserved` units in all (at most `stock`), of which
+    /// `reservations` are those of the orders in hand (every reservation of those orders).
+    #[expect(clippy::too_many_arguments, reason = "a product's stored state, field by field")]
     pub fn restore(
         id: ProductId,
         name: ProductName,
         description: String,
         price: Money,
         stock: u32,
+        reserved: u32,
         reservations: BTreeMap<OrderId, Quantity>,
         version: i64,
     ) -> Self {
-        Self { id, name, description, price, stock, reservations, version, events: Vec::new() }
+        Self { id, name, description, price, stock, reserved, reservations, version, events: Vec::new() }
     }
 
     pub fn restock(&mut self, quantity: Quantity) -> Result<(), ProductError> {
@@ -141,6 +153,7 @@ impl Product {
             return Err(ProductError::InsufficientStock { product_id: self.id, requested: quantity.get(), available });
         }
         self.reservations.insert(order_id, quantity);
+        self.reserved += quantity.get();
         self.events.push(ProductEvent::StockReserved { product_id: self.id, order_id, quantity });
         Ok(())
     }
@@ -149,6 +162,7 @@ impl Product {
     /// which makes releasing safe to repeat).
     pub fn release(&mut self, order_id: OrderId) -> Option<Quantity> {
         let quantity = self.reservations.remove(&order_id)?;
+        self.reserved -= quantity.get();
         self.events.push(ProductEvent::StockReleased { product_id: self.id, order_id, quantity });
         Some(quantity)
     }
@@ -159,6 +173,7 @@ impl Product {
             self.reservations.remove(&order_id).ok_or(ProductError::NoReservation { product_id: self.id, order_id })?;
         // Reserved units never exceed stock, so this cannot underflow.
         self.stock -= quantity.get();
+        self.reserved -= quantity.get();
         self.events.push(ProductEvent::StockDeducted { product_id: self.id, order_id, quantity });
         Ok(quantity)
     }
@@ -189,12 +204,13 @@ impl Product {
     }
     /// Units held for orders.
     pub fn reserved(&self) -> u32 {
-        self.reservations.values().map(|q| q.get()).sum()
+        self.reserved
     }
     /// Units that can still be reserved.
     pub fn available(&self) -> u32 {
-        self.stock - self.reserved()
+        self.stock - self.reserved
     }
+    /// The reservations of the orders in hand (see [`Product::restore`]).
     pub fn reservations(&self) -> &BTreeMap<OrderId, Quantity> {
         &self.reservations
     }

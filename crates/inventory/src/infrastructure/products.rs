@@ -25,13 +25,16 @@ fn to_u32(value: i64, what: &str) -> Result<u32, BoxError> {
     u32::try_from(value).map_err(|_| format!("{what} out of range: {value}").into())
 }
 
-/// A product row with its reservations, as read from either database, before it is restored.
+/// A product row with the reservations of the orders in hand, as read from either database,
+/// before it is restored.
 pub(super) struct ProductRow {
     pub name: String,
     pub description: String,
     pub price: Decimal,
     pub stock: i64,
-    /// (order, units) of each reservation.
+    /// Units held for orders, all reservations counted.
+    pub reserved: i64,
+    /// (order, units) of each reservation read.
     pub reservations: Vec<(Uuid, i64)>,
     pub version: i64,
 }
@@ -44,15 +47,13 @@ impl ProductRow {
             .into_iter()
             .map(|(order, quantity)| Ok((OrderId::from_uuid(order), Quantity::new(quantity)?)))
             .collect::<Result<BTreeMap<_, _>, BoxError>>()?;
-        Ok(Product::restore(
-            id,
-            ProductName::new(self.name)?,
-            self.description,
-            Money::new(self.price)?,
-            to_u32(self.stock, "stock")?,
-            reservations,
-            self.version,
-        ))
+        let (stock, reserved) = (to_u32(self.stock, "stock")?, to_u32(self.reserved, "reserved")?);
+        let read: u64 = reservations.values().map(|quantity| u64::from(quantity.get())).sum();
+        if reserved > stock || read > u64::from(reserved) {
+            return Err(format!("{reserved} units reserved of {stock} in stock, {read} read in reservations").into());
+        }
+        let (name, price) = (ProductName::new(self.name)?, Money::new(self.price)?);
+        Ok(Product::restore(id, name, self.description, price, stock, reserved, reservations, self.version))
     }
 }
 
@@ -108,6 +109,7 @@ fn restore(id: ProductId, row: &PgRow) -> Result<Product, BoxError> {
         description: row.try_get("description")?,
         price: row.try_get("price")?,
         stock: row.try_get("stock")?,
+        reserved: row.try_get("reserved")?,
         reservations: serde_json::from_value(row.try_get("reservations")?)?,
         version: row.try_get("version")?,
     }
@@ -124,16 +126,19 @@ impl ProductStore for PgProductStore {
         ProductId::new(id).map_err(|error| LoadError::corrupt("product id sequence", error))
     }
 
-    async fn load(&self, id: ProductId) -> Result<Option<Product>, LoadError> {
+    async fn load(&self, id: ProductId, orders: &[OrderId]) -> Result<Option<Product>, LoadError> {
         let what = || format!("product {id}");
-        // One round trip: the product row with its reservations aggregated as JSON.
+        // One round trip: the product row with the orders' reservations aggregated as JSON.
+        let orders: Vec<Uuid> = orders.iter().map(OrderId::as_uuid).collect();
         let row = sqlx::query(
-            "SELECT p.name, p.description, p.price, p.stock, p.version, \
+            "SELECT p.name, p.description, p.price, p.stock, p.reserved, p.version, \
                     coalesce((SELECT json_agg(json_build_array(r.order_id, r.quantity)) \
-                              FROM reservations r WHERE r.product_id = p.id), '[]') AS reservations \
+                              FROM reservations r WHERE r.product_id = p.id AND r.order_id = ANY($2)), '[]') \
+                      AS reservations \
              FROM products p WHERE p.id = $1",
         )
         .bind(id.get())
+        .bind(orders)
         .fetch_optional(self.db.pool())
         .await
         .map_err(|error| load_error(error, what()))?;

@@ -1,5 +1,5 @@
 use crate::application::{ProductStore, ProductSummary};
-use crate::domain::{Product, ProductEvent, ProductId};
+use crate::domain::{OrderId, Product, ProductEvent, ProductId};
 use crate::infrastructure::products::{ProductRow, ReservationChange, reservation_changes, summary};
 use async_trait::async_trait;
 use messaging::sqlite::{Database, Timestamp, commit, load_error, save_error};
@@ -35,6 +35,7 @@ fn restore(id: ProductId, row: &SqliteRow) -> Result<Product, BoxError> {
         description: row.try_get("description")?,
         price: decimal(row, "price")?,
         stock: row.try_get("stock")?,
+        reserved: row.try_get("reserved")?,
         reservations: reservations
             .into_iter()
             .map(|(order, quantity)| Ok((Uuid::parse_str(&order)?, quantity)))
@@ -55,15 +56,18 @@ impl ProductStore for SqliteProductStore {
         ProductId::new(id).map_err(|error| LoadError::corrupt("product id sequence", error))
     }
 
-    async fn load(&self, id: ProductId) -> Result<Option<Product>, LoadError> {
+    async fn load(&self, id: ProductId, orders: &[OrderId]) -> Result<Option<Product>, LoadError> {
         let what = || format!("product {id}");
-        // One round trip: the product row with its reservations aggregated as JSON.
+        // One round trip: the product row with the orders' reservations aggregated as JSON.
+        let orders: Vec<String> = orders.iter().map(|order| order.as_uuid().hyphenated().to_string()).collect();
         let row = sqlx::query(
-            "SELECT p.name, p.description, p.price, p.stock, p.version, \
+            "SELECT p.name, p.description, p.price, p.stock, p.reserved, p.version, \
                     coalesce((SELECT json_group_array(json_array(r.order_id, r.quantity)) \
-                              FROM reservations r WHERE r.product_id = p.id), '[]') AS reservations \
+                              FROM reservations r WHERE r.product_id = p.id \
+                                AND r.order_id IN (SELECT value FROM json_each(?))), '[]') AS reservations \
              FROM products p WHERE p.id = ?",
         )
+        .bind(serde_json::to_string(&orders).expect("strings serialize"))
         .bind(id.get())
         .fetch_optional(self.db.reader())
         .await
