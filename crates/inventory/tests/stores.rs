@@ -120,6 +120,11 @@ messaging::contract_tests!(
 );
 
 async fn saved_product(store: &dyn ProductStore, stock: u32) -> Product {
+    saved_product_for(store, stock, &[]).await
+}
+
+/// A new product, saved and loaded again with the reservations of `orders` in hand.
+async fn saved_product_for(store: &dyn ProductStore, stock: u32, orders: &[OrderId]) -> Product {
     let id = store.next_id().await.unwrap();
     let mut product = Product::create(
         id,
@@ -131,7 +136,7 @@ async fn saved_product(store: &dyn ProductStore, stock: u32) -> Product {
     .unwrap();
     let changes = product.take_events();
     store.save(&product, &changes, &Effects::new()).await.unwrap();
-    store.load(id, &[]).await.unwrap().unwrap()
+    store.load(id, orders).await.unwrap().unwrap()
 }
 
 fn qty(units: i64) -> Quantity {
@@ -169,8 +174,8 @@ async fn a_product_round_trips_with_its_exact_price<B: Backend>() {
 async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count<B: Backend>() {
     let db = B::new().await;
     let store = db.products();
-    let mut product = saved_product(store.as_ref(), 10).await;
     let (a, b) = (OrderId::generate(), OrderId::generate());
+    let mut product = saved_product_for(store.as_ref(), 10, &[a, b]).await;
     product.reserve(a, qty(3)).unwrap();
     product.reserve(b, qty(4)).unwrap();
     let changes = product.take_events();
@@ -185,7 +190,7 @@ async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count<B: Ba
     assert_eq!((loaded.stock(), loaded.reserved(), loaded.reservation_of(a)), (10, 7, Some(qty(3))));
     assert_eq!(loaded.reservation_of(b), Some(qty(4)));
     loaded.deduct(a).unwrap();
-    loaded.release(b);
+    loaded.release(b).unwrap();
     let changes = loaded.take_events();
     store.save(&loaded, &changes, &Effects::new()).await.unwrap();
 
@@ -201,14 +206,15 @@ async fn a_product_saved_at_a_stale_version_is_refused_and_writes_nothing<B: Bac
     let db = B::new().await;
     let store = db.products();
     let product = saved_product(store.as_ref(), 5).await;
-    let mut first = store.load(product.id(), &[]).await.unwrap().unwrap();
-    let mut second = store.load(product.id(), &[]).await.unwrap().unwrap();
-    first.reserve(OrderId::generate(), qty(5)).unwrap();
+    let (one, another) = (OrderId::generate(), OrderId::generate());
+    let mut first = store.load(product.id(), &[one]).await.unwrap().unwrap();
+    let mut second = store.load(product.id(), &[another]).await.unwrap().unwrap();
+    first.reserve(one, qty(5)).unwrap();
     let changes = first.take_events();
     store.save(&first, &changes, &Effects::new()).await.unwrap();
 
     // Decided on stale stock: it would oversell, and must not land, nor its message.
-    second.reserve(OrderId::generate(), qty(5)).unwrap();
+    second.reserve(another, qty(5)).unwrap();
     let changes = second.take_events();
     let mut effects = Effects::new();
     effects.send(
@@ -231,8 +237,8 @@ async fn the_database_itself_refuses_an_oversold_product<B: Backend>() {
 async fn reservations_beyond_the_reserved_count_are_corrupt<B: Backend>() {
     let db = B::new().await;
     let store = db.products();
-    let mut product = saved_product(store.as_ref(), 5).await;
     let order = OrderId::generate();
+    let mut product = saved_product_for(store.as_ref(), 5, &[order]).await;
     product.reserve(order, qty(3)).unwrap();
     let changes = product.take_events();
     store.save(&product, &changes, &Effects::new()).await.unwrap();
@@ -250,8 +256,9 @@ async fn reservations_beyond_the_reserved_count_are_corrupt<B: Backend>() {
 async fn the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order<B: Backend>() {
     let db = B::new().await;
     let store = db.products();
-    let mut product = saved_product(store.as_ref(), 5).await;
-    product.reserve(OrderId::generate(), qty(1)).unwrap();
+    let order = OrderId::generate();
+    let mut product = saved_product_for(store.as_ref(), 5, &[order]).await;
+    product.reserve(order, qty(1)).unwrap();
     let changes = product.take_events();
     store.save(&product, &changes, &Effects::new()).await.unwrap();
     let twice =
@@ -266,8 +273,9 @@ async fn products_are_listed_by_id_a_page_at_a_time<B: Backend>() {
     for stock in [3, 1, 4, 1, 5] {
         ids.push(saved_product(store.as_ref(), stock).await.id());
     }
-    let mut reserved = store.load(ids[2], &[]).await.unwrap().unwrap();
-    reserved.reserve(OrderId::generate(), qty(2)).unwrap();
+    let order = OrderId::generate();
+    let mut reserved = store.load(ids[2], &[order]).await.unwrap().unwrap();
+    reserved.reserve(order, qty(2)).unwrap();
     let changes = reserved.take_events();
     store.save(&reserved, &changes, &Effects::new()).await.unwrap();
 

@@ -109,7 +109,7 @@ impl BatchHandler for StockHandler {
                     product_id.clone().map_err(AppError::invalid_message)?;
                     // A product that does not exist holds nothing to release.
                     if let Some(found) = found.as_mut() {
-                        found.release(OrderId::from_uuid(command.order_id));
+                        found.release(OrderId::from_uuid(command.order_id))?;
                     }
                 }
                 StockCommand::Deduct(command) => {

@@ -1,5 +1,5 @@
 use kernel::{Chars, Money, OrderId, ProductId, Quantity, Text, TextKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A product's name: one line, not blank, bounded.
 pub type ProductName = Text<ProductNameText>;
@@ -51,6 +51,9 @@ pub enum ProductError {
     AlreadyReserved { product_id: ProductId, order_id: OrderId },
     #[error("order {order_id} holds no reservation of product {product_id} to deduct")]
     NoReservation { product_id: ProductId, order_id: OrderId },
+    /// A defect: the product was loaded without the reservation of this order.
+    #[error("product {product_id} was loaded without the reservations of order {order_id}")]
+    NotInHand { product_id: ProductId, order_id: OrderId },
 }
 
 /// The `Product` aggregate: a catalog item with its stock and the units held for orders.
@@ -61,8 +64,8 @@ pub enum ProductError {
 ///
 /// A popular product holds a reservation for every confirmed order not yet shipped, and a
 /// command concerns one or a few orders: a product is restored with its reserved total and the
-/// reservations of the orders in hand only, which are all that `reserve`, `release` and
-/// `deduct` look at.
+/// reservations of the orders in hand only. `reserve`, `release` and `deduct` refuse any other
+/// order ([`ProductError::NotInHand`]) rather than take it for one that holds nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
     id: ProductId,
@@ -74,6 +77,8 @@ pub struct Product {
     reserved: u32,
     /// The reservations of the orders in hand.
     reservations: BTreeMap<OrderId, Quantity>,
+    /// The orders whose reservations were restored; `None` for a new product, which holds none.
+    in_hand: Option<BTreeSet<OrderId>>,
     version: i64,
     events: Vec<ProductEvent>,
 }
@@ -103,13 +108,14 @@ impl Product {
             stock,
             reserved: 0,
             reservations: BTreeMap::new(),
+            in_hand: None,
             version: 0,
             events: vec![created],
         })
     }
 
     /// Rebuilds a product from storage: `reserved` units in all (at most `stock`), of which
-    /// `reservations` are those of the orders in hand (every reservation of those orders).
+    /// `reservations` are every reservation of the orders `in_hand` (and of no other order).
     #[expect(clippy::too_many_arguments, reason = "a product's stored state, field by field")]
     pub fn restore(
         id: ProductId,
@@ -119,9 +125,11 @@ impl Product {
         stock: u32,
         reserved: u32,
         reservations: BTreeMap<OrderId, Quantity>,
+        in_hand: BTreeSet<OrderId>,
         version: i64,
     ) -> Self {
-        Self { id, name, description, price, stock, reserved, reservations, version, events: Vec::new() }
+        let in_hand = Some(in_hand);
+        Self { id, name, description, price, stock, reserved, reservations, in_hand, version, events: Vec::new() }
     }
 
     pub fn restock(&mut self, quantity: Quantity) -> Result<(), ProductError> {
@@ -145,7 +153,7 @@ impl Product {
 
     /// Holds `quantity` units for an order, if that many are available and the order holds none yet.
     pub fn reserve(&mut self, order_id: OrderId, quantity: Quantity) -> Result<(), ProductError> {
-        if self.reservations.contains_key(&order_id) {
+        if self.held_by(order_id)?.is_some() {
             return Err(ProductError::AlreadyReserved { product_id: self.id, order_id });
         }
         let available = self.available();
@@ -160,15 +168,19 @@ impl Product {
 
     /// Gives back what an order holds; returns the units released (none if it held nothing,
     /// which makes releasing safe to repeat).
-    pub fn release(&mut self, order_id: OrderId) -> Option<Quantity> {
-        let quantity = self.reservations.remove(&order_id)?;
+    pub fn release(&mut self, order_id: OrderId) -> Result<Option<Quantity>, ProductError> {
+        self.held_by(order_id)?;
+        let Some(quantity) = self.reservations.remove(&order_id) else {
+            return Ok(None);
+        };
         self.reserved -= quantity.get();
         self.events.push(ProductEvent::StockReleased { product_id: self.id, order_id, quantity });
-        Some(quantity)
+        Ok(Some(quantity))
     }
 
     /// Takes an order's reserved units out of stock (the order shipped).
     pub fn deduct(&mut self, order_id: OrderId) -> Result<Quantity, ProductError> {
+        self.held_by(order_id)?;
         let quantity =
             self.reservations.remove(&order_id).ok_or(ProductError::NoReservation { product_id: self.id, order_id })?;
         // Reserved units never exceed stock, so this cannot underflow.
@@ -176,6 +188,16 @@ impl Product {
         self.reserved -= quantity.get();
         self.events.push(ProductEvent::StockDeducted { product_id: self.id, order_id, quantity });
         Ok(quantity)
+    }
+
+    /// What `order_id` holds, if its reservations are in hand.
+    fn held_by(&self, order_id: OrderId) -> Result<Option<Quantity>, ProductError> {
+        match &self.in_hand {
+            Some(in_hand) if !in_hand.contains(&order_id) => {
+                Err(ProductError::NotInHand { product_id: self.id, order_id })
+            }
+            _ => Ok(self.reservations.get(&order_id).copied()),
+        }
     }
 
     /// Notes that a store saved this copy: it is now one version further.
@@ -246,6 +268,25 @@ mod tests {
 
     fn assert_invariants(product: &Product) {
         assert!(product.reserved() <= product.stock(), "reserved {} > stock {}", product.reserved(), product.stock());
+    }
+
+    #[test]
+    fn a_restored_product_acts_only_for_the_orders_in_hand() {
+        let (held, other) = (OrderId::generate(), OrderId::generate());
+        let name = ProductName::new("Kettle").unwrap();
+        let price = Money::new("24.90".parse().unwrap()).unwrap();
+        let reservations = BTreeMap::from([(held, qty(2))]);
+        let in_hand = BTreeSet::from([held]);
+        let mut product =
+            Product::restore(ProductId::new(1).unwrap(), name, String::new(), price, 10, 5, reservations, in_hand, 3);
+        assert_eq!((product.reserved(), product.available()), (5, 5), "3 units held by orders not in hand");
+
+        let not_in_hand = |result: Result<_, ProductError>| matches!(result, Err(ProductError::NotInHand { order_id, .. }) if order_id == other);
+        assert!(not_in_hand(product.reserve(other, qty(1)).map(|()| 0)));
+        assert!(not_in_hand(product.release(other).map(|_| 0)));
+        assert!(not_in_hand(product.deduct(other).map(|_| 0)));
+        assert_eq!(product.deduct(held), Ok(qty(2)));
+        assert_eq!((product.stock(), product.reserved()), (8, 3));
     }
 
     #[test]
@@ -336,8 +377,8 @@ mod tests {
         let order = OrderId::generate();
         product.reserve(order, qty(4)).unwrap();
         product.take_events();
-        assert_eq!(product.release(order), Some(qty(4)));
-        assert_eq!(product.release(order), None);
+        assert_eq!(product.release(order), Ok(Some(qty(4))));
+        assert_eq!(product.release(order), Ok(None));
         assert_eq!((product.stock(), product.reserved()), (5, 0));
         assert_eq!(product.take_events().len(), 1, "a release of nothing raised an event");
     }
@@ -374,7 +415,7 @@ mod tests {
             let _ = match rng.u8(..4) {
                 0 => product.reserve(order, qty(rng.i64(1..5))),
                 1 => {
-                    product.release(order);
+                    product.release(order).unwrap();
                     Ok(())
                 }
                 2 => product.deduct(order).map(drop),

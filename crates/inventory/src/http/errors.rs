@@ -15,6 +15,8 @@ impl From<AppError> for Problem {
                 | ProductError::InsufficientStock { .. }
                 | ProductError::AlreadyReserved { .. }
                 | ProductError::NoReservation { .. } => Problem::rule_broken(detail),
+                // No HTTP command touches a reservation.
+                defect @ ProductError::NotInHand { .. } => Problem::internal(defect),
             },
             AppError::Saga(_) => Problem::rule_broken(detail),
             // Only messages carry these; an HTTP command that met one would be a defect.

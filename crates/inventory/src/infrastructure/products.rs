@@ -40,8 +40,9 @@ pub(super) struct ProductRow {
 }
 
 impl ProductRow {
-    /// The product `id` it holds; any part that does not restore makes it corrupt.
-    pub fn restore(self, id: ProductId) -> Result<Product, BoxError> {
+    /// The product `id` it holds, read for `orders`; any part that does not restore makes it
+    /// corrupt.
+    pub fn restore(self, id: ProductId, orders: &[OrderId]) -> Result<Product, BoxError> {
         let reservations = self
             .reservations
             .into_iter()
@@ -53,7 +54,8 @@ impl ProductRow {
             return Err(format!("{reserved} units reserved of {stock} in stock, {read} read in reservations").into());
         }
         let (name, price) = (ProductName::new(self.name)?, Money::new(self.price)?);
-        Ok(Product::restore(id, name, self.description, price, stock, reserved, reservations, self.version))
+        let in_hand = orders.iter().copied().collect();
+        Ok(Product::restore(id, name, self.description, price, stock, reserved, reservations, in_hand, self.version))
     }
 }
 
@@ -102,8 +104,8 @@ pub(super) fn reservation_changes(events: &[ProductEvent]) -> Vec<ReservationCha
         .collect()
 }
 
-/// A product row of PostgreSQL (with its reservations as JSON) as the product it holds.
-fn restore(id: ProductId, row: &PgRow) -> Result<Product, BoxError> {
+/// A product row of PostgreSQL (with the orders' reservations as JSON) as the product it holds.
+fn restore(id: ProductId, orders: &[OrderId], row: &PgRow) -> Result<Product, BoxError> {
     ProductRow {
         name: row.try_get("name")?,
         description: row.try_get("description")?,
@@ -113,7 +115,7 @@ fn restore(id: ProductId, row: &PgRow) -> Result<Product, BoxError> {
         reservations: serde_json::from_value(row.try_get("reservations")?)?,
         version: row.try_get("version")?,
     }
-    .restore(id)
+    .restore(id, orders)
 }
 
 #[async_trait]
@@ -129,7 +131,7 @@ impl ProductStore for PgProductStore {
     async fn load(&self, id: ProductId, orders: &[OrderId]) -> Result<Option<Product>, LoadError> {
         let what = || format!("product {id}");
         // One round trip: the product row with the orders' reservations aggregated as JSON.
-        let orders: Vec<Uuid> = orders.iter().map(OrderId::as_uuid).collect();
+        let asked: Vec<Uuid> = orders.iter().map(OrderId::as_uuid).collect();
         let row = sqlx::query(
             "SELECT p.name, p.description, p.price, p.stock, p.reserved, p.version, \
                     coalesce((SELECT json_agg(json_build_array(r.order_id, r.quantity)) \
@@ -138,11 +140,11 @@ impl ProductStore for PgProductStore {
              FROM products p WHERE p.id = $1",
         )
         .bind(id.get())
-        .bind(orders)
+        .bind(asked)
         .fetch_optional(self.db.pool())
         .await
         .map_err(|error| load_error(error, what()))?;
-        row.map(|row| restore(id, &row)).transpose().map_err(|error| LoadError::corrupt(what(), error))
+        row.map(|row| restore(id, orders, &row)).transpose().map_err(|error| LoadError::corrupt(what(), error))
     }
 
     async fn save(&self, product: &Product, changes: &[ProductEvent], effects: &Effects<'_>) -> Result<(), SaveError> {

@@ -28,7 +28,7 @@ fn decimal(row: &SqliteRow, column: &str) -> Result<Decimal, BoxError> {
 }
 
 /// A product row (with its reservations as JSON) as the product it holds.
-fn restore(id: ProductId, row: &SqliteRow) -> Result<Product, BoxError> {
+fn restore(id: ProductId, orders: &[OrderId], row: &SqliteRow) -> Result<Product, BoxError> {
     let reservations: Vec<(String, i64)> = serde_json::from_str(row.try_get("reservations")?)?;
     ProductRow {
         name: row.try_get("name")?,
@@ -42,7 +42,7 @@ fn restore(id: ProductId, row: &SqliteRow) -> Result<Product, BoxError> {
             .collect::<Result<_, BoxError>>()?,
         version: row.try_get("version")?,
     }
-    .restore(id)
+    .restore(id, orders)
 }
 
 #[async_trait]
@@ -59,7 +59,7 @@ impl ProductStore for SqliteProductStore {
     async fn load(&self, id: ProductId, orders: &[OrderId]) -> Result<Option<Product>, LoadError> {
         let what = || format!("product {id}");
         // One round trip: the product row with the orders' reservations aggregated as JSON.
-        let orders: Vec<String> = orders.iter().map(|order| order.as_uuid().hyphenated().to_string()).collect();
+        let asked: Vec<String> = orders.iter().map(|order| order.as_uuid().hyphenated().to_string()).collect();
         let row = sqlx::query(
             "SELECT p.name, p.description, p.price, p.stock, p.reserved, p.version, \
                     coalesce((SELECT json_group_array(json_array(r.order_id, r.quantity)) \
@@ -67,12 +67,12 @@ impl ProductStore for SqliteProductStore {
                                 AND r.order_id IN (SELECT value FROM json_each(?))), '[]') AS reservations \
              FROM products p WHERE p.id = ?",
         )
-        .bind(serde_json::to_string(&orders).expect("strings serialize"))
+        .bind(serde_json::to_string(&asked).expect("strings serialize"))
         .bind(id.get())
         .fetch_optional(self.db.reader())
         .await
         .map_err(|error| load_error(error, what()))?;
-        row.map(|row| restore(id, &row)).transpose().map_err(|error| LoadError::corrupt(what(), error))
+        row.map(|row| restore(id, orders, &row)).transpose().map_err(|error| LoadError::corrupt(what(), error))
     }
 
     async fn save(&self, product: &Product, changes: &[ProductEvent], effects: &Effects<'_>) -> Result<(), SaveError> {
