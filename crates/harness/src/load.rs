@@ -552,12 +552,12 @@ impl Api {
         let deadline = Instant::now() + limit;
         let mut order = if known["id"] == id { known } else { self.order(id).await? };
         while order["status"] == "placed" && Instant::now() < deadline {
-            // The API tags an order with its version, as a weak tag.
+            let version = order["version"].as_i64().context("order without version")?;
             let follow = Request {
                 method: Method::GET,
                 path: format!("/api/orders/{id}"),
                 body: None,
-                headers: vec![("If-None-Match", format!("W/\"{}\"", order["version"])), (PREFER, "wait=10".into())],
+                headers: vec![("If-None-Match", web::version_tag(version)), (PREFER, "wait=10".into())],
                 token: self.admin.clone(),
             };
             let asked = Instant::now();

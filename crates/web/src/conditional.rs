@@ -20,16 +20,21 @@ pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// Kept between the end of a wait and the request's deadline, for the answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(500);
 
-/// A weak entity tag for the version of a resource (`W/"7"`): two representations of one
-/// version may differ in bytes (a field added by an upgrade) but never in meaning.
-fn version_tag(version: i64) -> ETag {
-    format!("W/\"{version}\"").parse().expect("a quoted number is an entity tag")
+/// The version of a resource as a weak entity tag (`W/"7"`): what its `ETag` says, and what a
+/// client that holds it sends back in `If-None-Match`. Weak: two representations of one version
+/// may differ in bytes (a field added by an upgrade) but never in meaning.
+pub fn version_tag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+fn etag(version: i64) -> ETag {
+    version_tag(version).parse().expect("a quoted number is an entity tag")
 }
 
 /// `body`, tagged (`ETag`) with the version of the resource it shows.
 pub fn tagged(version: i64, body: impl IntoResponse) -> Response {
     let mut response = body.into_response();
-    response.headers_mut().typed_insert(version_tag(version));
+    response.headers_mut().typed_insert(etag(version));
     response
 }
 
@@ -44,7 +49,7 @@ pub struct Conditional {
 impl Conditional {
     /// Whether the client already holds the representation of `version`.
     pub fn holds(&self, version: i64) -> bool {
-        self.held.as_ref().is_some_and(|held| !held.precondition_passes(&version_tag(version)))
+        self.held.as_ref().is_some_and(|held| !held.precondition_passes(&etag(version)))
     }
 
     /// How long the client may be kept waiting for a change: what it asked, within

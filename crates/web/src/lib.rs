@@ -28,7 +28,7 @@ mod page;
 mod problem;
 mod trace;
 
-pub use conditional::{Conditional, MAX_WAIT, tagged};
+pub use conditional::{Conditional, MAX_WAIT, tagged, version_tag};
 pub use extract::{Json, MAX_BODY_BYTES, Path, Query, header};
 pub use limits::{InFlightLimit, InFlightPlace, RETRY_AFTER, RequestDeadline, shed_load, time_limit};
 pub use openapi::SharedResponses;

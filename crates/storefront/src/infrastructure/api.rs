@@ -327,7 +327,7 @@ impl ShopApi {
     ) -> Result<Option<Order>, ApiError> {
         let url = format!("{}/api/orders/{order}", self.base(Service::Orders));
         let request = self.http.get(url).bearer_auth(self.token(acting));
-        let request = request.header(reqwest::header::IF_NONE_MATCH, format!("W/\"{version}\""));
+        let request = request.header(reqwest::header::IF_NONE_MATCH, web::version_tag(version));
         let request = request.header("Prefer", format!("wait={}", wait.as_secs())).timeout(wait + CALL_TIMEOUT);
         let response = request.send().await.map_err(|error| unavailable(Service::Orders, error.into()))?;
         if response.status() == StatusCode::NOT_MODIFIED {
