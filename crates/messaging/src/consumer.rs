@@ -9,6 +9,7 @@
 use crate::ErrorChain;
 use crate::backoff::{Backoff, Jitter};
 use crate::envelope::{DecodeError, Envelope, UnreadableEnvelope};
+use crate::hand_off::HandOff;
 use crate::handler::{Handler, HandlerError, Inbound, Received};
 use crate::stats::ConsumerStats;
 use crate::transport::{Deliveries, Delivery, Failure, Naming, QueueSpec, Settlement, Transport};
@@ -92,6 +93,7 @@ pub struct Consumer {
     queue: QueueSpec,
     settings: Settings,
     handler: Arc<dyn Dispatch>,
+    hand_off: Option<Arc<HandOff>>,
 }
 
 /// What the lanes of a consumer share besides the handler.
@@ -123,12 +125,19 @@ impl Consumer {
             stats: Arc::default(),
             handler_timeout: config.handler_timeout,
         };
-        Self { name, queue, settings, handler }
+        Self { name, queue, settings, handler, hand_off: None }
     }
 
     /// Skips copies of messages the inbox says were applied, without running the handler.
     pub fn with_inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.settings.inbox = Some(inbox);
+        self
+    }
+
+    /// Also takes the messages of its queue's types that `hand_off` hands over straight after
+    /// their commit in this process.
+    pub fn with_hand_off(mut self, hand_off: Arc<HandOff>) -> Self {
+        self.hand_off = Some(hand_off);
         self
     }
 
@@ -161,10 +170,24 @@ impl Consumer {
                 }
             }
         };
+        let deliveries = match &self.hand_off {
+            Some(hand_off) => with_handed_off(deliveries, hand_off.subscribe(&self.queue)),
+            None => deliveries,
+        };
         tracing::info!(queue = %self.queue.name, "consuming");
         self.handler.dispatch(self.settings, deliveries, shutdown).await;
         tracing::info!(queue = %self.queue.name, "consumer stopped");
     }
+}
+
+/// The broker's deliveries and the handed-off ones as one stream, which ends when the broker's
+/// ends (the consumer then stops, as without a hand-off).
+fn with_handed_off(broker: Deliveries, handed_off: Deliveries) -> Deliveries {
+    let broker = broker.map(Some).chain(futures::stream::once(async { None }));
+    futures::stream::select(broker, handed_off.map(Some))
+        .take_while(|delivery| std::future::ready(delivery.is_some()))
+        .filter_map(std::future::ready)
+        .boxed()
 }
 
 /// A handler of any message type, as a [`Consumer`] holds it.
@@ -432,7 +455,8 @@ impl<H: Handler> Worker<H> {
                     return self.ack(settlement, message, "handled").await;
                 }
                 Err(HandlerError::Permanent(cause)) => ErrorChain(cause.as_ref()).to_string(),
-                Err(HandlerError::Transient(cause)) if attempt < retry.max_attempts => {
+                // A handed-off message is not retried here: given back, it is retried on the broker's path.
+                Err(HandlerError::Transient(cause)) if attempt < retry.max_attempts && !settlement.gives_back() => {
                     let pause = retry.backoff.pause(attempt);
                     tracing::warn!(attempt, error = %ErrorChain(cause.as_ref()), retry_in = ?pause, "handler failed; will retry");
                     tokio::select! {
@@ -501,6 +525,13 @@ impl<H: Handler> Worker<H> {
 
     async fn dead_letter(&self, settlement: Settlement, message_type: &str, failure: Failure) {
         let consumer = self.handler.name();
+        if settlement.gives_back() {
+            tracing::warn!(reason = %failure.reason, attempts = failure.attempts, "a handed-off message failed; it goes through the broker");
+            if let Err(error) = settlement.dead_letter(failure).await {
+                tracing::warn!(error = %ErrorChain(&error), "could not give the message back; the relay takes it when its lease ends");
+            }
+            return;
+        }
         tracing::error!(reason = %failure.reason, attempts = failure.attempts, "message moved to the error queue");
         metrics::counter!("messages_dead_lettered_total", "consumer" => consumer, "type" => message_type.to_owned())
             .increment(1);

@@ -7,11 +7,11 @@ use crate::supervision::Supervisor;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use messaging::postgres::{GroupCommit, PgInbox, PgOutboxMonitor, Relay};
+use messaging::postgres::{GroupCommit, PgInbox, PgOutbox, PgOutboxMonitor, Relay};
 use messaging::relay::RelayConfig;
 use messaging::sqlite::{SqliteInbox, SqliteOutboxMonitor, SqliteRelay};
 use messaging::{
-    Consumer, ConsumerConfig, Handler, Inbox, Naming, OutboxMonitor, RetryPolicy, Transport, TransportError,
+    Consumer, ConsumerConfig, HandOff, Handler, Inbox, Naming, OutboxMonitor, RetryPolicy, Transport, TransportError,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -127,6 +127,19 @@ impl Database {
         }
     }
 
+    /// The hand-off of the messages its own consumers alone read, when the service has such
+    /// messages and its database can hand them off (PostgreSQL; the embedded broker is a table
+    /// of the same kind of file, so the embedded mode keeps its one path).
+    fn hand_off(&self, service: &'static str) -> Option<Arc<HandOff>> {
+        let local = crate::topology::kept_within(service);
+        match self {
+            Database::Postgres(pool) if !local.is_empty() => {
+                Some(Arc::new(HandOff::new(service, local, Arc::new(PgOutbox::from(pool.clone())))))
+            }
+            Database::Postgres(_) | Database::Sqlite(_) => None,
+        }
+    }
+
     /// What operators see of its outbox.
     fn outbox_monitor(&self) -> Arc<dyn OutboxMonitor> {
         match self {
@@ -140,6 +153,15 @@ impl Database {
             Database::Postgres(pool) => pool.close().await,
             Database::Sqlite(db) => db.close().await,
         }
+    }
+}
+
+/// The group commit a PostgreSQL database's stores share, handing off through `hand_off`.
+fn group_commit(pool: &PgPool, hand_off: Option<Arc<HandOff>>) -> GroupCommit {
+    let db = GroupCommit::from(pool.clone());
+    match hand_off {
+        Some(hand_off) => db.with_hand_off(hand_off),
+        None => db,
     }
 }
 
@@ -165,16 +187,17 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let url = settings.database_url.as_deref();
     let storage = storage(url, runtime.embedded_dir.as_deref(), embedded::ORDERS, "SHOP_ORDERS_DATABASE_URL")?;
     let database = Database::open(SERVICE, &storage, &runtime.tuning, migrator, sqlite_migrator).await?;
+    let hand_off = database.hand_off(SERVICE);
     let (orders, catalog): (Arc<dyn OrderStore>, Arc<dyn Catalog>) = match &database {
         Database::Postgres(pool) => {
-            let db = GroupCommit::from(pool.clone());
+            let db = group_commit(pool, hand_off.clone());
             (Arc::new(PgOrderStore::new(db.clone())), Arc::new(PgCatalog::new(db)))
         }
         Database::Sqlite(db) => (Arc::new(SqliteOrderStore::new(db.clone())), Arc::new(SqliteCatalog::new(db.clone()))),
     };
     let service = OrderService::new(orders, catalog.clone());
     let service = Arc::new(service.with_idempotency_key_ttl(settings.idempotency_key_ttl));
-    let consumers = Consumers::new(SERVICE, runtime, &database);
+    let consumers = Consumers::new(SERVICE, runtime, &database, hand_off);
     // Through the service's store: a decision saved ends the waits for that order.
     let consumers = vec![
         consumers.of(CatalogHandler::new(catalog)),
@@ -208,9 +231,10 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     let url = settings.database_url.as_deref();
     let storage = storage(url, runtime.embedded_dir.as_deref(), embedded::INVENTORY, "SHOP_INVENTORY_DATABASE_URL")?;
     let database = Database::open(SERVICE, &storage, &runtime.tuning, migrator, sqlite_migrator).await?;
+    let hand_off = database.hand_off(SERVICE);
     let (products, sagas): (Arc<dyn ProductStore>, Arc<dyn SagaStore>) = match &database {
         Database::Postgres(pool) => {
-            let db = GroupCommit::from(pool.clone());
+            let db = group_commit(pool, hand_off.clone());
             (Arc::new(PgProductStore::new(db.clone())), Arc::new(PgSagaStore::new(db)))
         }
         Database::Sqlite(db) => {
@@ -218,7 +242,7 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
         }
     };
     let service = Arc::new(ProductService::new(products.clone(), sagas.clone()));
-    let consumers = Consumers::new(SERVICE, runtime, &database);
+    let consumers = Consumers::new(SERVICE, runtime, &database, hand_off);
     let consumers = vec![
         consumers.of(ReservationSagaHandler::new(sagas, settings.reservation_timeout)),
         consumers.of(StockHandler::new(products)),
@@ -269,21 +293,27 @@ struct Consumers {
     naming: Naming,
     config: ConsumerConfig,
     inbox: Arc<dyn Inbox>,
+    hand_off: Option<Arc<HandOff>>,
 }
 
 impl Consumers {
-    fn new(service: &'static str, runtime: &Runtime, database: &Database) -> Self {
+    fn new(service: &'static str, runtime: &Runtime, database: &Database, hand_off: Option<Arc<HandOff>>) -> Self {
         let config = ConsumerConfig {
             concurrency: runtime.tuning.consumer_concurrency,
             prefetch: runtime.tuning.prefetch,
             retry: RetryPolicy::default(),
             handler_timeout: runtime.tuning.handler_timeout,
         };
-        Self { service, naming: runtime.naming.clone(), config, inbox: database.inbox() }
+        Self { service, naming: runtime.naming.clone(), config, inbox: database.inbox(), hand_off }
     }
 
     fn of<H: Handler>(&self, handler: H) -> Consumer {
-        Consumer::new(self.service, &self.naming, Arc::new(handler), self.config.clone()).with_inbox(self.inbox.clone())
+        let consumer = Consumer::new(self.service, &self.naming, Arc::new(handler), self.config.clone())
+            .with_inbox(self.inbox.clone());
+        match &self.hand_off {
+            Some(hand_off) => consumer.with_hand_off(hand_off.clone()),
+            None => consumer,
+        }
     }
 }
 

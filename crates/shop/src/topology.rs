@@ -1,7 +1,7 @@
 //! The system's consumers, as each service declares them, for the operator tools and the tests.
 
-use messaging::Naming;
 use messaging::transport::QueueSpec;
+use messaging::{Inbound, Naming};
 
 /// Every consumer of the system, as `(service, consumer)`, in the services' own order.
 pub fn consumers() -> impl Iterator<Item = (&'static str, &'static str)> + Clone {
@@ -21,4 +21,57 @@ pub fn consumer_queues(naming: &Naming) -> Vec<QueueSpec> {
             prefetch: 1,
         })
         .collect()
+}
+
+/// The message types each consumer of the system reads, as `(service, types)`.
+fn reads() -> [(&'static str, &'static [&'static str]); 4] {
+    use inventory::application::{SagaMessage, StockCommand};
+    use order::application::{ProductNews, ReservationOutcome};
+    [
+        (order::application::SERVICE, ProductNews::TYPES),
+        (order::application::SERVICE, ReservationOutcome::TYPES),
+        (inventory::application::SERVICE, SagaMessage::TYPES),
+        (inventory::application::SERVICE, StockCommand::TYPES),
+    ]
+}
+
+/// The message types that `service` sends (their names begin with its name) and that one
+/// consumer of `service` reads and no other consumer of the system: those the service hands to
+/// that consumer in-process (`messaging::hand_off`). A type read elsewhere too must go through
+/// the broker.
+pub fn kept_within(service: &str) -> Vec<String> {
+    let reads = reads();
+    let readers = |message_type: &str| reads.iter().filter(|(_, types)| types.contains(&message_type)).count();
+    let prefix = format!("{service}.");
+    reads
+        .iter()
+        .filter(|(reader, _)| *reader == service)
+        .flat_map(|(_, types)| types.iter())
+        .filter(|message_type| message_type.starts_with(&prefix) && readers(message_type) == 1)
+        .map(|message_type| (*message_type).to_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_keeps_its_stock_commands_and_answers_to_itself_and_order_keeps_nothing() {
+        assert_eq!(reads().len(), consumers().count(), "one entry per consumer");
+        assert!(kept_within(order::application::SERVICE).is_empty(), "order reads only what inventory sends");
+        let mut inventory = kept_within(inventory::application::SERVICE);
+        inventory.sort();
+        assert_eq!(
+            inventory,
+            [
+                "inventory.deduct-stock.v1",
+                "inventory.release-stock.v1",
+                "inventory.reservation-timed-out.v1",
+                "inventory.reserve-stock.v1",
+                "inventory.stock-reservation-rejected.v1",
+                "inventory.stock-reserved.v1",
+            ]
+        );
+    }
 }

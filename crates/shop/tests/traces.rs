@@ -1,6 +1,6 @@
 //! Traces you can open: with span export on, the spans of one order reach an OTLP/HTTP collector
-//! as one trace across both services, from the HTTP request through each relay's publish to
-//! every consumer, each child naming a parent that was exported.
+//! as one trace across both services, from the HTTP request through each relay's publish (or
+//! in-process hand-off) to every consumer, each child naming a parent that was exported.
 //!
 //! It installs the process's global subscriber, so it lives in its own test binary.
 
@@ -124,9 +124,9 @@ async fn the_spans_of_one_order_form_one_trace_across_both_services() {
         ("order", "POST /api/orders/{id}/place"),
         ("order", "publish order.placed.v1"),
         ("inventory", "saga order.placed.v1"),
-        ("inventory", "publish inventory.reserve-stock.v1"),
+        ("inventory", "hand off inventory.reserve-stock.v1"),
         ("inventory", "stock inventory.reserve-stock.v1"),
-        ("inventory", "publish inventory.stock-reserved.v1"),
+        ("inventory", "hand off inventory.stock-reserved.v1"),
         ("inventory", "saga inventory.stock-reserved.v1"),
         ("inventory", "publish inventory.stock-reservation-completed.v1"),
         ("order", "reservations inventory.stock-reservation-completed.v1"),

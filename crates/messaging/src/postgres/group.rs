@@ -9,8 +9,10 @@
 //! it returns only once its group has committed. A member abandoned mid-write (its caller gave
 //! up) breaks its group: the others are told to try again, and nothing of the group is kept.
 
-use super::{save_error, write_unit};
+use super::{Outbound, save_error, write_unit};
+use crate::hand_off::HandOff;
 use crate::unit_of_work::{Effects, SaveError};
+use chrono::Utc;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +41,8 @@ struct Inner {
     writers: usize,
     /// The groups new units of work may join.
     open: Mutex<Vec<Arc<Group>>>,
+    /// Where committed messages for this service's own consumers go straight away.
+    hand_off: Option<Arc<HandOff>>,
 }
 
 impl From<PgPool> for GroupCommit {
@@ -50,7 +54,20 @@ impl From<PgPool> for GroupCommit {
 impl GroupCommit {
     /// Group commit on `pool` with up to `writers` groups open at once (at least one).
     pub fn new(pool: PgPool, writers: usize) -> Self {
-        let inner = Inner { pool, writers: writers.max(1), open: Mutex::new(Vec::new()) };
+        let inner = Inner { pool, writers: writers.max(1), open: Mutex::new(Vec::new()), hand_off: None };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The same group commit (its clones do not share this) that hands the messages it commits
+    /// for this service's own consumers to them through `hand_off`, and stamps sent the
+    /// handed-off rows of the messages its units of work consume.
+    pub fn with_hand_off(self, hand_off: Arc<HandOff>) -> Self {
+        let inner = Inner {
+            pool: self.inner.pool.clone(),
+            writers: self.inner.writers,
+            open: Mutex::new(Vec::new()),
+            hand_off: Some(hand_off),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -67,9 +84,13 @@ impl GroupCommit {
         effects: &Effects<'_>,
         write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
     ) -> Result<(), SaveError> {
+        let hand_off = self.inner.hand_off.as_deref();
+        let handed = hand_off.map(|hand_off| hand_off.select(&effects.outgoing)).unwrap_or_default();
+        let lease_until = Utc::now() + hand_off.map(HandOff::lease).unwrap_or_default();
+        let outbound = Outbound { handed: &handed, lease_until, stamps: hand_off.is_some() };
         let group = self.join();
         let mut member = Membership { inner: &self.inner, group: &group, writing: false, done: false };
-        let written = member.write(effects, write_state).await;
+        let written = member.write(effects, &outbound, write_state).await;
         if member.finish(written.is_ok()) {
             // Spawned: a member that stops waiting must not abandon the others' commit.
             tokio::spawn(group.clone().commit());
@@ -78,7 +99,13 @@ impl GroupCommit {
         let mut outcome = group.committed.subscribe();
         let outcome = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?;
         match outcome.as_ref() {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(())) => {
+                if let Some(hand_off) = hand_off {
+                    let outgoing = effects.outgoing.iter().zip(&handed);
+                    hand_off.deliver(outgoing.filter(|(_, handed)| **handed).map(|(outgoing, _)| &outgoing.envelope));
+                }
+                Ok(())
+            }
             Some(Err(error)) => Err(SaveError::Unavailable(error.to_string().into())),
             None => unreachable!("waited for an outcome"),
         }
@@ -157,6 +184,7 @@ impl Membership<'_> {
     async fn write(
         &mut self,
         effects: &Effects<'_>,
+        outbound: &Outbound<'_>,
         write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
     ) -> Result<(), SaveError> {
         let mut tx = self.group.tx.lock().await;
@@ -184,7 +212,7 @@ impl Membership<'_> {
                 &mut tx.insert(Open { tx: begun, savepoint: false }).tx
             }
         };
-        let written = write_unit(connection, effects, write_state).await;
+        let written = write_unit(connection, effects, outbound, write_state).await;
         if written.is_err() {
             if first {
                 if let Some(open) = tx.take() {

@@ -14,6 +14,7 @@ pub type Relay = crate::relay::Relay<PgOutbox>;
 
 use crate::unit_of_work::{BoxError, Effects, Inbox, SaveError};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -149,16 +150,28 @@ pub async fn commit(
     GroupCommit::from(pool.clone()).commit(effects, write_state).await
 }
 
+/// What a unit of work's outgoing messages become in the outbox beside their envelopes.
+struct Outbound<'a> {
+    /// Per outgoing message, whether it is handed off (see [`crate::hand_off`]).
+    handed: &'a [bool],
+    /// Until when the relay leaves the handed-off rows alone.
+    lease_until: DateTime<Utc>,
+    /// Whether the consumed messages' handed-off rows are stamped sent: the database has a
+    /// hand-off, so its consumers may be applying messages of its own outbox.
+    stamps: bool,
+}
+
 /// Writes one unit of work on `conn`, inside a transaction: its effects first (the consumed
 /// messages' inbox records, refusing a second copy; the outgoing messages; the withdrawn
 /// scheduled ones), then the aggregate through `write_state`.
 async fn write_unit(
     conn: &mut PgConnection,
     effects: &Effects<'_>,
+    outbound: &Outbound<'_>,
     write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
 ) -> Result<(), SaveError> {
     if !effects.is_empty() {
-        let recorded = write_effects(&mut *conn, effects).await.map_err(save_error)?;
+        let recorded = write_effects(&mut *conn, effects, outbound).await.map_err(save_error)?;
         if recorded < effects.consumed.len() as i64 {
             return Err(SaveError::AlreadyConsumed);
         }
@@ -167,10 +180,10 @@ async fn write_unit(
 }
 
 /// The statement writing a unit of work's effects, for each combination of what it has
-/// (inbox records: 1, withdrawn scheduled messages: 2, outgoing messages: 4). Only the parts
-/// there is something for: the outbox trigger wakes the relays for every INSERT statement, even
-/// one that inserts nothing.
-static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
+/// (inbox records: 1, withdrawn scheduled messages: 2, outgoing messages: 4, handed-off rows of
+/// the consumed messages to stamp sent: 8). Only the parts there is something for: the outbox
+/// trigger wakes the relays for every INSERT statement, even one that inserts nothing.
+static EFFECTS_STATEMENTS: LazyLock<[String; 16]> = LazyLock::new(|| {
     std::array::from_fn(|which| {
         let consumes = which & 1 != 0;
         // A second copy of a consumed message writes nothing (its outgoing messages may carry
@@ -185,25 +198,36 @@ static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
             ),
             format!(
                 "sent AS (INSERT INTO outbox (message_id, message_type, correlation_id, causation_id, occurred_at, \
-                                             traceparent, payload, deliver_after) \
-                          SELECT id, type, correlation, causation, occurred, trace, payload, coalesce(due, now()) \
+                                             traceparent, payload, deliver_after, handed_off) \
+                          SELECT id, type, correlation, causation, occurred, trace, payload, \
+                                 CASE WHEN handed THEN $12 ELSE coalesce(due, now()) END, handed \
                           FROM unnest($4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::timestamptz[], $9::text[], \
-                                      $10::jsonb[], $11::timestamptz[]) \
-                               AS m(id, type, correlation, causation, occurred, trace, payload, due) \
+                                      $10::jsonb[], $11::timestamptz[], $13::bool[]) \
+                               AS m(id, type, correlation, causation, occurred, trace, payload, due, handed) \
                           WHERE {first_copy})"
             ),
+            format!(
+                "stamped AS (UPDATE outbox SET sent_at = now() \
+                             WHERE message_id = ANY($2::uuid[]) AND handed_off AND sent_at IS NULL AND {first_copy})"
+            ),
         ];
-        let chosen: Vec<&str> = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].as_str()).collect();
+        let chosen: Vec<&str> = (0..4).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].as_str()).collect();
         let recorded = if consumes { "SELECT count(*) FROM consumed" } else { "SELECT 0::bigint" };
         if chosen.is_empty() { recorded.to_owned() } else { format!("WITH {} {recorded}", chosen.join(", ")) }
     })
 });
 
 /// Writes `effects` in one statement; returns how many inbox records it added.
-async fn write_effects(conn: &mut PgConnection, effects: &Effects<'_>) -> Result<i64, sqlx::Error> {
-    let which = usize::from(!effects.consumed.is_empty())
+async fn write_effects(
+    conn: &mut PgConnection,
+    effects: &Effects<'_>,
+    outbound: &Outbound<'_>,
+) -> Result<i64, sqlx::Error> {
+    let consumes = !effects.consumed.is_empty();
+    let which = usize::from(consumes)
         | usize::from(!effects.cancelled.is_empty()) << 1
-        | usize::from(!effects.outgoing.is_empty()) << 2;
+        | usize::from(!effects.outgoing.is_empty()) << 2
+        | usize::from(consumes && outbound.stamps) << 3;
     let sql: &'static str = &EFFECTS_STATEMENTS[which];
     let consumers: Vec<&str> = effects.consumed.iter().map(|consumed| consumed.consumer).collect();
     let consumed: Vec<Uuid> = effects.consumed.iter().map(|consumed| consumed.message_id).collect();
@@ -212,7 +236,8 @@ async fn write_effects(conn: &mut PgConnection, effects: &Effects<'_>) -> Result
         (Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count));
     let (mut occurred, mut traces, mut payloads, mut due) =
         (Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count), Vec::with_capacity(count));
-    for outgoing in &effects.outgoing {
+    let mut handed = Vec::with_capacity(count);
+    for (n, outgoing) in effects.outgoing.iter().enumerate() {
         let envelope = &outgoing.envelope;
         ids.push(envelope.message_id);
         types.push(envelope.message_type.as_str());
@@ -222,6 +247,7 @@ async fn write_effects(conn: &mut PgConnection, effects: &Effects<'_>) -> Result
         traces.push(envelope.traceparent.as_deref());
         payloads.push(&envelope.payload);
         due.push(outgoing.deliver_after);
+        handed.push(outbound.handed.get(n).copied().unwrap_or(false));
     }
     sqlx::query_scalar(sql)
         .bind(consumers)
@@ -235,6 +261,8 @@ async fn write_effects(conn: &mut PgConnection, effects: &Effects<'_>) -> Result
         .bind(traces)
         .bind(payloads)
         .bind(due)
+        .bind(outbound.lease_until)
+        .bind(handed)
         .fetch_one(conn)
         .await
 }

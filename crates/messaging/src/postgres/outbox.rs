@@ -4,6 +4,7 @@
 
 use super::envelope_from_row;
 use crate::ErrorChain;
+use crate::hand_off::GiveBack;
 use crate::outbox::{OutboxBacklog, OutboxMonitor};
 use crate::relay::{Claimed, CommitWatch, OutboxStore, RelayError, Scheduled};
 use crate::unit_of_work::BoxError;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
 
 /// A listener that heard nothing for this long is asked to prove it is still connected.
 const LISTENER_PROBE_AFTER: Duration = Duration::from_secs(10);
@@ -86,7 +88,8 @@ impl OutboxStore for PgOutbox {
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, RelayError> {
-        Ok(sqlx::query_scalar("SELECT min(deliver_after) FROM outbox WHERE sent_at IS NULL")
+        // A lease is no schedule: the sweep finds the rows whose lease ran out.
+        Ok(sqlx::query_scalar("SELECT min(deliver_after) FROM outbox WHERE sent_at IS NULL AND NOT handed_off")
             .fetch_one(&self.pool)
             .await?)
     }
@@ -118,6 +121,21 @@ impl OutboxStore for PgOutbox {
         let stop = CancellationToken::new();
         tokio::spawn(listen_for_commits(self.pool.clone(), heard.clone(), stop.clone()));
         Box::new(Notifications { heard, _stop: stop.drop_guard() })
+    }
+}
+
+#[async_trait]
+impl GiveBack for PgOutbox {
+    async fn give_back(&self, message_id: Uuid) -> Result<(), BoxError> {
+        sqlx::query(
+            "WITH given AS (UPDATE outbox SET deliver_after = now(), handed_off = false \
+                            WHERE message_id = $1 AND sent_at IS NULL RETURNING 1) \
+             SELECT pg_notify('outbox', '') FROM given",
+        )
+        .bind(message_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 
@@ -260,7 +278,7 @@ impl OutboxMonitor for PgOutboxMonitor {
         // Both partial indexes cover `sent_at IS NULL`: this reads only unsent rows.
         let (unsent, scheduled, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE deliver_after <= now()), \
-                    count(*) FILTER (WHERE deliver_after > now()), \
+                    count(*) FILTER (WHERE deliver_after > now() AND NOT handed_off), \
                     extract(epoch FROM now() - min(deliver_after) FILTER (WHERE deliver_after <= now()))::float8 \
              FROM outbox WHERE sent_at IS NULL",
         )

@@ -169,6 +169,11 @@ pub trait Settle: Send + Sync {
     async fn ack(self: Box<Self>) -> Result<(), TransportError>;
     /// Copies the message to the error queue with the failure (confirmed), then acks it.
     async fn dead_letter(self: Box<Self>, failure: Failure) -> Result<(), TransportError>;
+    /// Whether [`dead_letter`](Self::dead_letter) gives the message back to be delivered
+    /// through the broker rather than moving it to an error queue (a handed-off delivery).
+    fn gives_back(&self) -> bool {
+        false
+    }
 }
 
 /// The settling half of a delivery; dropped unsettled, the message is delivered again.
@@ -183,6 +188,12 @@ impl Settlement {
     /// Moves the message to its error queue with why it failed.
     pub async fn dead_letter(self, failure: Failure) -> Result<(), TransportError> {
         self.0.dead_letter(failure).await
+    }
+
+    /// Whether a failure gives the message back to the broker's path instead of moving it to
+    /// an error queue (see [`crate::hand_off`]).
+    pub fn gives_back(&self) -> bool {
+        self.0.gives_back()
     }
 }
 

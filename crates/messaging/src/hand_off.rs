@@ -1,0 +1,180 @@
+//! The in-process hand-off: a message that a consumer of the same service (and database) takes,
+//! and nobody else, goes from the commit that wrote it straight to that consumer, instead of
+//! from the outbox through the relay and the broker.
+//!
+//! The outbox row is still written in the unit of work's transaction; what changes is who
+//! settles it. The row is written *handed off*, with a lease: the relay leaves it alone until
+//! the lease ends. The consumer's unit of work stamps it sent in the same transaction as its
+//! inbox record (see [`crate::postgres::GroupCommit::with_hand_off`]). If that never happens
+//! (the process died, the consumer stopped first), the lease runs out and the relay publishes
+//! the row through the broker as any other: the consumer's inbox drops the copy if the first
+//! one was applied after all. A handed-off message the consumer cannot process is given back
+//! to the relay at once ([`GiveBack`]), so that it takes the broker's path and is retried and
+//! dead-lettered there, with its reason, like every message.
+
+use crate::envelope::Envelope;
+use crate::transport::{Deliveries, Delivery, Failure, QueueSpec, Settle, TransportError};
+use crate::unit_of_work::{BoxError, Outgoing};
+use async_trait::async_trait;
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// How long the relay leaves a handed-off row alone: longer than a consumer takes to apply a
+/// message under load, short enough that a crash delays its messages only by this.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// Gives a handed-off message back to the relay, so that it goes through the broker.
+#[async_trait]
+pub trait GiveBack: Send + Sync + 'static {
+    /// Makes the row of `message_id` due for the relay now, unless it was sent.
+    async fn give_back(&self, message_id: Uuid) -> Result<(), BoxError>;
+}
+
+/// The hand-off of one service's database: which message types go to which of its consumers.
+pub struct HandOff {
+    /// The service whose database and consumers these are (labels spans).
+    service: &'static str,
+    /// The types a consumer of this service alone reads.
+    local: HashSet<String>,
+    lease: Duration,
+    give_back: Arc<dyn GiveBack>,
+    /// The consumers taking deliveries now, by message type.
+    subscribed: Mutex<HashMap<String, mpsc::UnboundedSender<Envelope>>>,
+}
+
+impl HandOff {
+    /// The hand-off of `service` for the message types in `local` (those a single consumer of
+    /// this service reads, and no other service), giving failed ones back through `give_back`.
+    pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, give_back: Arc<dyn GiveBack>) -> Self {
+        let local = local.into_iter().collect();
+        Self { service, local, lease: LEASE, give_back, subscribed: Mutex::default() }
+    }
+
+    /// Another lease than [`LEASE`] (tests).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long the relay leaves a handed-off row alone.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Which of `outgoing` will be handed off once committed: those sent at once whose type a
+    /// consumer of this process is taking now.
+    pub fn select(&self, outgoing: &[Outgoing]) -> Vec<bool> {
+        let subscribed = self.subscribed.lock().expect("hand-off lock");
+        outgoing
+            .iter()
+            .map(|outgoing| {
+                outgoing.deliver_after.is_none() && subscribed.contains_key(&outgoing.envelope.message_type)
+            })
+            .collect()
+    }
+
+    /// Hands the committed messages selected by [`select`](Self::select) to their consumers. One
+    /// whose consumer stopped meanwhile stays with its lease, for the relay.
+    pub fn deliver<'a>(&self, envelopes: impl IntoIterator<Item = &'a Envelope>) {
+        let subscribed = self.subscribed.lock().expect("hand-off lock");
+        for envelope in envelopes {
+            let taken = subscribed
+                .get(&envelope.message_type)
+                .is_some_and(|consumer| consumer.send(self.traced(envelope)).is_ok());
+            metrics::counter!("messages_handed_off_total", "outcome" => if taken { "taken" } else { "left" })
+                .increment(1);
+        }
+    }
+
+    /// `envelope` handed on under a span of the hand-off, a child of the span that wrote it, as
+    /// the relay's publish span is for a message that goes through the broker: the consumer's
+    /// span follows it.
+    fn traced(&self, envelope: &Envelope) -> Envelope {
+        let mut envelope = envelope.clone();
+        let span = tracing::info_span!(
+            parent: None,
+            "hand off",
+            otel.name = format!("hand off {}", envelope.message_type),
+            otel.kind = "producer",
+            service = self.service,
+            message_type = %envelope.message_type,
+            message_id = %envelope.message_id,
+            correlation_id = %envelope.correlation_id,
+        );
+        if let Some(exported) = envelope.trace_context().and_then(|writer| crate::trace::follow(&span, writer)) {
+            envelope.traceparent = Some(exported.to_string());
+        }
+        envelope
+    }
+
+    /// The deliveries handed off to the consumer of `queue`, for the types of it that are
+    /// local; they stop being handed off when the stream is dropped.
+    pub fn subscribe(self: &Arc<Self>, queue: &QueueSpec) -> Deliveries {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let types: Vec<String> =
+            queue.message_types.iter().filter(|message_type| self.local.contains(*message_type)).cloned().collect();
+        {
+            let mut subscribed = self.subscribed.lock().expect("hand-off lock");
+            for message_type in &types {
+                subscribed.insert(message_type.clone(), sender.clone());
+            }
+        }
+        let subscription = Subscription { hand_off: self.clone(), types, sender };
+        let give_back = self.give_back.clone();
+        // The subscription lives as long as the stream: it is part of the unfold's state.
+        futures::stream::unfold((receiver, subscription), move |(mut receiver, subscription)| {
+            let give_back = give_back.clone();
+            async move {
+                let envelope = receiver.recv().await?;
+                let settle = HandedOff { message_id: envelope.message_id, give_back };
+                Some((Delivery::new(Ok(envelope), false, Box::new(settle)), (receiver, subscription)))
+            }
+        })
+        .boxed()
+    }
+}
+
+/// A consumer's subscription; dropped, its types are no longer handed off.
+struct Subscription {
+    hand_off: Arc<HandOff>,
+    types: Vec<String>,
+    sender: mpsc::UnboundedSender<Envelope>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribed = self.hand_off.subscribed.lock().expect("hand-off lock");
+        for message_type in &self.types {
+            if subscribed.get(message_type).is_some_and(|sender| sender.same_channel(&self.sender)) {
+                subscribed.remove(message_type);
+            }
+        }
+    }
+}
+
+/// How a handed-off delivery is settled: the consumer's unit of work stamped its row sent, so
+/// an ack has nothing left to do; a dead letter gives it back to the relay.
+struct HandedOff {
+    message_id: Uuid,
+    give_back: Arc<dyn GiveBack>,
+}
+
+#[async_trait]
+impl Settle for HandedOff {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        Ok(())
+    }
+
+    async fn dead_letter(self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
+        let _ = failure; // the broker's path fails it again, and dead-letters it with its reason
+        self.give_back.give_back(self.message_id).await.map_err(TransportError::Unavailable)
+    }
+
+    fn gives_back(&self) -> bool {
+        true
+    }
+}

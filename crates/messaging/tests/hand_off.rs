@@ -1,0 +1,205 @@
+//! The in-process hand-off on PostgreSQL: a message for a consumer of the same database goes to
+//! it at commit, without the relay or the broker, and its row is settled by the consumer's own
+//! unit of work; a row nobody settles goes through the relay when its lease runs out; a message
+//! the consumer cannot process is given back and dead-lettered through the broker, with its
+//! reason.
+
+mod common;
+
+use async_trait::async_trait;
+use common::{POISON, Shipping, shipped};
+use messaging::hand_off::GiveBack;
+use messaging::postgres::{GroupCommit, PgInbox, PgOutbox, Relay, RelayConfig, save_error};
+use messaging::relay::OutboxStore;
+use messaging::testing::{TestDatabase, eventually, unique_naming};
+use messaging::transport::memory::MemoryTransport;
+use messaging::transport::{DeadLetters, QueueSpec, error_queue_of};
+use messaging::{
+    Consumer, ConsumerConfig, Effects, HandOff, Handler, HandlerError, Outgoing, Received, RetryPolicy, SaveError,
+};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const SHIPPED: &str = "order.shipped.v1";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn hand_off(pool: &PgPool) -> Arc<HandOff> {
+    Arc::new(HandOff::new("test", [SHIPPED.to_owned()], Arc::new(PgOutbox::from(pool.clone()))))
+}
+
+/// Adds one to the counter per message, committing through the group commit it is given (as a
+/// service's handlers commit through their stores').
+struct Counter {
+    db: GroupCommit,
+}
+
+#[async_trait]
+impl Handler for Counter {
+    type Message = Shipping;
+
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+
+    async fn handle(&self, message: &Received<Shipping>) -> Result<(), HandlerError> {
+        let Shipping::Shipped(shipped) = &message.message;
+        if shipped.order_id == POISON {
+            return Err(HandlerError::permanent("order id is nil"));
+        }
+        let effects = Effects::consuming(self.name(), message.envelope.message_id);
+        let outcome = self
+            .db
+            .commit(&effects, async |tx| {
+                sqlx::query("UPDATE counters SET value = value + 1 WHERE id = 1")
+                    .execute(tx)
+                    .await
+                    .map_err(save_error)?;
+                Ok(())
+            })
+            .await;
+        match outcome {
+            Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
+            Err(error) => Err(HandlerError::transient(error)),
+        }
+    }
+}
+
+/// Runs the counter's consumer on `transport`, taking what `hand_off` hands it, until the
+/// token is cancelled; returns once it takes handed-off messages, with its queue's name.
+async fn consume(
+    db: &TestDatabase,
+    hand_off: &Arc<HandOff>,
+    transport: &MemoryTransport,
+) -> (CancellationToken, String) {
+    let group = GroupCommit::from(db.pool.clone()).with_hand_off(hand_off.clone());
+    let config =
+        ConsumerConfig { retry: RetryPolicy { max_attempts: 2, ..RetryPolicy::default() }, ..Default::default() };
+    let consumer = Consumer::new("test", &unique_naming(), Arc::new(Counter { db: group }), config)
+        .with_inbox(Arc::new(PgInbox::new(db.pool.clone())))
+        .with_hand_off(hand_off.clone());
+    let queue = consumer.queue().name.clone();
+    let stop = CancellationToken::new();
+    tokio::spawn(consumer.run(Arc::new(transport.clone()), stop.clone()));
+    eventually(WAIT, "the consumer takes handed-off messages", async || takes(hand_off)).await;
+    (stop, queue)
+}
+
+fn takes(hand_off: &HandOff) -> bool {
+    hand_off.select(&[Outgoing { envelope: shipped(Uuid::now_v7()), deliver_after: None }]) == [true]
+}
+
+/// Commits a unit of work that sends `envelope`, through a group commit with `hand_off`.
+async fn send(db: &TestDatabase, hand_off: &Arc<HandOff>, envelope: messaging::Envelope) {
+    let group = GroupCommit::from(db.pool.clone()).with_hand_off(hand_off.clone());
+    let mut effects = Effects::new();
+    effects.send(envelope);
+    group.commit(&effects, async |_| Ok(())).await.unwrap();
+}
+
+/// The row of `message_id`: whether it was handed off, and whether it is stamped sent.
+async fn row(pool: &PgPool, message_id: Uuid) -> (bool, bool) {
+    sqlx::query_as("SELECT handed_off, sent_at IS NOT NULL FROM outbox WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_message_for_a_consumer_of_the_same_database_goes_to_it_at_commit_and_never_through_the_broker() {
+    let db = common::database().await;
+    let hand_off = hand_off(&db.pool);
+    assert!(!takes(&hand_off), "nobody consumes yet: nothing is handed off");
+    let transport = MemoryTransport::new();
+    let (stop, _) = consume(&db, &hand_off, &transport).await;
+
+    // No relay runs: only the hand-off can bring the message to the consumer.
+    let envelope = shipped(Uuid::now_v7());
+    send(&db, &hand_off, envelope.clone()).await;
+    eventually(WAIT, "the consumer applied the message", async || common::counter(&db.pool).await == 1).await;
+    assert_eq!(row(&db.pool, envelope.message_id).await, (true, true), "handed off, and stamped by the consumer");
+    let outbox = PgOutbox::from(db.pool.clone());
+    assert!(outbox.claim_due(10).await.unwrap().envelopes.is_empty(), "the relay finds nothing to publish");
+    assert_eq!(outbox.next_due().await.unwrap(), None, "and nothing to wait for");
+
+    // A scheduled message is never handed off: it waits for its time in the outbox.
+    let scheduled = Outgoing { envelope: shipped(Uuid::now_v7()), deliver_after: Some(chrono::Utc::now()) };
+    assert_eq!(hand_off.select(&[scheduled]), [false]);
+
+    // Once the consumer stops, its messages take the broker's path again.
+    stop.cancel();
+    eventually(WAIT, "the consumer no longer takes handed-off messages", async || !takes(&hand_off)).await;
+}
+
+#[tokio::test]
+async fn a_handed_off_message_nobody_applies_goes_through_the_relay_once_its_lease_runs_out() {
+    let db = common::database().await;
+    let lease = Duration::from_millis(500);
+    let hand_off = Arc::new(
+        HandOff::new("test", [SHIPPED.to_owned()], Arc::new(PgOutbox::from(db.pool.clone()))).with_lease(lease),
+    );
+    // A consumer that takes the message and never applies it: the process died, say.
+    let spec = QueueSpec { name: "lost".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
+    let deliveries = hand_off.subscribe(&spec);
+    let envelope = shipped(Uuid::now_v7());
+    send(&db, &hand_off, envelope.clone()).await;
+    drop(deliveries);
+
+    let outbox = PgOutbox::from(db.pool.clone());
+    assert!(outbox.claim_due(10).await.unwrap().envelopes.is_empty(), "within its lease, the relay leaves it");
+    assert_eq!(row(&db.pool, envelope.message_id).await, (true, false));
+    let mut claimed = Vec::new();
+    eventually(WAIT, "the relay claims the message after its lease", async || {
+        claimed = outbox.claim_due(10).await.unwrap().envelopes;
+        !claimed.is_empty()
+    })
+    .await;
+    let claimed: Vec<Uuid> = claimed.iter().map(|claimed| claimed.message_id).collect();
+    assert_eq!(claimed, [envelope.message_id]);
+}
+
+#[tokio::test]
+async fn a_handed_off_message_that_fails_is_given_back_and_dead_lettered_through_the_broker_with_its_reason() {
+    let db = common::database().await;
+    let hand_off = hand_off(&db.pool);
+    let transport = MemoryTransport::new();
+    let stop = CancellationToken::new();
+    let relay_config = RelayConfig { sweep_interval: Duration::from_secs(60), ..RelayConfig::default() };
+    let relay = Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), relay_config);
+    tokio::spawn(relay.run(stop.clone()));
+    let (consuming, queue) = consume(&db, &hand_off, &transport).await;
+
+    let poison = shipped(POISON);
+    send(&db, &hand_off, poison.clone()).await;
+    // Given back, it is published at once (not at the sweep, a minute away), fails again on the
+    // broker's path and lands in the error queue.
+    let mut dead = Vec::new();
+    eventually(WAIT, "the poison message is dead-lettered", async || {
+        dead = transport.list(&error_queue_of(&queue)).await.unwrap();
+        !dead.is_empty()
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].message_id, Some(poison.message_id.to_string()));
+    assert!(dead[0].reason.contains("order id is nil"), "{}", dead[0].reason);
+    assert_eq!(row(&db.pool, poison.message_id).await, (false, true), "given back, then sent by the relay");
+    consuming.cancel();
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn giving_back_a_message_already_sent_changes_nothing() {
+    let db = common::database().await;
+    let outbox = PgOutbox::from(db.pool.clone());
+    let hand_off = hand_off(&db.pool);
+    let spec = QueueSpec { name: "q".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
+    let _deliveries = hand_off.subscribe(&spec);
+    let envelope = shipped(Uuid::now_v7());
+    send(&db, &hand_off, envelope.clone()).await;
+    sqlx::query("UPDATE outbox SET sent_at = now()").execute(&db.pool).await.unwrap();
+    outbox.give_back(envelope.message_id).await.unwrap();
+    assert_eq!(row(&db.pool, envelope.message_id).await, (true, true));
+}
