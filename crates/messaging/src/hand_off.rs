@@ -4,12 +4,13 @@
 //!
 //! The outbox row is still written in the unit of work's transaction; what changes is who
 //! settles it. The row is written *handed off*, with a lease: the relay leaves it alone until
-//! the lease ends. The consumer's unit of work stamps it sent in the same transaction as its
-//! inbox record (see [`crate::postgres::GroupCommit::with_hand_off`]). If that never happens
-//! (the process died, the consumer stopped first), the lease runs out and the relay publishes
-//! the row through the broker as any other: the consumer's inbox drops the copy if the first
-//! one was applied after all. A handed-off message the consumer cannot process is given back
-//! to the relay at once ([`GiveBack`]), so that it takes the broker's path and is retried and
+//! the lease ends. Once the consumer has committed its unit of work (with its inbox record),
+//! the row is stamped sent, in batches, as the relay stamps what it published
+//! ([`HandedOffRows::settle`]). If that never happens (the process died, the consumer stopped
+//! first), the lease runs out and the relay publishes the row through the broker as any other:
+//! the consumer's inbox drops the copy if the first one was applied after all. A handed-off
+//! message the consumer cannot process is given back to the relay at once
+//! ([`HandedOffRows::give_back`]), so that it takes the broker's path and is retried and
 //! dead-lettered there, with its reason, like every message.
 
 use crate::envelope::Envelope;
@@ -27,9 +28,11 @@ use uuid::Uuid;
 /// message under load, short enough that a crash delays its messages only by this.
 pub const LEASE: Duration = Duration::from_secs(10);
 
-/// Gives a handed-off message back to the relay, so that it goes through the broker.
+/// The outbox rows of handed-off messages, as the hand-off settles them.
 #[async_trait]
-pub trait GiveBack: Send + Sync + 'static {
+pub trait HandedOffRows: Send + Sync + 'static {
+    /// Stamps sent the rows of these messages, which their consumer has applied.
+    async fn settle(&self, message_ids: &[Uuid]) -> Result<(), BoxError>;
     /// Makes the row of `message_id` due for the relay now, unless it was sent.
     async fn give_back(&self, message_id: Uuid) -> Result<(), BoxError>;
 }
@@ -41,17 +44,19 @@ pub struct HandOff {
     /// The types a consumer of this service alone reads.
     local: HashSet<String>,
     lease: Duration,
-    give_back: Arc<dyn GiveBack>,
+    rows: Arc<dyn HandedOffRows>,
     /// The consumers taking deliveries now, by message type.
     subscribed: Mutex<HashMap<String, mpsc::UnboundedSender<Envelope>>>,
+    /// Messages applied whose rows are not stamped yet, and whether a stamp is under way.
+    applied: Mutex<(Vec<Uuid>, bool)>,
 }
 
 impl HandOff {
     /// The hand-off of `service` for the message types in `local` (those a single consumer of
-    /// this service reads, and no other service), giving failed ones back through `give_back`.
-    pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, give_back: Arc<dyn GiveBack>) -> Self {
+    /// this service reads, and no other service), whose outbox rows are `rows`.
+    pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, rows: Arc<dyn HandedOffRows>) -> Self {
         let local = local.into_iter().collect();
-        Self { service, local, lease: LEASE, give_back, subscribed: Mutex::default() }
+        Self { service, local, lease: LEASE, rows, subscribed: Mutex::default(), applied: Mutex::default() }
     }
 
     /// Another lease than [`LEASE`] (tests).
@@ -124,17 +129,42 @@ impl HandOff {
             }
         }
         let subscription = Subscription { hand_off: self.clone(), types, sender };
-        let give_back = self.give_back.clone();
         // The subscription lives as long as the stream: it is part of the unfold's state.
-        futures::stream::unfold((receiver, subscription), move |(mut receiver, subscription)| {
-            let give_back = give_back.clone();
-            async move {
-                let envelope = receiver.recv().await?;
-                let settle = HandedOff { message_id: envelope.message_id, give_back };
-                Some((Delivery::new(Ok(envelope), false, Box::new(settle)), (receiver, subscription)))
-            }
+        futures::stream::unfold((receiver, subscription), |(mut receiver, subscription)| async move {
+            let envelope = receiver.recv().await?;
+            let settle = HandedOff { message_id: envelope.message_id, hand_off: subscription.hand_off.clone() };
+            Some((Delivery::new(Ok(envelope), false, Box::new(settle)), (receiver, subscription)))
         })
         .boxed()
+    }
+
+    /// Records that the consumer applied `message_id`, and stamps its row sent with the others
+    /// applied meanwhile: one statement for all that queued up while the last one ran. A stamp
+    /// that fails (or a process that stops first) leaves the rows to the relay at the end of
+    /// their lease, and the consumer's inbox drops the copies.
+    fn applied(self: &Arc<Self>, message_id: Uuid) {
+        let mut applied = self.applied.lock().expect("hand-off lock");
+        applied.0.push(message_id);
+        if std::mem::replace(&mut applied.1, true) {
+            return; // the stamp under way takes it next
+        }
+        drop(applied);
+        let hand_off = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = {
+                    let mut applied = hand_off.applied.lock().expect("hand-off lock");
+                    if applied.0.is_empty() {
+                        applied.1 = false;
+                        return;
+                    }
+                    std::mem::take(&mut applied.0)
+                };
+                if let Err(error) = hand_off.rows.settle(&batch).await {
+                    tracing::warn!(error = %crate::ErrorChain(error.as_ref()), count = batch.len(), "could not stamp handed-off messages sent; the relay publishes them when their lease ends");
+                }
+            }
+        });
     }
 }
 
@@ -156,22 +186,23 @@ impl Drop for Subscription {
     }
 }
 
-/// How a handed-off delivery is settled: the consumer's unit of work stamped its row sent, so
-/// an ack has nothing left to do; a dead letter gives it back to the relay.
+/// How a handed-off delivery is settled: acknowledged, its row is stamped sent; dead-lettered,
+/// it is given back to the relay.
 struct HandedOff {
     message_id: Uuid,
-    give_back: Arc<dyn GiveBack>,
+    hand_off: Arc<HandOff>,
 }
 
 #[async_trait]
 impl Settle for HandedOff {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.hand_off.applied(self.message_id);
         Ok(())
     }
 
     async fn dead_letter(self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
         let _ = failure; // the broker's path fails it again, and dead-letters it with its reason
-        self.give_back.give_back(self.message_id).await.map_err(TransportError::Unavailable)
+        self.hand_off.rows.give_back(self.message_id).await.map_err(TransportError::Unavailable)
     }
 
     fn gives_back(&self) -> bool {

@@ -1,6 +1,6 @@
 //! The in-process hand-off on PostgreSQL: a message for a consumer of the same database goes to
-//! it at commit, without the relay or the broker, and its row is settled by the consumer's own
-//! unit of work; a row nobody settles goes through the relay when its lease runs out; a message
+//! it at commit, without the relay or the broker, and its row is stamped sent once the consumer
+//! applied it; a row nobody settles goes through the relay when its lease runs out; a message
 //! the consumer cannot process is given back and dead-lettered through the broker, with its
 //! reason.
 
@@ -8,7 +8,7 @@ mod common;
 
 use async_trait::async_trait;
 use common::{POISON, Shipping, shipped};
-use messaging::hand_off::GiveBack;
+use messaging::hand_off::HandedOffRows;
 use messaging::postgres::{GroupCommit, PgInbox, PgOutbox, Relay, RelayConfig, save_error};
 use messaging::relay::OutboxStore;
 use messaging::testing::{TestDatabase, eventually, unique_naming};
@@ -120,7 +120,7 @@ async fn a_message_for_a_consumer_of_the_same_database_goes_to_it_at_commit_and_
     let envelope = shipped(Uuid::now_v7());
     send(&db, &hand_off, envelope.clone()).await;
     eventually(WAIT, "the consumer applied the message", async || common::counter(&db.pool).await == 1).await;
-    assert_eq!(row(&db.pool, envelope.message_id).await, (true, true), "handed off, and stamped by the consumer");
+    eventually(WAIT, "its row is stamped sent", async || row(&db.pool, envelope.message_id).await == (true, true)).await;
     let outbox = PgOutbox::from(db.pool.clone());
     assert!(outbox.claim_due(10).await.unwrap().envelopes.is_empty(), "the relay finds nothing to publish");
     assert_eq!(outbox.next_due().await.unwrap(), None, "and nothing to wait for");

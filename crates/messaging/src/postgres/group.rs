@@ -59,8 +59,7 @@ impl GroupCommit {
     }
 
     /// The same group commit (its clones do not share this) that hands the messages it commits
-    /// for this service's own consumers to them through `hand_off`, and stamps sent the
-    /// handed-off rows of the messages its units of work consume.
+    /// for this service's own consumers to them through `hand_off`.
     pub fn with_hand_off(self, hand_off: Arc<HandOff>) -> Self {
         let inner = Inner {
             pool: self.inner.pool.clone(),
@@ -87,7 +86,7 @@ impl GroupCommit {
         let hand_off = self.inner.hand_off.as_deref();
         let handed = hand_off.map(|hand_off| hand_off.select(&effects.outgoing)).unwrap_or_default();
         let lease_until = Utc::now() + hand_off.map(HandOff::lease).unwrap_or_default();
-        let outbound = Outbound { handed: &handed, lease_until, stamps: hand_off.is_some() };
+        let outbound = Outbound { handed: &handed, lease_until };
         let group = self.join();
         let mut member = Membership { inner: &self.inner, group: &group, writing: false, done: false };
         let written = member.write(effects, &outbound, write_state).await;

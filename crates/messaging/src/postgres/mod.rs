@@ -156,9 +156,6 @@ struct Outbound<'a> {
     handed: &'a [bool],
     /// Until when the relay leaves the handed-off rows alone.
     lease_until: DateTime<Utc>,
-    /// Whether the consumed messages' handed-off rows are stamped sent: the database has a
-    /// hand-off, so its consumers may be applying messages of its own outbox.
-    stamps: bool,
 }
 
 /// Writes one unit of work on `conn`, inside a transaction: its effects first (the consumed
@@ -180,10 +177,10 @@ async fn write_unit(
 }
 
 /// The statement writing a unit of work's effects, for each combination of what it has
-/// (inbox records: 1, withdrawn scheduled messages: 2, outgoing messages: 4, handed-off rows of
-/// the consumed messages to stamp sent: 8). Only the parts there is something for: the outbox
-/// trigger wakes the relays for every INSERT statement, even one that inserts nothing.
-static EFFECTS_STATEMENTS: LazyLock<[String; 16]> = LazyLock::new(|| {
+/// (inbox records: 1, withdrawn scheduled messages: 2, outgoing messages: 4). Only the parts
+/// there is something for: the outbox trigger wakes the relays for every INSERT statement,
+/// even one that inserts nothing.
+static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
     std::array::from_fn(|which| {
         let consumes = which & 1 != 0;
         // A second copy of a consumed message writes nothing (its outgoing messages may carry
@@ -206,12 +203,8 @@ static EFFECTS_STATEMENTS: LazyLock<[String; 16]> = LazyLock::new(|| {
                                AS m(id, type, correlation, causation, occurred, trace, payload, due, handed) \
                           WHERE {first_copy})"
             ),
-            format!(
-                "stamped AS (UPDATE outbox SET sent_at = now() \
-                             WHERE message_id = ANY($2::uuid[]) AND handed_off AND sent_at IS NULL AND {first_copy})"
-            ),
         ];
-        let chosen: Vec<&str> = (0..4).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].as_str()).collect();
+        let chosen: Vec<&str> = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].as_str()).collect();
         let recorded = if consumes { "SELECT count(*) FROM consumed" } else { "SELECT 0::bigint" };
         if chosen.is_empty() { recorded.to_owned() } else { format!("WITH {} {recorded}", chosen.join(", ")) }
     })
@@ -223,11 +216,9 @@ async fn write_effects(
     effects: &Effects<'_>,
     outbound: &Outbound<'_>,
 ) -> Result<i64, sqlx::Error> {
-    let consumes = !effects.consumed.is_empty();
-    let which = usize::from(consumes)
+    let which = usize::from(!effects.consumed.is_empty())
         | usize::from(!effects.cancelled.is_empty()) << 1
-        | usize::from(!effects.outgoing.is_empty()) << 2
-        | usize::from(consumes && outbound.stamps) << 3;
+        | usize::from(!effects.outgoing.is_empty()) << 2;
     let sql: &'static str = &EFFECTS_STATEMENTS[which];
     let consumers: Vec<&str> = effects.consumed.iter().map(|consumed| consumed.consumer).collect();
     let consumed: Vec<Uuid> = effects.consumed.iter().map(|consumed| consumed.message_id).collect();
