@@ -28,6 +28,10 @@ use uuid::Uuid;
 /// message under load, short enough that a crash delays its messages only by this.
 pub const LEASE: Duration = Duration::from_secs(10);
 
+/// Longest a stamp or a give-back may take: a database connection that went silent must not
+/// hold either forever (the lease covers what they did not do).
+const DEADLINE: Duration = Duration::from_secs(20);
+
 /// The outbox rows of handed-off messages, as the hand-off settles them.
 #[async_trait]
 pub trait HandedOffRows: Send + Sync + 'static {
@@ -132,7 +136,8 @@ impl HandOff {
         // The subscription lives as long as the stream: it is part of the unfold's state.
         futures::stream::unfold((receiver, subscription), |(mut receiver, subscription)| async move {
             let envelope = receiver.recv().await?;
-            let settle = HandedOff { message_id: envelope.message_id, hand_off: subscription.hand_off.clone() };
+            let settle =
+                HandedOffSettlement { message_id: envelope.message_id, hand_off: subscription.hand_off.clone() };
             Some((Delivery::new(Ok(envelope), false, Box::new(settle)), (receiver, subscription)))
         })
         .boxed()
@@ -160,9 +165,12 @@ impl HandOff {
                     }
                     std::mem::take(&mut applied.0)
                 };
-                if let Err(error) = hand_off.rows.settle(&batch).await {
-                    tracing::warn!(error = %crate::ErrorChain(error.as_ref()), count = batch.len(), "could not stamp handed-off messages sent; the relay publishes them when their lease ends");
-                }
+                let failure = match tokio::time::timeout(DEADLINE, hand_off.rows.settle(&batch)).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => crate::ErrorChain(error.as_ref()).to_string(),
+                    Err(_) => format!("no answer within {DEADLINE:?}"),
+                };
+                tracing::warn!(error = %failure, count = batch.len(), "could not stamp handed-off messages sent; the relay publishes them when their lease ends");
             }
         });
     }
@@ -188,13 +196,13 @@ impl Drop for Subscription {
 
 /// How a handed-off delivery is settled: acknowledged, its row is stamped sent; dead-lettered,
 /// it is given back to the relay.
-struct HandedOff {
+struct HandedOffSettlement {
     message_id: Uuid,
     hand_off: Arc<HandOff>,
 }
 
 #[async_trait]
-impl Settle for HandedOff {
+impl Settle for HandedOffSettlement {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
         self.hand_off.applied(self.message_id);
         Ok(())
@@ -202,7 +210,10 @@ impl Settle for HandedOff {
 
     async fn dead_letter(self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
         let _ = failure; // the broker's path fails it again, and dead-letters it with its reason
-        self.hand_off.rows.give_back(self.message_id).await.map_err(TransportError::Unavailable)
+        match tokio::time::timeout(DEADLINE, self.hand_off.rows.give_back(self.message_id)).await {
+            Ok(given) => given.map_err(TransportError::Unavailable),
+            Err(_) => Err(TransportError::TimedOut("giving a handed-off message back")),
+        }
     }
 
     fn gives_back(&self) -> bool {

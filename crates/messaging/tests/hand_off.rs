@@ -120,7 +120,8 @@ async fn a_message_for_a_consumer_of_the_same_database_goes_to_it_at_commit_and_
     let envelope = shipped(Uuid::now_v7());
     send(&db, &hand_off, envelope.clone()).await;
     eventually(WAIT, "the consumer applied the message", async || common::counter(&db.pool).await == 1).await;
-    eventually(WAIT, "its row is stamped sent", async || row(&db.pool, envelope.message_id).await == (true, true)).await;
+    eventually(WAIT, "its row is stamped sent", async || row(&db.pool, envelope.message_id).await == (true, true))
+        .await;
     let outbox = PgOutbox::from(db.pool.clone());
     assert!(outbox.claim_due(10).await.unwrap().envelopes.is_empty(), "the relay finds nothing to publish");
     assert_eq!(outbox.next_due().await.unwrap(), None, "and nothing to wait for");
