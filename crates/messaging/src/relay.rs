@@ -67,8 +67,28 @@ pub struct Claimed<C> {
 pub trait CommitWatch: Send {
     /// Resolves when outbox rows may have been committed since the last call (or when
     /// notifications may have been missed, so that the relay looks anyway), with what is
-    /// known of the rows they scheduled for later. Cancel-safe.
-    async fn committed(&mut self) -> Scheduled;
+    /// known of them. Cancel-safe.
+    async fn committed(&mut self) -> Committed;
+}
+
+/// What commits tell a relay of the rows they wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Whether they may have written rows due now (false: every row they wrote is scheduled for
+    /// later, so there is nothing to claim yet).
+    pub due_now: bool,
+    /// What they tell of the rows they scheduled for later.
+    pub scheduled: Scheduled,
+}
+
+impl Committed {
+    /// Commits the relay knows nothing about: it claims, and asks when the next row falls due.
+    pub const UNKNOWN: Committed = Committed { due_now: true, scheduled: Scheduled::Unknown };
+
+    /// What two reports (of commits heard together) tell.
+    pub fn and(self, other: Committed) -> Committed {
+        Committed { due_now: self.due_now || other.due_now, scheduled: self.scheduled.and(other.scheduled) }
+    }
 }
 
 /// What commits tell a relay of the rows they scheduled for later.
@@ -231,8 +251,10 @@ impl<S: OutboxStore> Relay<S> {
                     }
                 }
                 heard = commits.committed(), if !backing_off => {
-                    wanted = wanted.max(1);
-                    scheduled = scheduled.and(heard);
+                    if heard.due_now {
+                        wanted = wanted.max(1);
+                    }
+                    scheduled = scheduled.and(heard.scheduled);
                 }
                 _ = tokio::time::sleep(pause) => {
                     wanted = wanted.max(1);

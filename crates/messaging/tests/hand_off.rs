@@ -204,3 +204,35 @@ async fn giving_back_a_message_already_sent_changes_nothing() {
     outbox.give_back(envelope.message_id).await.unwrap();
     assert_eq!(row(&db.pool, envelope.message_id).await, (true, true));
 }
+
+#[tokio::test]
+async fn the_relays_hear_of_rows_due_now_of_rows_only_scheduled_and_nothing_of_handed_off_ones() {
+    let db = common::database().await;
+    let hand_off = hand_off(&db.pool);
+    let spec = QueueSpec { name: "q".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
+    let deliveries = hand_off.subscribe(&spec);
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool).await.unwrap();
+    listener.listen("outbox").await.unwrap();
+    let group = GroupCommit::from(db.pool.clone()).with_hand_off(hand_off.clone());
+    let commit = async |outgoing: Vec<Outgoing>| {
+        let mut effects = Effects::new();
+        effects.outgoing = outgoing;
+        group.commit(&effects, async |_| Ok(())).await.unwrap();
+    };
+    let at_once = || Outgoing { envelope: shipped(Uuid::now_v7()), deliver_after: None };
+    let due = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let later = || Outgoing { envelope: shipped(Uuid::now_v7()), deliver_after: Some(due) };
+    let micros = due.timestamp_micros();
+
+    commit(vec![at_once()]).await; // handed off: no notification
+    commit(vec![later(), at_once()]).await; // a schedule, and nothing due for the relay now
+    drop(deliveries); // nobody takes them any more: due for the relay
+    commit(vec![at_once(), later()]).await;
+
+    let mut heard = Vec::new();
+    for _ in 0..2 {
+        let notification = tokio::time::timeout(WAIT, listener.recv()).await.unwrap().unwrap();
+        heard.push(notification.payload().to_owned());
+    }
+    assert_eq!(heard, [format!("later:{micros}"), micros.to_string()]);
+}

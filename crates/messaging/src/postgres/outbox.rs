@@ -6,7 +6,7 @@ use super::envelope_from_row;
 use crate::ErrorChain;
 use crate::hand_off::HandedOffRows;
 use crate::outbox::{OutboxBacklog, OutboxMonitor};
-use crate::relay::{Claimed, CommitWatch, OutboxStore, RelayError, Scheduled};
+use crate::relay::{Claimed, CommitWatch, Committed, OutboxStore, RelayError, Scheduled};
 use crate::unit_of_work::BoxError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -161,34 +161,39 @@ struct Notifications {
 #[derive(Default)]
 struct Heard {
     wake: Notify,
-    scheduled: std::sync::Mutex<Option<Scheduled>>,
+    committed: std::sync::Mutex<Option<Committed>>,
 }
 
 impl Heard {
-    fn tell(&self, scheduled: Scheduled) {
-        let mut pending = self.scheduled.lock().expect("notification lock");
-        *pending = Some(pending.map_or(scheduled, |earlier| earlier.and(scheduled)));
+    fn tell(&self, committed: Committed) {
+        let mut pending = self.committed.lock().expect("notification lock");
+        *pending = Some(pending.map_or(committed, |earlier| earlier.and(committed)));
         self.wake.notify_one();
     }
 }
 
 #[async_trait]
 impl CommitWatch for Notifications {
-    async fn committed(&mut self) -> Scheduled {
+    async fn committed(&mut self) -> Committed {
         self.heard.wake.notified().await;
-        self.heard.scheduled.lock().expect("notification lock").take().unwrap_or(Scheduled::Unknown)
+        self.heard.committed.lock().expect("notification lock").take().unwrap_or(Committed::UNKNOWN)
     }
 }
 
-/// What a notification's payload says of the rows its commit scheduled for later: the
-/// trigger sends the earliest such due time in microseconds since the epoch, or nothing.
-fn scheduled(payload: &str) -> Scheduled {
-    if payload.is_empty() {
-        return Scheduled::Earliest(None);
+/// What a notification's payload says of the rows its statement wrote: the trigger sends the
+/// earliest due time of those scheduled for later in microseconds since the epoch (or nothing
+/// when none is), prefixed with `later:` when none is due now.
+fn committed(payload: &str) -> Committed {
+    let (due_now, earliest) = match payload.strip_prefix("later:") {
+        Some(earliest) => (false, earliest),
+        None => (true, payload),
+    };
+    if earliest.is_empty() {
+        return Committed { due_now, scheduled: Scheduled::Earliest(None) };
     }
-    match payload.parse().ok().and_then(DateTime::from_timestamp_micros) {
-        Some(due) => Scheduled::Earliest(Some(due)),
-        None => Scheduled::Unknown,
+    match earliest.parse().ok().and_then(DateTime::from_timestamp_micros) {
+        Some(due) => Committed { due_now, scheduled: Scheduled::Earliest(Some(due)) },
+        None => Committed::UNKNOWN,
     }
 }
 
@@ -208,7 +213,7 @@ async fn listen_for_commits(pool: PgPool, heard: Arc<Heard>, stop: CancellationT
             };
             if listener.is_some() {
                 heard_at = Instant::now();
-                heard.tell(Scheduled::Unknown);
+                heard.tell(Committed::UNKNOWN);
             } else {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -222,19 +227,19 @@ async fn listen_for_commits(pool: PgPool, heard: Arc<Heard>, stop: CancellationT
             received = active.try_recv() => match received {
                 Ok(Some(notification)) => {
                     // Coalesce the notifications already buffered: one sweep serves them all.
-                    let mut told = scheduled(notification.payload());
+                    let mut told = committed(notification.payload());
                     while let Some(buffered) = active.next_buffered() {
-                        told = told.and(scheduled(buffered.payload()));
+                        told = told.and(committed(buffered.payload()));
                     }
                     heard_at = Instant::now();
                     heard.tell(told);
                 }
                 // Reconnected: notifications may have been lost.
-                Ok(None) => heard.tell(Scheduled::Unknown),
+                Ok(None) => heard.tell(Committed::UNKNOWN),
                 Err(error) => {
                     tracing::warn!(error = %ErrorChain(&error), "outbox listener failed; relying on the periodic sweep");
                     listener = None;
-                    heard.tell(Scheduled::Unknown);
+                    heard.tell(Committed::UNKNOWN);
                 }
             },
             _ = tokio::time::sleep_until(heard_at + LISTENER_PROBE_AFTER) => {
@@ -243,7 +248,7 @@ async fn listen_for_commits(pool: PgPool, heard: Arc<Heard>, stop: CancellationT
                 } else {
                     tracing::warn!("outbox listener stopped answering; connecting again");
                     listener = None;
-                    heard.tell(Scheduled::Unknown);
+                    heard.tell(Committed::UNKNOWN);
                 }
             }
         }
@@ -301,5 +306,27 @@ impl OutboxMonitor for PgOutboxMonitor {
             scheduled: scheduled.max(0) as u64,
             oldest_unsent_age_secs: oldest.map(|age| age.max(0.0)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_says_whether_anything_is_due_now_and_when_the_rest_falls_due() {
+        let due = DateTime::from_timestamp_micros(1_800_000_000_000_000).unwrap();
+        assert_eq!(committed(""), Committed { due_now: true, scheduled: Scheduled::Earliest(None) });
+        assert_eq!(
+            committed("1800000000000000"),
+            Committed { due_now: true, scheduled: Scheduled::Earliest(Some(due)) }
+        );
+        assert_eq!(
+            committed("later:1800000000000000"),
+            Committed { due_now: false, scheduled: Scheduled::Earliest(Some(due)) }
+        );
+        assert_eq!(committed("later:soon"), Committed::UNKNOWN, "what it cannot read, it claims for");
+        let later = Committed { due_now: false, scheduled: Scheduled::Earliest(Some(due)) };
+        assert!(later.and(committed("")).due_now, "heard together with a commit due now");
     }
 }

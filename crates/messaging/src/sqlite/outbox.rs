@@ -4,7 +4,7 @@
 
 use super::{Database, OutboxState, Timestamp, envelope_from_row};
 use crate::outbox::{OutboxBacklog, OutboxMonitor};
-use crate::relay::{Claimed, CommitWatch, OutboxStore, Relay, RelayError, Scheduled};
+use crate::relay::{Claimed, CommitWatch, Committed, OutboxStore, Relay, RelayError};
 use crate::unit_of_work::BoxError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -138,9 +138,9 @@ struct Commits(Arc<OutboxState>);
 
 #[async_trait]
 impl CommitWatch for Commits {
-    async fn committed(&mut self) -> Scheduled {
+    async fn committed(&mut self) -> Committed {
         self.0.committed.notified().await;
-        Scheduled::Unknown
+        Committed::UNKNOWN
     }
 }
 
