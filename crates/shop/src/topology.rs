@@ -1,4 +1,5 @@
-//! The system's consumers, as each service declares them, for the operator tools and the tests.
+//! The system's consumers, as each service declares them, and what they read: for the operator
+//! tools, the tests and the in-process hand-off.
 
 use messaging::transport::QueueSpec;
 use messaging::{Inbound, Naming};

@@ -178,8 +178,8 @@ async fn write_unit(
 
 /// The statement writing a unit of work's effects, for each combination of what it has
 /// (inbox records: 1, withdrawn scheduled messages: 2, outgoing messages: 4). Only the parts
-/// there is something for: the outbox trigger wakes the relays for every INSERT statement,
-/// even one that inserts nothing.
+/// there is something for: the outbox trigger wakes the relays for every INSERT statement, even
+/// one that inserts nothing.
 static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
     std::array::from_fn(|which| {
         let consumes = which & 1 != 0;
