@@ -5,8 +5,8 @@
 //! The outbox row is still written in the unit of work's transaction; what changes is who
 //! settles it. The row is written *handed off*, with a lease: the relay leaves it alone until
 //! the lease ends. Once the consumer has committed its unit of work (with its inbox record),
-//! the row is stamped sent, in batches, as the relay stamps what it published
-//! ([`HandedOffRows::settle`]). If that never happens (the process died, the consumer stopped
+//! the row is stamped sent, in batches: by the next group commit of the database, before it
+//! commits, or after [`STAMP_WITHIN`] in a transaction of its own ([`HandedOffRows::settle`]). If that never happens (the process died, the consumer stopped
 //! first), the lease runs out and the relay publishes the row through the broker as any other:
 //! the consumer's inbox drops the copy if the first one was applied after all. A handed-off
 //! message the consumer cannot process is given back to the relay at once
@@ -28,6 +28,10 @@ use uuid::Uuid;
 /// message under load, short enough that a crash delays its messages only by this.
 pub const LEASE: Duration = Duration::from_secs(10);
 
+/// Longest an applied message waits for the next group commit of its database to stamp its
+/// row; then a transaction of its own does.
+pub const STAMP_WITHIN: Duration = Duration::from_millis(100);
+
 /// Longest a stamp or a give-back may take: a database connection that went silent must not
 /// hold either forever (the lease covers what they did not do).
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -48,10 +52,12 @@ pub struct HandOff {
     /// The types a consumer of this service alone reads.
     local: HashSet<String>,
     lease: Duration,
+    stamp_within: Duration,
     rows: Arc<dyn HandedOffRows>,
     /// The consumers taking deliveries now, by message type.
     subscribed: Mutex<HashMap<String, mpsc::UnboundedSender<Envelope>>>,
-    /// Messages applied whose rows are not stamped yet, and whether a stamp is under way.
+    /// Messages applied whose rows are not stamped yet, and whether a stamp of their own is
+    /// scheduled.
     applied: Mutex<(Vec<Uuid>, bool)>,
 }
 
@@ -60,12 +66,19 @@ impl HandOff {
     /// this service reads, and no other service), whose outbox rows are `rows`.
     pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, rows: Arc<dyn HandedOffRows>) -> Self {
         let local = local.into_iter().collect();
-        Self { service, local, lease: LEASE, rows, subscribed: Mutex::default(), applied: Mutex::default() }
+        let (subscribed, applied) = (Mutex::default(), Mutex::default());
+        Self { service, local, lease: LEASE, stamp_within: STAMP_WITHIN, rows, subscribed, applied }
     }
 
     /// Another lease than [`LEASE`] (tests).
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Another wait than [`STAMP_WITHIN`] for a group commit to stamp applied messages (tests).
+    pub fn with_stamp_within(mut self, stamp_within: Duration) -> Self {
+        self.stamp_within = stamp_within;
         self
     }
 
@@ -143,19 +156,21 @@ impl HandOff {
         .boxed()
     }
 
-    /// Records that the consumer applied `message_id`, and stamps its row sent with the others
-    /// applied meanwhile: one statement for all that queued up while the last one ran. A stamp
+    /// Records that consumers applied these messages. Their rows are stamped sent by the next
+    /// group commit of the database ([`take_applied`](Self::take_applied)), or after
+    /// [`STAMP_WITHIN`] by a transaction of their own, with all that queued up meanwhile. A stamp
     /// that fails (or a process that stops first) leaves the rows to the relay at the end of
     /// their lease, and the consumer's inbox drops the copies.
-    fn applied(self: &Arc<Self>, message_id: Uuid) {
+    pub fn settled(self: &Arc<Self>, message_ids: impl IntoIterator<Item = Uuid>) {
         let mut applied = self.applied.lock().expect("hand-off lock");
-        applied.0.push(message_id);
-        if std::mem::replace(&mut applied.1, true) {
-            return; // the stamp under way takes it next
+        applied.0.extend(message_ids);
+        if applied.0.is_empty() || std::mem::replace(&mut applied.1, true) {
+            return; // a stamp of their own is scheduled already
         }
         drop(applied);
         let hand_off = self.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(hand_off.stamp_within).await;
             loop {
                 let batch = {
                     let mut applied = hand_off.applied.lock().expect("hand-off lock");
@@ -173,6 +188,12 @@ impl HandOff {
                 tracing::warn!(error = %failure, count = batch.len(), "could not stamp handed-off messages sent; the relay publishes them when their lease ends");
             }
         });
+    }
+
+    /// The applied messages whose rows are not stamped yet, for a group commit to stamp them
+    /// before it commits (it gives them back to [`settled`](Self::settled) if it fails).
+    pub fn take_applied(&self) -> Vec<Uuid> {
+        std::mem::take(&mut self.applied.lock().expect("hand-off lock").0)
     }
 }
 
@@ -204,7 +225,7 @@ struct HandedOffSettlement {
 #[async_trait]
 impl Settle for HandedOffSettlement {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.hand_off.applied(self.message_id);
+        self.hand_off.settled([self.message_id]);
         Ok(())
     }
 
