@@ -5,8 +5,8 @@
 //! The outbox row is still written in the unit of work's transaction; what changes is who
 //! settles it. The row is written *handed off*, with a lease: the relay leaves it alone until
 //! the lease ends. Once the consumer has committed its unit of work (with its inbox record),
-//! the row is stamped sent, in batches: by the next group commit of the database, before it
-//! commits, or after [`STAMP_WITHIN`] in a transaction of its own ([`HandedOffRows::settle`]). If that never happens (the process died, the consumer stopped
+//! the row is stamped sent, with every row applied within [`STAMP_AFTER`] of it, in one
+//! transaction ([`HandedOffRows::settle`]). If that never happens (the process died, the consumer stopped
 //! first), the lease runs out and the relay publishes the row through the broker as any other:
 //! the consumer's inbox drops the copy if the first one was applied after all. A handed-off
 //! message the consumer cannot process is given back to the relay at once
@@ -28,9 +28,10 @@ use uuid::Uuid;
 /// message under load, short enough that a crash delays its messages only by this.
 pub const LEASE: Duration = Duration::from_secs(10);
 
-/// Longest an applied message waits for the next group commit of its database to stamp its
-/// row; then a transaction of its own does.
-pub const STAMP_WITHIN: Duration = Duration::from_millis(100);
+/// How long the stamps of applied messages gather before one transaction stamps them all: a
+/// transaction per message, alone in the system, would cost a commit per handed-off message;
+/// gathered, at 100 orders/s, one serves about ten orders. The lease is a hundred times longer.
+pub const STAMP_AFTER: Duration = Duration::from_millis(100);
 
 /// Longest a stamp or a give-back may take: a database connection that went silent must not
 /// hold either forever (the lease covers what they did not do).
@@ -52,12 +53,11 @@ pub struct HandOff {
     /// The types a consumer of this service alone reads.
     local: HashSet<String>,
     lease: Duration,
-    stamp_within: Duration,
+    stamp_after: Duration,
     rows: Arc<dyn HandedOffRows>,
     /// The consumers taking deliveries now, by message type.
     subscribed: Mutex<HashMap<String, mpsc::UnboundedSender<Envelope>>>,
-    /// Messages applied whose rows are not stamped yet, and whether a stamp of their own is
-    /// scheduled.
+    /// Messages applied whose rows are not stamped yet, and whether a stamp is scheduled.
     applied: Mutex<(Vec<Uuid>, bool)>,
 }
 
@@ -67,7 +67,7 @@ impl HandOff {
     pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, rows: Arc<dyn HandedOffRows>) -> Self {
         let local = local.into_iter().collect();
         let (subscribed, applied) = (Mutex::default(), Mutex::default());
-        Self { service, local, lease: LEASE, stamp_within: STAMP_WITHIN, rows, subscribed, applied }
+        Self { service, local, lease: LEASE, stamp_after: STAMP_AFTER, rows, subscribed, applied }
     }
 
     /// Another lease than [`LEASE`] (tests).
@@ -76,9 +76,9 @@ impl HandOff {
         self
     }
 
-    /// Another wait than [`STAMP_WITHIN`] for a group commit to stamp applied messages (tests).
-    pub fn with_stamp_within(mut self, stamp_within: Duration) -> Self {
-        self.stamp_within = stamp_within;
+    /// Another gathering time than [`STAMP_AFTER`] (tests).
+    pub fn with_stamp_after(mut self, stamp_after: Duration) -> Self {
+        self.stamp_after = stamp_after;
         self
     }
 
@@ -156,22 +156,21 @@ impl HandOff {
         .boxed()
     }
 
-    /// Records that consumers applied these messages. Their rows are stamped sent by the next
-    /// group commit of the database ([`take_applied`](Self::take_applied)), or after
-    /// [`STAMP_WITHIN`] by a transaction of their own, with all that queued up meanwhile. A stamp
-    /// that fails (or a process that stops first) leaves the rows to the relay at the end of
-    /// their lease, and the consumer's inbox drops the copies.
-    pub fn settled(self: &Arc<Self>, message_ids: impl IntoIterator<Item = Uuid>) {
+    /// Records that a consumer applied `message_id`. Its row is stamped sent within
+    /// [`STAMP_AFTER`], with all that gathered meanwhile, by one statement: at most one stamp per
+    /// [`STAMP_AFTER`]. A stamp that fails (or a process that stops first) leaves the rows to
+    /// the relay at the end of their lease, and the consumer's inbox drops the copies.
+    fn applied(self: &Arc<Self>, message_id: Uuid) {
         let mut applied = self.applied.lock().expect("hand-off lock");
-        applied.0.extend(message_ids);
-        if applied.0.is_empty() || std::mem::replace(&mut applied.1, true) {
-            return; // a stamp of their own is scheduled already
+        applied.0.push(message_id);
+        if std::mem::replace(&mut applied.1, true) {
+            return; // a stamp is scheduled already
         }
         drop(applied);
         let hand_off = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(hand_off.stamp_within).await;
             loop {
+                tokio::time::sleep(hand_off.stamp_after).await;
                 let batch = {
                     let mut applied = hand_off.applied.lock().expect("hand-off lock");
                     if applied.0.is_empty() {
@@ -188,12 +187,6 @@ impl HandOff {
                 tracing::warn!(error = %failure, count = batch.len(), "could not stamp handed-off messages sent; the relay publishes them when their lease ends");
             }
         });
-    }
-
-    /// The applied messages whose rows are not stamped yet, for a group commit to stamp them
-    /// before it commits (it gives them back to [`settled`](Self::settled) if it fails).
-    pub fn take_applied(&self) -> Vec<Uuid> {
-        std::mem::take(&mut self.applied.lock().expect("hand-off lock").0)
     }
 }
 
@@ -225,7 +218,7 @@ struct HandedOffSettlement {
 #[async_trait]
 impl Settle for HandedOffSettlement {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.hand_off.settled([self.message_id]);
+        self.hand_off.applied(self.message_id);
         Ok(())
     }
 

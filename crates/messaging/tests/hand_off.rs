@@ -238,37 +238,27 @@ async fn the_relays_hear_of_rows_due_now_of_rows_only_scheduled_and_nothing_of_h
 }
 
 #[tokio::test]
-async fn the_next_unit_of_work_of_the_database_stamps_the_applied_messages_in_its_own_transaction() {
+async fn the_stamps_of_messages_applied_close_together_share_one_transaction() {
     let db = common::database().await;
-    sqlx::query("CREATE TABLE units (tx bigint NOT NULL)").execute(&db.pool).await.unwrap();
-    // No stamp of their own within the test: only a group commit can stamp them.
     let hand_off = Arc::new(
         HandOff::new("test", [SHIPPED.to_owned()], Arc::new(PgOutbox::from(db.pool.clone())))
-            .with_stamp_within(Duration::from_secs(3600)),
+            .with_stamp_after(Duration::from_secs(1)),
     );
-    let spec = QueueSpec { name: "q".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
-    let _deliveries = hand_off.subscribe(&spec);
-    let envelope = shipped(Uuid::now_v7());
-    send(&db, &hand_off, envelope.clone()).await;
-    hand_off.settled([envelope.message_id]);
-    assert_eq!(row(&db.pool, envelope.message_id).await, (true, false));
-
-    let group = GroupCommit::from(db.pool.clone()).with_hand_off(hand_off.clone());
-    group
-        .commit(&Effects::new(), async |tx| {
-            sqlx::query("INSERT INTO units VALUES (txid_current())").execute(tx).await.map_err(save_error)?;
-            Ok(())
-        })
+    let transport = MemoryTransport::new();
+    let (_stop, _) = consume(&db, &hand_off, &transport).await;
+    let (first, second) = (shipped(Uuid::now_v7()), shipped(Uuid::now_v7()));
+    send(&db, &hand_off, first.clone()).await;
+    send(&db, &hand_off, second.clone()).await;
+    eventually(WAIT, "both are applied", async || common::counter(&db.pool).await == 2).await;
+    eventually(WAIT, "both rows are stamped", async || {
+        row(&db.pool, first.message_id).await == (true, true) && row(&db.pool, second.message_id).await == (true, true)
+    })
+    .await;
+    let stamped_by: Vec<String> = sqlx::query_scalar("SELECT xmin::text FROM outbox WHERE message_id = ANY($1)")
+        .bind([first.message_id, second.message_id])
+        .fetch_all(&db.pool)
         .await
         .unwrap();
-    let (stamped_by, unit): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT xmin::text::bigint FROM outbox WHERE message_id = $1), (SELECT tx % 4294967296 FROM units)",
-    )
-    .bind(envelope.message_id)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(row(&db.pool, envelope.message_id).await, (true, true));
-    assert_eq!(stamped_by, unit, "stamped by the unit of work's transaction");
-    assert!(hand_off.take_applied().is_empty());
+    assert_eq!(stamped_by.len(), 2);
+    assert_eq!(stamped_by[0], stamped_by[1], "one transaction stamped both");
 }

@@ -9,7 +9,7 @@
 //! it returns only once its group has committed. A member abandoned mid-write (its caller gave
 //! up) breaks its group: the others are told to try again, and nothing of the group is kept.
 
-use super::{Outbound, STAMP_SENT, save_error, write_unit};
+use super::{Outbound, save_error, write_unit};
 use crate::hand_off::HandOff;
 use crate::unit_of_work::{Effects, SaveError};
 use chrono::Utc;
@@ -92,7 +92,7 @@ impl GroupCommit {
         let written = member.write(effects, &outbound, write_state).await;
         if member.finish(written.is_ok()) {
             // Spawned: a member that stops waiting must not abandon the others' commit.
-            tokio::spawn(group.clone().commit(self.inner.hand_off.clone()));
+            tokio::spawn(group.clone().commit());
         }
         written?;
         let mut outcome = group.committed.subscribe();
@@ -259,16 +259,14 @@ impl Drop for Membership<'_> {
             self.break_group();
         }
         if self.finish(false) {
-            tokio::spawn(self.group.clone().commit(self.inner.hand_off.clone()));
+            tokio::spawn(self.group.clone().commit());
         }
     }
 }
 
 impl Group {
     /// Commits what its members kept, or rolls it back if the transaction was broken.
-    /// Before committing, it stamps sent the rows of the handed-off messages their consumers
-    /// applied meanwhile, if any: no transaction of their own then (see [`HandOff::settled`]).
-    async fn commit(self: Arc<Self>, hand_off: Option<Arc<HandOff>>) {
+    async fn commit(self: Arc<Self>) {
         let tx = self.tx.lock().await.take();
         let (kept, broken) = {
             let members = self.members.lock().expect("group members lock");
@@ -276,25 +274,14 @@ impl Group {
         };
         let outcome = match tx {
             _ if broken => Err("another unit of work in its group commit was abandoned mid-write".into()),
-            Some(mut open) if kept > 0 => {
+            Some(open) if kept > 0 => {
                 metrics::histogram!("group_commit_units").record(kept as f64);
-                let applied = hand_off.as_ref().map(|hand_off| hand_off.take_applied()).unwrap_or_default();
-                let commit = async {
-                    if !applied.is_empty() {
-                        sqlx::query(STAMP_SENT).bind(&applied).execute(&mut *open.tx).await?;
-                    }
-                    open.tx.commit().await
-                };
                 // Bounded: no caller's deadline reaches this task, and a commit on a connection
                 // that went silent would otherwise hold it for good.
-                let outcome = match tokio::time::timeout(COMMIT_DEADLINE, commit).await {
+                match tokio::time::timeout(COMMIT_DEADLINE, open.tx.commit()).await {
                     Ok(committed) => committed.map_err(|error| Arc::from(crate::ErrorChain(&error).to_string())),
                     Err(_) => Err(format!("the commit did not answer within {COMMIT_DEADLINE:?}").into()),
-                };
-                if let (Err(_), Some(hand_off)) = (&outcome, &hand_off) {
-                    hand_off.settled(applied); // not stamped: the next commit, or its own, does it
                 }
-                outcome
             }
             _ => Ok(()), // nothing kept: dropping the transaction rolls it back
         };

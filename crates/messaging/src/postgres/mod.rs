@@ -150,12 +150,6 @@ pub async fn commit(
     GroupCommit::from(pool.clone()).commit(effects, write_state).await
 }
 
-/// Stamps sent the unsent rows of the handed-off messages `$1` that no relay holds (one that
-/// does publishes them, and the inbox drops the copy): it never waits for a lock.
-const STAMP_SENT: &str = "UPDATE outbox SET sent_at = now() \
-                          WHERE message_id IN (SELECT message_id FROM outbox \
-                                               WHERE message_id = ANY($1) AND sent_at IS NULL FOR UPDATE SKIP LOCKED)";
-
 /// What a unit of work's outgoing messages become in the outbox beside their envelopes.
 struct Outbound<'a> {
     /// Per outgoing message, whether it is handed off (see [`crate::hand_off`]).

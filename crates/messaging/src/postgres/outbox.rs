@@ -130,7 +130,16 @@ impl HandedOffRows for PgOutbox {
         // As the relay's stamp, the commit need not wait for the disk: a stamp lost in a crash
         // leaves the rows to the relay after their lease, and the inbox drops the copies.
         let mut tx = self.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await?;
-        sqlx::query(super::STAMP_SENT).bind(message_ids).execute(&mut *tx).await?;
+        // Rows a relay holds (their lease ran out) are skipped: it publishes them, and the
+        // inbox drops the copy. So a stamp never waits for a lock.
+        sqlx::query(
+            "UPDATE outbox SET sent_at = now() \
+             WHERE message_id IN (SELECT message_id FROM outbox \
+                                  WHERE message_id = ANY($1) AND sent_at IS NULL FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(message_ids)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
