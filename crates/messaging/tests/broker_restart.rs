@@ -39,13 +39,9 @@ async fn a_broker_restart_loses_nothing_and_applies_nothing_twice() {
     let transport = RabbitMq::connect(&amqp_url(), unique_naming(), "broker-restart-test").await.unwrap();
     let shutdown = CancellationToken::new();
 
-    let consumer = Consumer::new(
-        "test",
-        transport.naming(),
-        Arc::new(Counter { pool: db.pool.clone() }),
-        ConsumerConfig::default(),
-    )
-    .with_inbox(Arc::new(PgInbox::new(db.pool.clone())));
+    let consumer =
+        Consumer::new("test", transport.naming(), Arc::new(Counter::new(&db.pool)), ConsumerConfig::default())
+            .with_inbox(Arc::new(PgInbox::new(db.pool.clone())));
     let spec = consumer.queue().clone();
     let consuming = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
     let relay = Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), RelayConfig::default());

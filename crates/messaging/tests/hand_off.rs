@@ -6,17 +6,14 @@
 
 mod common;
 
-use async_trait::async_trait;
-use common::{POISON, Shipping, shipped};
+use common::{Counter, shipped};
 use messaging::hand_off::HandedOffRows;
-use messaging::postgres::{GroupCommit, PgInbox, PgOutbox, Relay, RelayConfig, save_error};
+use messaging::postgres::{GroupCommit, PgInbox, PgOutbox, Relay, RelayConfig};
 use messaging::relay::OutboxStore;
 use messaging::testing::{TestDatabase, eventually, unique_naming};
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::{DeadLetters, QueueSpec, error_queue_of};
-use messaging::{
-    Consumer, ConsumerConfig, Effects, HandOff, Handler, HandlerError, Outgoing, Received, RetryPolicy, SaveError,
-};
+use messaging::{Consumer, ConsumerConfig, Effects, HandOff, Outgoing, RetryPolicy};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,43 +25,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn hand_off(pool: &PgPool) -> Arc<HandOff> {
     Arc::new(HandOff::new("test", [SHIPPED.to_owned()], Arc::new(PgOutbox::from(pool.clone()))))
-}
-
-/// Adds one to the counter per message, committing through the group commit it is given (as a
-/// service's handlers commit through their stores').
-struct Counter {
-    db: GroupCommit,
-}
-
-#[async_trait]
-impl Handler for Counter {
-    type Message = Shipping;
-
-    fn name(&self) -> &'static str {
-        "counter"
-    }
-
-    async fn handle(&self, message: &Received<Shipping>) -> Result<(), HandlerError> {
-        let Shipping::Shipped(shipped) = &message.message;
-        if shipped.order_id == POISON {
-            return Err(HandlerError::permanent("order id is nil"));
-        }
-        let effects = Effects::consuming(self.name(), message.envelope.message_id);
-        let outcome = self
-            .db
-            .commit(&effects, async |tx| {
-                sqlx::query("UPDATE counters SET value = value + 1 WHERE id = 1")
-                    .execute(tx)
-                    .await
-                    .map_err(save_error)?;
-                Ok(())
-            })
-            .await;
-        match outcome {
-            Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
-            Err(error) => Err(HandlerError::transient(error)),
-        }
-    }
 }
 
 /// Runs the counter's consumer on `transport`, taking what `hand_off` hands it, until the
@@ -173,7 +133,7 @@ async fn a_handed_off_message_that_fails_is_given_back_and_dead_lettered_through
     tokio::spawn(relay.run(stop.clone()));
     let (consuming, queue) = consume(&db, &hand_off, &transport).await;
 
-    let poison = shipped(POISON);
+    let poison = shipped(common::POISON);
     send(&db, &hand_off, poison.clone()).await;
     // Given back, it is published at once (not at the sweep, a minute away), fails again on the
     // broker's path and lands in the error queue.

@@ -87,7 +87,7 @@ async fn an_unconfirmed_publish_is_retried_by_the_relay(queue_type: QueueType) {
 async fn poison_messages_go_to_the_error_queue_while_good_ones_flow(queue_type: QueueType) {
     let db = database().await;
     let transport = transport(queue_type).await;
-    let handler = Arc::new(Counter { pool: db.pool.clone() });
+    let handler = Arc::new(Counter::new(&db.pool));
     let config = ConsumerConfig { concurrency: 4, prefetch: 8, ..ConsumerConfig::default() };
     let consumer = Consumer::new("test", transport.naming(), handler.clone(), config)
         .with_inbox(Arc::new(PgInbox::new(db.pool.clone())));
@@ -209,8 +209,7 @@ async fn a_replayed_dead_letter_is_delivered_again_and_purge_empties_the_error_q
     .await;
 
     // The "fixed" consumer now runs; one replay brings both back.
-    let consumer =
-        Consumer::new("test", transport.naming(), Arc::new(Counter { pool: db.pool.clone() }), Default::default());
+    let consumer = Consumer::new("test", transport.naming(), Arc::new(Counter::new(&db.pool)), Default::default());
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer.run(Arc::new(transport.clone()), shutdown.clone()));
     assert_eq!(transport.replay(&spec.error_queue()).await.unwrap(), 2);
@@ -256,7 +255,7 @@ async fn a_panicking_handler_costs_one_message_and_its_lane_consumes_on(queue_ty
         RetryPolicy { max_attempts: 3, backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)) };
     // One lane: the message after the panic is handled by the lane that panicked.
     let config = ConsumerConfig { concurrency: 1, retry, ..ConsumerConfig::default() };
-    let handler = Arc::new(Panicky(Counter { pool: db.pool.clone() }));
+    let handler = Arc::new(Panicky(Counter::new(&db.pool)));
     let consumer =
         Consumer::new("test", transport.naming(), handler, config).with_inbox(Arc::new(PgInbox::new(db.pool.clone())));
     let spec = consumer.queue().clone();

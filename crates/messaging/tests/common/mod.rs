@@ -7,7 +7,7 @@ pub mod stores;
 
 use async_trait::async_trait;
 use contracts::order::OrderShipped;
-use messaging::postgres::{commit, save_error};
+use messaging::postgres::{GroupCommit, save_error};
 use messaging::testing::TestDatabase;
 use messaging::{Causation, Effects, Envelope, Handler, HandlerError, Received, SaveError, TraceParent};
 use sqlx::PgPool;
@@ -38,9 +38,17 @@ messaging::inbound! {
 /// The id that [`Counter`] refuses as a broken business rule.
 pub const POISON: Uuid = Uuid::nil();
 
-/// Adds one to the counter per `order.shipped.v1`, once per message id.
+/// Adds one to the counter per `order.shipped.v1`, once per message id, committing through its
+/// group commit (as a service's handlers commit through their stores').
 pub struct Counter {
-    pub pool: PgPool,
+    pub db: GroupCommit,
+}
+
+impl Counter {
+    /// The counter of the database behind `pool`.
+    pub fn new(pool: &PgPool) -> Self {
+        Self { db: GroupCommit::from(pool.clone()) }
+    }
 }
 
 #[async_trait]
@@ -57,11 +65,16 @@ impl Handler for Counter {
             return Err(HandlerError::permanent("order id is nil"));
         }
         let effects = Effects::consuming(self.name(), message.envelope.message_id);
-        let outcome = commit(&self.pool, &effects, async |tx| {
-            sqlx::query("UPDATE counters SET value = value + 1 WHERE id = 1").execute(tx).await.map_err(save_error)?;
-            Ok(())
-        })
-        .await;
+        let outcome = self
+            .db
+            .commit(&effects, async |tx| {
+                sqlx::query("UPDATE counters SET value = value + 1 WHERE id = 1")
+                    .execute(tx)
+                    .await
+                    .map_err(save_error)?;
+                Ok(())
+            })
+            .await;
         match outcome {
             Ok(()) | Err(SaveError::AlreadyConsumed) => Ok(()),
             Err(error) => Err(HandlerError::transient(error)),
