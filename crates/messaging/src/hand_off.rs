@@ -112,24 +112,11 @@ impl HandOff {
         }
     }
 
-    /// `envelope` handed on under a span of the hand-off, a child of the span that wrote it, as
-    /// the relay's publish span is for a message that goes through the broker: the consumer's
-    /// span follows it.
+    /// `envelope` handed on under a span of the hand-off (as the relay's `publish` span is for a
+    /// message that goes through the broker), which the consumer's span follows.
     fn traced(&self, envelope: &Envelope) -> Envelope {
         let mut envelope = envelope.clone();
-        let span = tracing::info_span!(
-            parent: None,
-            "hand off",
-            otel.name = format!("hand off {}", envelope.message_type),
-            otel.kind = "producer",
-            service = self.service,
-            message_type = %envelope.message_type,
-            message_id = %envelope.message_id,
-            correlation_id = %envelope.correlation_id,
-        );
-        if let Some(exported) = envelope.trace_context().and_then(|writer| crate::trace::follow(&span, writer)) {
-            envelope.traceparent = Some(exported.to_string());
-        }
+        crate::trace::producer_span("hand off", self.service, &mut envelope);
         envelope
     }
 

@@ -294,7 +294,8 @@ impl<S: OutboxStore> Relay<S> {
         if envelopes.is_empty() {
             return Ok(0);
         }
-        let spans: Vec<tracing::Span> = envelopes.iter_mut().map(|envelope| self.publish_span(envelope)).collect();
+        let spans: Vec<tracing::Span> =
+            envelopes.iter_mut().map(|envelope| crate::trace::producer_span("publish", self.name, envelope)).collect();
         let claimed = Instant::now();
         if let Err(error) = self.transport.publish(&envelopes).await {
             for span in &spans {
@@ -320,27 +321,6 @@ impl<S: OutboxStore> Relay<S> {
             "published"
         );
         Ok(envelopes.len())
-    }
-
-    /// A span from claim to confirm of one message, a child of the span that wrote it. When
-    /// spans are exported, the message names this span as its parent from here on, so that
-    /// the consumer's span follows the publish.
-    fn publish_span(&self, envelope: &mut Envelope) -> tracing::Span {
-        let span = tracing::info_span!(
-            parent: None,
-            "publish",
-            otel.name = format!("publish {}", envelope.message_type),
-            otel.kind = "producer",
-            otel.status_code = tracing::field::Empty,
-            service = self.name,
-            message_type = %envelope.message_type,
-            message_id = %envelope.message_id,
-            correlation_id = %envelope.correlation_id,
-        );
-        if let Some(exported) = envelope.trace_context().and_then(|writer| crate::trace::follow(&span, writer)) {
-            envelope.traceparent = Some(exported.to_string());
-        }
-        span
     }
 
     /// When the earliest unsent row falls due, as the store says (`None` if it cannot say).

@@ -6,7 +6,7 @@
 //! every parent a span names is a span that was exported. Without export, the same calls give a
 //! fresh span id in the sender's trace, so the logs still carry one trace id per order.
 
-use crate::envelope::TraceParent;
+use crate::envelope::{Envelope, TraceParent};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -24,6 +24,29 @@ pub fn continue_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Trac
 pub fn follow(span: &tracing::Span, parent: TraceParent) -> Option<TraceParent> {
     set_parent(span, parent);
     exported_context(span)
+}
+
+/// The producer's span of a message leaving its writer, exported as `<action> <type>`
+/// (`publish` by the relay, `hand off` in-process), a child of the span that wrote it. When
+/// spans are exported, the message names this span as its parent from here on, so that the
+/// consumer's span follows it.
+pub fn producer_span(action: &'static str, service: &'static str, envelope: &mut Envelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "produce",
+        action,
+        otel.name = format!("{action} {}", envelope.message_type),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        service,
+        message_type = %envelope.message_type,
+        message_id = %envelope.message_id,
+        correlation_id = %envelope.correlation_id,
+    );
+    if let Some(exported) = envelope.trace_context().and_then(|writer| follow(&span, writer)) {
+        envelope.traceparent = Some(exported.to_string());
+    }
+    span
 }
 
 /// Records that `span` also works for the remote span `other` (e.g. one of a batch of messages).
