@@ -139,6 +139,15 @@ async fn saved_product_for(store: &dyn ProductStore, stock: u32, orders: &[Order
     store.load(id, orders).await.unwrap().unwrap()
 }
 
+/// A new product of `stock` units with `units` of them reserved for `order`, saved.
+async fn saved_product_reserved_for(store: &dyn ProductStore, stock: u32, order: OrderId, units: i64) -> Product {
+    let mut product = saved_product_for(store, stock, &[order]).await;
+    product.reserve(order, qty(units)).unwrap();
+    let changes = product.take_events();
+    store.save(&product, &changes, &Effects::new()).await.unwrap();
+    product
+}
+
 fn qty(units: i64) -> Quantity {
     Quantity::new(units).unwrap()
 }
@@ -238,10 +247,7 @@ async fn reservations_beyond_the_reserved_count_are_corrupt<B: Backend>() {
     let db = B::new().await;
     let store = db.products();
     let order = OrderId::generate();
-    let mut product = saved_product_for(store.as_ref(), 5, &[order]).await;
-    product.reserve(order, qty(3)).unwrap();
-    let changes = product.take_events();
-    store.save(&product, &changes, &Effects::new()).await.unwrap();
+    let product = saved_product_reserved_for(store.as_ref(), 5, order, 3).await;
     db.execute("UPDATE products SET reserved = 1 WHERE id = $1", product.id()).await.unwrap();
 
     assert_eq!(store.load(product.id(), &[]).await.unwrap().unwrap().reserved(), 1, "nothing read to disagree");
@@ -256,11 +262,7 @@ async fn reservations_beyond_the_reserved_count_are_corrupt<B: Backend>() {
 async fn the_database_itself_refuses_a_second_reservation_of_one_product_for_one_order<B: Backend>() {
     let db = B::new().await;
     let store = db.products();
-    let order = OrderId::generate();
-    let mut product = saved_product_for(store.as_ref(), 5, &[order]).await;
-    product.reserve(order, qty(1)).unwrap();
-    let changes = product.take_events();
-    store.save(&product, &changes, &Effects::new()).await.unwrap();
+    let product = saved_product_reserved_for(store.as_ref(), 5, OrderId::generate(), 1).await;
     let twice =
         db.execute("INSERT INTO reservations SELECT * FROM reservations WHERE product_id = $1", product.id()).await;
     assert!(twice.is_err(), "PRIMARY KEY (product_id, order_id) let a second reservation through");

@@ -24,15 +24,16 @@ pub fn consumer_queues(naming: &Naming) -> Vec<QueueSpec> {
         .collect()
 }
 
-/// The message types each consumer of the system reads, as `(service, types)`.
-fn reads() -> [(&'static str, &'static [&'static str]); 4] {
-    use inventory::application::{SagaMessage, StockCommand};
-    use order::application::{ProductNews, ReservationOutcome};
+/// The message types each consumer of the system reads, as `(service, consumer, types)`.
+fn reads() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
+    use inventory::application::{ReservationSagaHandler, SagaMessage, StockCommand, StockHandler};
+    use order::application::{CatalogHandler, ProductNews, ReservationOutcome, ReservationOutcomeHandler};
+    let (order, inventory) = (order::application::SERVICE, inventory::application::SERVICE);
     [
-        (order::application::SERVICE, ProductNews::TYPES),
-        (order::application::SERVICE, ReservationOutcome::TYPES),
-        (inventory::application::SERVICE, SagaMessage::TYPES),
-        (inventory::application::SERVICE, StockCommand::TYPES),
+        (order, CatalogHandler::NAME, ProductNews::TYPES),
+        (order, ReservationOutcomeHandler::NAME, ReservationOutcome::TYPES),
+        (inventory, ReservationSagaHandler::NAME, SagaMessage::TYPES),
+        (inventory, StockHandler::NAME, StockCommand::TYPES),
     ]
 }
 
@@ -42,12 +43,12 @@ fn reads() -> [(&'static str, &'static [&'static str]); 4] {
 /// the broker.
 pub fn kept_within(service: &str) -> Vec<String> {
     let reads = reads();
-    let readers = |message_type: &str| reads.iter().filter(|(_, types)| types.contains(&message_type)).count();
+    let readers = |message_type: &str| reads.iter().filter(|(_, _, types)| types.contains(&message_type)).count();
     let prefix = format!("{service}.");
     reads
         .iter()
-        .filter(|(reader, _)| *reader == service)
-        .flat_map(|(_, types)| types.iter())
+        .filter(|(reader, _, _)| *reader == service)
+        .flat_map(|(_, _, types)| types.iter())
         .filter(|message_type| message_type.starts_with(&prefix) && readers(message_type) == 1)
         .map(|message_type| (*message_type).to_owned())
         .collect()
@@ -59,7 +60,8 @@ mod tests {
 
     #[test]
     fn inventory_keeps_its_stock_commands_and_answers_to_itself_and_order_keeps_nothing() {
-        assert_eq!(reads().len(), consumers().count(), "one entry per consumer");
+        let readers: Vec<_> = reads().iter().map(|(service, consumer, _)| (*service, *consumer)).collect();
+        assert_eq!(readers, consumers().collect::<Vec<_>>(), "one entry per consumer, in their order");
         assert!(kept_within(order::application::SERVICE).is_empty(), "order reads only what inventory sends");
         let mut inventory = kept_within(inventory::application::SERVICE);
         inventory.sort();
