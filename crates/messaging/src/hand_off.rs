@@ -1,17 +1,19 @@
-//! The in-process hand-off: a message that a consumer of the same service (and database) takes,
-//! and nobody else, goes from the commit that wrote it straight to that consumer, instead of
-//! from the outbox through the relay and the broker.
+//! The in-process hand-off: a message goes from the commit that wrote it straight to where it
+//! goes next in this process, instead of waiting in the outbox for a relay to claim it. One
+//! that a consumer of the same service (and database) takes, and nobody else, goes to that
+//! consumer, without the broker; any other goes to this process's relay, which publishes it to
+//! the broker at once ([`HandOff::subscribe_relay`]).
 //!
 //! The outbox row is still written in the unit of work's transaction; what changes is who
-//! settles it. The row is written *handed off*, with a lease: the relay leaves it alone until
-//! the lease ends. Once the consumer has committed its unit of work (with its inbox record),
-//! the row is stamped sent, with every row applied within [`STAMP_AFTER`] of it, in one
-//! transaction ([`HandedOffRows::settle`]). If that never happens (the process died, the consumer stopped
-//! first), the lease runs out and the relay publishes the row through the broker as any other:
-//! the consumer's inbox drops the copy if the first one was applied after all. A handed-off
-//! message the consumer cannot process is given back to the relay at once
-//! ([`HandedOffRows::give_back`]), so that it takes the broker's path and is retried and
-//! dead-lettered there, with its reason, like every message.
+//! settles it. The row is written *handed off*, with a lease: the relays leave it alone until
+//! the lease ends. Once the consumer has committed its unit of work (with its inbox record), or
+//! the broker has confirmed the message, the row is stamped sent, with every row settled within
+//! [`STAMP_AFTER`] of it, in one transaction ([`HandedOffRows::settle`]). If that never happens
+//! (the process died, the consumer stopped first), the lease runs out and a relay claims and
+//! publishes the row as any other: the consumer's inbox drops the copy if the first one was
+//! applied after all. A handed-off message the consumer cannot process, or the broker does not
+//! take, is given back to the relays at once ([`HandedOffRows::give_back`]), so that it takes the
+//! claiming path and is retried (and dead-lettered, with its reason) there, like every message.
 
 use crate::envelope::Envelope;
 use crate::transport::{Deliveries, Delivery, Failure, QueueSpec, Settle, TransportError};
@@ -40,10 +42,11 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// The outbox rows of handed-off messages, as the hand-off settles them.
 #[async_trait]
 pub trait HandedOffRows: Send + Sync + 'static {
-    /// Stamps sent the rows of these messages, which their consumer has applied.
+    /// Stamps sent the rows of these messages, which their consumer has applied or the broker
+    /// has taken.
     async fn settle(&self, message_ids: &[Uuid]) -> Result<(), BoxError>;
-    /// Makes the row of `message_id` due for the relay now, unless it was sent.
-    async fn give_back(&self, message_id: Uuid) -> Result<(), BoxError>;
+    /// Makes the rows of these messages due for the relays now, unless they were sent.
+    async fn give_back(&self, message_ids: &[Uuid]) -> Result<(), BoxError>;
 }
 
 /// The hand-off of one service's database: which message types go to which of its consumers.
@@ -57,8 +60,10 @@ pub struct HandOff {
     rows: Arc<dyn HandedOffRows>,
     /// The consumers taking deliveries now, by message type.
     subscribed: Mutex<HashMap<String, mpsc::UnboundedSender<Envelope>>>,
-    /// Messages applied whose rows are not stamped yet, and whether a stamp is scheduled.
-    applied: Mutex<(Vec<Uuid>, bool)>,
+    /// The relay publishing the others now, if one does.
+    relay: Mutex<Option<mpsc::UnboundedSender<Envelope>>>,
+    /// Messages settled whose rows are not stamped yet, and whether a stamp is scheduled.
+    settled: Mutex<(Vec<Uuid>, bool)>,
 }
 
 impl HandOff {
@@ -66,8 +71,8 @@ impl HandOff {
     /// this service reads, and no other service), whose outbox rows are `rows`.
     pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, rows: Arc<dyn HandedOffRows>) -> Self {
         let local = local.into_iter().collect();
-        let (subscribed, applied) = (Mutex::default(), Mutex::default());
-        Self { service, local, lease: LEASE, stamp_after: STAMP_AFTER, rows, subscribed, applied }
+        let (subscribed, relay, settled) = (Mutex::default(), Mutex::default(), Mutex::default());
+        Self { service, local, lease: LEASE, stamp_after: STAMP_AFTER, rows, subscribed, relay, settled }
     }
 
     /// Another lease than [`LEASE`] (tests).
@@ -88,27 +93,31 @@ impl HandOff {
     }
 
     /// Which of `outgoing` will be handed off once committed: those sent at once whose type a
-    /// consumer of this process is taking now.
+    /// consumer of this process is taking now, or that this process's relay publishes.
     pub fn select(&self, outgoing: &[Outgoing]) -> Vec<bool> {
         let subscribed = self.subscribed.lock().expect("hand-off lock");
+        let relay = self.relay.lock().expect("hand-off lock").is_some();
         outgoing
             .iter()
             .map(|outgoing| {
-                outgoing.deliver_after.is_none() && subscribed.contains_key(&outgoing.envelope.message_type)
+                outgoing.deliver_after.is_none() && (relay || subscribed.contains_key(&outgoing.envelope.message_type))
             })
             .collect()
     }
 
-    /// Hands the committed messages selected by [`select`](Self::select) to their consumers. One
-    /// whose consumer stopped meanwhile stays with its lease, for the relay.
+    /// Hands the committed messages selected by [`select`](Self::select) to their consumers,
+    /// or to the relay. One whose taker stopped meanwhile stays with its lease, for the relays.
     pub fn deliver<'a>(&self, envelopes: impl IntoIterator<Item = &'a Envelope>) {
         let subscribed = self.subscribed.lock().expect("hand-off lock");
+        let relay = self.relay.lock().expect("hand-off lock");
         for envelope in envelopes {
-            let taken = subscribed
-                .get(&envelope.message_type)
-                .is_some_and(|consumer| consumer.send(self.traced(envelope)).is_ok());
-            metrics::counter!("messages_handed_off_total", "outcome" => if taken { "taken" } else { "left" })
-                .increment(1);
+            let outcome = match (subscribed.get(&envelope.message_type), relay.as_ref()) {
+                (Some(consumer), _) if consumer.send(self.traced(envelope)).is_ok() => "consumer",
+                // The relay makes the producer span of a message it publishes.
+                (_, Some(relay)) if relay.send(envelope.clone()).is_ok() => "relay",
+                _ => "left",
+            };
+            metrics::counter!("messages_handed_off_total", "outcome" => outcome).increment(1);
         }
     }
 
@@ -143,37 +152,120 @@ impl HandOff {
         .boxed()
     }
 
-    /// Records that a consumer applied `message_id`. Its row is stamped sent within
-    /// [`STAMP_AFTER`], with all that gathered meanwhile, by one statement: at most one stamp per
-    /// [`STAMP_AFTER`]. A stamp that fails (or a process that stops first) leaves the rows to
-    /// the relay at the end of their lease, and the consumer's inbox drops the copies.
-    fn applied(self: &Arc<Self>, message_id: Uuid) {
-        let mut applied = self.applied.lock().expect("hand-off lock");
-        applied.0.push(message_id);
-        if std::mem::replace(&mut applied.1, true) {
+    /// The messages handed to this process's relay from now on (those sent at once that no
+    /// consumer here takes), until the feed is dropped. The relay settles each with
+    /// [`settled`](Self::settled) once the broker took it, or [`give_back`](Self::give_back).
+    pub fn subscribe_relay(self: &Arc<Self>) -> RelayFeed {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self.relay.lock().expect("hand-off lock") = Some(sender.clone());
+        RelayFeed { receiver, sender, hand_off: self.clone() }
+    }
+
+    /// Records that these messages were applied by their consumer or taken by the broker. Their
+    /// rows are stamped sent within [`STAMP_AFTER`], with all that gathered meanwhile, by one
+    /// statement: at most one stamp per [`STAMP_AFTER`]. A stamp that fails (or a process that
+    /// stops first) leaves the rows to the relays at the end of their lease, and the consumers'
+    /// inboxes drop the copies.
+    pub fn settled(self: &Arc<Self>, message_ids: impl IntoIterator<Item = Uuid>) {
+        let mut settled = self.settled.lock().expect("hand-off lock");
+        settled.0.extend(message_ids);
+        if std::mem::replace(&mut settled.1, true) {
             return; // a stamp is scheduled already
         }
-        drop(applied);
+        drop(settled);
         let hand_off = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(hand_off.stamp_after).await;
                 let batch = {
-                    let mut applied = hand_off.applied.lock().expect("hand-off lock");
-                    if applied.0.is_empty() {
-                        applied.1 = false;
+                    let mut settled = hand_off.settled.lock().expect("hand-off lock");
+                    if settled.0.is_empty() {
+                        settled.1 = false;
                         return;
                     }
-                    std::mem::take(&mut applied.0)
+                    std::mem::take(&mut settled.0)
                 };
-                let failure = match tokio::time::timeout(DEADLINE, hand_off.rows.settle(&batch)).await {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(error)) => crate::ErrorChain(error.as_ref()).to_string(),
-                    Err(_) => format!("no answer within {DEADLINE:?}"),
-                };
-                tracing::warn!(error = %failure, count = batch.len(), "could not stamp handed-off messages sent; the relay publishes them when their lease ends");
+                hand_off.stamp(&batch).await;
             }
         });
+    }
+
+    /// Stamps what was settled and not stamped yet now (when the process stops), rather than
+    /// leaving it to the relays at the end of its lease.
+    pub async fn flush(&self) {
+        let batch = std::mem::take(&mut self.settled.lock().expect("hand-off lock").0);
+        if !batch.is_empty() {
+            self.stamp(&batch).await;
+        }
+    }
+
+    async fn stamp(&self, batch: &[Uuid]) {
+        let failure = match tokio::time::timeout(DEADLINE, self.rows.settle(batch)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => crate::ErrorChain(error.as_ref()).to_string(),
+            Err(_) => format!("no answer within {DEADLINE:?}"),
+        };
+        tracing::warn!(error = %failure, count = batch.len(), "could not stamp handed-off messages sent; the relay publishes them when their lease ends");
+    }
+
+    /// Gives these messages back to the relays, due now: they take the claiming path.
+    pub async fn give_back(&self, message_ids: &[Uuid]) -> Result<(), TransportError> {
+        match tokio::time::timeout(DEADLINE, self.rows.give_back(message_ids)).await {
+            Ok(given) => given.map_err(TransportError::Unavailable),
+            Err(_) => Err(TransportError::TimedOut("giving handed-off messages back")),
+        }
+    }
+}
+
+/// What is handed to this process's relay, as it takes it; dropped, nothing more is.
+pub struct RelayFeed {
+    receiver: mpsc::UnboundedReceiver<Envelope>,
+    /// Tells this feed's subscription from a later one's.
+    sender: mpsc::UnboundedSender<Envelope>,
+    hand_off: Arc<HandOff>,
+}
+
+impl RelayFeed {
+    /// The hand-off the messages come from.
+    pub fn hand_off(&self) -> &Arc<HandOff> {
+        &self.hand_off
+    }
+
+    /// Up to `limit` messages: waits for the first, then takes what else is waiting. Cancel-safe.
+    pub async fn next_batch(&mut self, limit: usize) -> Vec<Envelope> {
+        let mut batch = Vec::new();
+        if let Some(first) = self.receiver.recv().await {
+            batch.push(first);
+            while batch.len() < limit
+                && let Ok(next) = self.receiver.try_recv()
+            {
+                batch.push(next);
+            }
+        }
+        batch
+    }
+
+    /// Stops taking messages and returns those handed over and not yet taken.
+    pub fn close(mut self) -> Vec<Envelope> {
+        self.unsubscribe();
+        let mut left = Vec::new();
+        while let Ok(envelope) = self.receiver.try_recv() {
+            left.push(envelope);
+        }
+        left
+    }
+
+    fn unsubscribe(&self) {
+        let mut relay = self.hand_off.relay.lock().expect("hand-off lock");
+        if relay.as_ref().is_some_and(|sender| sender.same_channel(&self.sender)) {
+            *relay = None;
+        }
+    }
+}
+
+impl Drop for RelayFeed {
+    fn drop(&mut self) {
+        self.unsubscribe();
     }
 }
 
@@ -205,16 +297,13 @@ struct HandedOffSettlement {
 #[async_trait]
 impl Settle for HandedOffSettlement {
     async fn ack(self: Box<Self>) -> Result<(), TransportError> {
-        self.hand_off.applied(self.message_id);
+        self.hand_off.settled([self.message_id]);
         Ok(())
     }
 
     async fn dead_letter(self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
         let _ = failure; // the broker's path fails it again, and dead-letters it with its reason
-        match tokio::time::timeout(DEADLINE, self.hand_off.rows.give_back(self.message_id)).await {
-            Ok(given) => given.map_err(TransportError::Unavailable),
-            Err(_) => Err(TransportError::TimedOut("giving a handed-off message back")),
-        }
+        self.hand_off.give_back(&[self.message_id]).await
     }
 
     fn gives_back(&self) -> bool {

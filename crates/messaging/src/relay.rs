@@ -8,7 +8,10 @@
 //! duplicates absorbed by the consumers' inboxes.
 //!
 //! It sleeps until its store reports a commit, the next scheduled row falls due, or the periodic
-//! sweep that catches lost notifications comes round.
+//! sweep that catches lost notifications comes round. With a hand-off
+//! ([`Relay::with_hand_off`]), the messages this process commits come to it straight from the
+//! commit instead: it publishes them without claiming them, and the hand-off stamps their rows
+//! once the broker has confirmed them.
 //!
 //! Nothing it waits for may take forever: a batch (claim, publish, confirms, stamp), each query
 //! and each cleanup statement have a deadline, so that a database connection that went silent
@@ -17,6 +20,7 @@
 use crate::ErrorChain;
 use crate::backoff::Backoff;
 use crate::envelope::Envelope;
+use crate::hand_off::{HandOff, RelayFeed};
 use crate::transport::Transport;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -113,6 +117,14 @@ impl Scheduled {
     }
 }
 
+/// The next batch handed over to `feed` (never, without a feed).
+async fn next_handed(feed: &mut Option<RelayFeed>, limit: i64) -> Vec<Envelope> {
+    match feed {
+        Some(feed) => feed.next_batch(limit as usize).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Pauses after failed publishes: a broker that is down must not be hammered by new commits.
 const PUBLISH_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
@@ -157,6 +169,8 @@ pub struct Relay<S> {
     config: RelayConfig,
     /// Labels this relay's metrics and logs (the service name).
     name: &'static str,
+    /// Where this process's commits hand it their messages.
+    hand_off: Option<Arc<HandOff>>,
 }
 
 /// Why a batch was not published. Its rows stay unsent and are claimed again later.
@@ -183,7 +197,14 @@ impl<S: OutboxStore> Relay<S> {
     /// A relay labelled `name` (in logs and metrics) of the outbox `store` (or what makes one,
     /// such as a PostgreSQL pool).
     pub fn new(name: &'static str, store: impl Into<S>, transport: Arc<dyn Transport>, config: RelayConfig) -> Self {
-        Self { store: store.into(), transport, config, name }
+        Self { store: store.into(), transport, config, name, hand_off: None }
+    }
+
+    /// The same relay, also publishing what `hand_off` hands it straight from the commits of
+    /// this process (see [`crate::hand_off`]).
+    pub fn with_hand_off(mut self, hand_off: Arc<HandOff>) -> Self {
+        self.hand_off = Some(hand_off);
+        self
     }
 
     /// Runs until `shutdown`, then publishes what is due one last time and returns.
@@ -195,7 +216,10 @@ impl<S: OutboxStore> Relay<S> {
         let relay = Arc::new(self);
         let workers = relay.config.workers.max(1);
         let mut commits = relay.store.watch().await;
+        let mut handed = relay.hand_off.as_ref().map(HandOff::subscribe_relay);
         let mut in_flight: JoinSet<Result<usize, RelayError>> = JoinSet::new();
+        // Publishing what was handed over, up to `workers` batches at once.
+        let mut handing: JoinSet<Result<usize, RelayError>> = JoinSet::new();
         // Batches worth starting: rows may be due.
         let mut wanted = 1usize;
         let mut failures = 0u32;
@@ -229,6 +253,12 @@ impl<S: OutboxStore> Relay<S> {
                 }
                 _ => relay.config.sweep_interval,
             };
+            let mut failed = |error: RelayError| {
+                failures += 1;
+                let pause = PUBLISH_BACKOFF.pause(failures);
+                tracing::warn!(relay = relay.name, error = %ErrorChain(&error), retry_in = ?pause, "relay could not publish");
+                resume_at = Some(Instant::now() + pause);
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
@@ -242,13 +272,20 @@ impl<S: OutboxStore> Relay<S> {
                             }
                         }
                         Err(error) => {
-                            failures += 1;
-                            let pause = PUBLISH_BACKOFF.pause(failures);
-                            tracing::warn!(relay = relay.name, error = %ErrorChain(&error), retry_in = ?pause, "relay could not publish");
-                            resume_at = Some(Instant::now() + pause);
+                            failed(error);
                             wanted = 1;
                         }
                     }
+                }
+                Some(done) = handing.join_next(), if !handing.is_empty() => {
+                    if let Err(error) = done.unwrap_or_else(|crash| Err(RelayError::Crashed(crash))) {
+                        failed(error);
+                        wanted = 1; // its messages were given back: a claim after the pause takes them
+                    }
+                }
+                envelopes = next_handed(&mut handed, relay.config.batch_size), if handing.len() < workers => {
+                    let relay = relay.clone();
+                    handing.spawn(async move { relay.publish_handed(envelopes, backing_off).await });
                 }
                 heard = commits.committed(), if !backing_off => {
                     if heard.due_now {
@@ -262,7 +299,19 @@ impl<S: OutboxStore> Relay<S> {
                 }
             }
         }
+        // What was handed over and not taken yet is published now, not at the end of its lease.
+        if let Some(left) = handed.map(RelayFeed::close).filter(|left| !left.is_empty()) {
+            handing.spawn({
+                let relay = relay.clone();
+                async move { relay.publish_handed(left, false).await }
+            });
+        }
         while in_flight.join_next().await.is_some() {}
+        while handing.join_next().await.is_some() {}
+        // In a service its consumers stop first: the stamps the hand-off owes are known by now.
+        if let Some(hand_off) = &relay.hand_off {
+            hand_off.flush().await;
+        }
         if let Err(error) = relay.publish_all_due().await {
             tracing::warn!(relay = relay.name, error = %ErrorChain(&error), "relay stopped with messages left to publish");
         }
@@ -294,25 +343,12 @@ impl<S: OutboxStore> Relay<S> {
         if envelopes.is_empty() {
             return Ok(0);
         }
-        let spans: Vec<tracing::Span> =
-            envelopes.iter_mut().map(|envelope| crate::trace::producer_span("publish", self.name, envelope)).collect();
         let claimed = Instant::now();
-        if let Err(error) = self.transport.publish(&envelopes).await {
-            for span in &spans {
-                span.record("otel.status_code", "error");
-            }
-            return Err(error.into());
-        }
+        let spans = self.publish(&mut envelopes).await?;
         let confirmed = Instant::now();
         self.store.mark_sent(claim).await?;
         drop(spans);
-
-        let now = Utc::now();
-        for envelope in &envelopes {
-            let lag = (now - envelope.occurred_at).to_std().unwrap_or_default();
-            metrics::histogram!("outbox_publish_lag_seconds", "service" => self.name).record(lag.as_secs_f64());
-        }
-        metrics::counter!("outbox_published_total", "service" => self.name).increment(envelopes.len() as u64);
+        self.record_published(&envelopes);
         tracing::debug!(
             relay = self.name,
             count = envelopes.len(),
@@ -321,6 +357,58 @@ impl<S: OutboxStore> Relay<S> {
             "published"
         );
         Ok(envelopes.len())
+    }
+
+    /// Publishes messages handed over at their commit, within the deadline, and has the hand-off
+    /// stamp them; gives them back to the claiming path if they cannot be published (at once,
+    /// while the relay pauses after failures).
+    async fn publish_handed(&self, mut envelopes: Vec<Envelope>, backing_off: bool) -> Result<usize, RelayError> {
+        let Some(hand_off) = &self.hand_off else { return Ok(0) };
+        let published = if backing_off {
+            Ok(Vec::new())
+        } else {
+            tokio::time::timeout(self.config.deadline, self.publish(&mut envelopes))
+                .await
+                .unwrap_or(Err(RelayError::TimedOut(self.config.deadline)))
+        };
+        let ids: Vec<Uuid> = envelopes.iter().map(|envelope| envelope.message_id).collect();
+        match published {
+            Ok(_) if !backing_off => {
+                hand_off.settled(ids);
+                self.record_published(&envelopes);
+                tracing::debug!(relay = self.name, count = envelopes.len(), "published as handed over");
+                Ok(envelopes.len())
+            }
+            outcome => {
+                if let Err(error) = hand_off.give_back(&ids).await {
+                    tracing::warn!(relay = self.name, error = %ErrorChain(&error), count = ids.len(), "could not give handed-over messages back; the relays publish them when their lease ends");
+                }
+                outcome.map(|_| 0)
+            }
+        }
+    }
+
+    /// Publishes `envelopes` and waits for the transport's confirms; returns their producer
+    /// spans, to be closed once they are stamped.
+    async fn publish(&self, envelopes: &mut [Envelope]) -> Result<Vec<tracing::Span>, RelayError> {
+        let spans: Vec<tracing::Span> =
+            envelopes.iter_mut().map(|envelope| crate::trace::producer_span("publish", self.name, envelope)).collect();
+        if let Err(error) = self.transport.publish(envelopes).await {
+            for span in &spans {
+                span.record("otel.status_code", "error");
+            }
+            return Err(error.into());
+        }
+        Ok(spans)
+    }
+
+    fn record_published(&self, envelopes: &[Envelope]) {
+        let now = Utc::now();
+        for envelope in envelopes {
+            let lag = (now - envelope.occurred_at).to_std().unwrap_or_default();
+            metrics::histogram!("outbox_publish_lag_seconds", "service" => self.name).record(lag.as_secs_f64());
+        }
+        metrics::counter!("outbox_published_total", "service" => self.name).increment(envelopes.len() as u64);
     }
 
     /// When the earliest unsent row falls due, as the store says (`None` if it cannot say).

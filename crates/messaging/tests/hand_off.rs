@@ -2,7 +2,8 @@
 //! it at commit, without the relay or the broker, and its row is stamped sent once the consumer
 //! applied it; a row nobody settles goes through the relay when its lease runs out; a message
 //! the consumer cannot process is given back and dead-lettered through the broker, with its
-//! reason.
+//! reason. A message for another service goes at commit to the relay of the process, which
+//! publishes it without claiming it; one the broker refuses is given back to the claiming path.
 
 mod common;
 
@@ -151,6 +152,64 @@ async fn a_handed_off_message_that_fails_is_given_back_and_dead_lettered_through
     stop.cancel();
 }
 
+/// Runs a relay with `hand_off` that sweeps only every minute (so that within a test only a
+/// notification or the hand-off can set it off), until the token is cancelled; returns once it
+/// takes what the hand-off hands it.
+async fn relay_taking(db: &TestDatabase, hand_off: &Arc<HandOff>, transport: &MemoryTransport) -> CancellationToken {
+    let config = RelayConfig { sweep_interval: Duration::from_secs(60), ..RelayConfig::default() };
+    let relay =
+        Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), config).with_hand_off(hand_off.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(relay.run(stop.clone()));
+    eventually(WAIT, "the relay takes handed-over messages", async || takes(hand_off)).await;
+    stop
+}
+
+/// A queue of `transport` for the messages the tests send.
+async fn queue(transport: &MemoryTransport) -> String {
+    let spec = QueueSpec { name: "elsewhere".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
+    messaging::Transport::declare(transport, &spec).await.unwrap();
+    spec.name
+}
+
+#[tokio::test]
+async fn a_message_no_consumer_here_takes_goes_at_commit_to_the_relay_which_publishes_it_unclaimed() {
+    let db = common::database().await;
+    // No consumer of this process reads the type: it is for another service.
+    let hand_off = Arc::new(HandOff::new("test", [], Arc::new(PgOutbox::from(db.pool.clone()))));
+    let transport = MemoryTransport::new();
+    let queue = queue(&transport).await;
+    let stop = relay_taking(&db, &hand_off, &transport).await;
+
+    let envelope = shipped(Uuid::now_v7());
+    send(&db, &hand_off, envelope.clone()).await;
+    // Its commit woke no relay (the row is handed off) and the sweep is a minute away: only
+    // the hand-off can have brought it to the broker.
+    eventually(WAIT, "the message is published", async || transport.ready_count(&queue) == 1).await;
+    eventually(WAIT, "its row is stamped sent", async || row(&db.pool, envelope.message_id).await == (true, true))
+        .await;
+
+    // Stopped, the relay takes nothing more: the claiming path has the messages again.
+    stop.cancel();
+    eventually(WAIT, "the relay no longer takes handed-over messages", async || !takes(&hand_off)).await;
+}
+
+#[tokio::test]
+async fn a_handed_over_message_the_broker_refuses_is_given_back_and_published_by_a_claim() {
+    let db = common::database().await;
+    let hand_off = Arc::new(HandOff::new("test", [], Arc::new(PgOutbox::from(db.pool.clone()))));
+    let transport = MemoryTransport::new();
+    let queue = queue(&transport).await;
+    let stop = relay_taking(&db, &hand_off, &transport).await;
+
+    transport.fail_next_publishes(1);
+    let envelope = shipped(Uuid::now_v7());
+    send(&db, &hand_off, envelope.clone()).await;
+    eventually(WAIT, "the message is published after all", async || transport.ready_count(&queue) == 1).await;
+    assert_eq!(row(&db.pool, envelope.message_id).await, (false, true), "given back, then claimed and sent");
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn giving_back_a_message_already_sent_changes_nothing() {
     let db = common::database().await;
@@ -161,7 +220,7 @@ async fn giving_back_a_message_already_sent_changes_nothing() {
     let envelope = shipped(Uuid::now_v7());
     send(&db, &hand_off, envelope.clone()).await;
     sqlx::query("UPDATE outbox SET sent_at = now()").execute(&db.pool).await.unwrap();
-    outbox.give_back(envelope.message_id).await.unwrap();
+    outbox.give_back(&[envelope.message_id]).await.unwrap();
     assert_eq!(row(&db.pool, envelope.message_id).await, (true, true));
 }
 

@@ -113,30 +113,41 @@ impl Database {
         }
     }
 
-    /// The relay of its outbox, to run until `stop`.
+    /// The relay of its outbox, publishing what `hand_off` hands it too, to run until `stop`.
     fn relay(
         &self,
         name: &'static str,
         transport: Arc<dyn Transport>,
         config: RelayConfig,
+        hand_off: Option<Arc<HandOff>>,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         match self {
-            Database::Postgres(pool) => Box::pin(Relay::new(name, pool.clone(), transport, config).run(stop)),
+            Database::Postgres(pool) => {
+                let relay = Relay::new(name, pool.clone(), transport, config);
+                Box::pin(
+                    match hand_off {
+                        Some(hand_off) => relay.with_hand_off(hand_off),
+                        None => relay,
+                    }
+                    .run(stop),
+                )
+            }
             Database::Sqlite(db) => Box::pin(SqliteRelay::new(name, db.clone(), transport, config).run(stop)),
         }
     }
 
-    /// The hand-off of the messages its own consumers alone read, when the service has such
-    /// messages and its database can hand them off (PostgreSQL; the embedded broker is a table
-    /// of the same kind of file, so the embedded mode keeps its one path).
+    /// The hand-off of the messages it commits, to its own consumers (those they alone read)
+    /// and to its relay (the others), when its database can hand them off (PostgreSQL; the
+    /// embedded broker is a table of the same kind of file, so the embedded mode keeps its one
+    /// path).
     fn hand_off(&self, service: &'static str) -> Option<Arc<HandOff>> {
-        let local = crate::topology::kept_within(service);
         match self {
-            Database::Postgres(pool) if !local.is_empty() => {
+            Database::Postgres(pool) => {
+                let local = crate::topology::kept_within(service);
                 Some(Arc::new(HandOff::new(service, local, Arc::new(PgOutbox::from(pool.clone())))))
             }
-            Database::Postgres(_) | Database::Sqlite(_) => None,
+            Database::Sqlite(_) => None,
         }
     }
 
@@ -169,6 +180,8 @@ fn group_commit(pool: &PgPool, hand_off: Option<Arc<HandOff>>) -> GroupCommit {
 struct ServiceParts {
     name: &'static str,
     database: Database,
+    /// Where its commits hand their messages on, if they do.
+    hand_off: Option<Arc<HandOff>>,
     consumers: Vec<Consumer>,
     api: axum::Router,
     openapi: utoipa::openapi::OpenApi,
@@ -197,7 +210,7 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     };
     let service = OrderService::new(orders, catalog.clone());
     let service = Arc::new(service.with_idempotency_key_ttl(settings.idempotency_key_ttl));
-    let consumers = Consumers::new(SERVICE, runtime, &database, hand_off);
+    let consumers = Consumers::new(SERVICE, runtime, &database, hand_off.clone());
     // Through the service's store: a decision saved ends the waits for that order.
     let consumers = vec![
         consumers.of(CatalogHandler::new(catalog)),
@@ -210,6 +223,7 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let parts = ServiceParts {
         name: SERVICE,
         database,
+        hand_off,
         consumers,
         api,
         openapi: order::http::ApiDoc::openapi(),
@@ -242,7 +256,7 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
         }
     };
     let service = Arc::new(ProductService::new(products.clone(), sagas.clone()));
-    let consumers = Consumers::new(SERVICE, runtime, &database, hand_off);
+    let consumers = Consumers::new(SERVICE, runtime, &database, hand_off.clone());
     let consumers = vec![
         consumers.of(ReservationSagaHandler::new(sagas, settings.reservation_timeout)),
         consumers.of(StockHandler::new(products)),
@@ -253,6 +267,7 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     let parts = ServiceParts {
         name: SERVICE,
         database,
+        hand_off,
         consumers,
         api,
         openapi,
@@ -349,7 +364,7 @@ fn with_operators(parts: ServiceParts, transport: Arc<dyn Transport>) -> Service
 }
 
 async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    let ServiceParts { name, database, consumers, api, openapi, http_addr, chores, on_stopping } =
+    let ServiceParts { name, database, hand_off, consumers, api, openapi, http_addr, chores, on_stopping } =
         with_operators(parts, runtime.transport.clone());
     let Runtime { transport, tuning, metrics, verifier, .. } = runtime.clone();
     let supervisor = Supervisor::new(name);
@@ -386,7 +401,7 @@ async fn run(parts: ServiceParts, runtime: &Runtime) -> anyhow::Result<RunningSe
         })
         .collect();
     let relay_config = RelayConfig { sweep_interval: tuning.relay_sweep, ..RelayConfig::default() };
-    let relay = database.relay(name, transport.clone(), relay_config, relay_stop.clone());
+    let relay = database.relay(name, transport.clone(), relay_config, hand_off, relay_stop.clone());
     let relaying = supervisor.spawn("relay".into(), relay_stop.clone(), relay);
     let chores: Vec<_> = chores
         .into_iter()

@@ -144,13 +144,13 @@ impl HandedOffRows for PgOutbox {
         Ok(())
     }
 
-    async fn give_back(&self, message_id: Uuid) -> Result<(), BoxError> {
+    async fn give_back(&self, message_ids: &[Uuid]) -> Result<(), BoxError> {
         sqlx::query(
             "WITH given AS (UPDATE outbox SET deliver_after = now(), handed_off = false \
-                            WHERE message_id = $1 AND sent_at IS NULL RETURNING 1) \
-             SELECT pg_notify('outbox', '') FROM given",
+                            WHERE message_id = ANY($1) AND sent_at IS NULL RETURNING 1) \
+             SELECT pg_notify('outbox', '') WHERE EXISTS (SELECT FROM given)",
         )
-        .bind(message_id)
+        .bind(message_ids)
         .execute(&self.pool)
         .await?;
         Ok(())
