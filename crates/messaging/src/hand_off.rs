@@ -9,9 +9,10 @@
 //! the lease ends. Once the consumer has committed its unit of work (with its inbox record), or
 //! the broker has confirmed the message, the row is stamped sent, with every row settled within
 //! [`STAMP_AFTER`] of it, in one transaction ([`HandedOffRows::settle`]). If that never happens
-//! (the process died, the consumer stopped first), the lease runs out and a relay claims and
-//! publishes the row as any other: the consumer's inbox drops the copy if the first one was
-//! applied after all. A handed-off message the consumer cannot process, or the broker does not
+//! (the process died, a stamp failed), the lease runs out and a relay claims and publishes the
+//! row as any other: the consumer's inbox drops the copy if the first one was applied after
+//! all. What a consumer that stopped never settled is given back when the process stops
+//! ([`HandOff::flush`]). A handed-off message the consumer cannot process, or the broker does not
 //! take, is given back to the relays at once ([`HandedOffRows::give_back`]), so that it takes the
 //! claiming path and is retried (and dead-lettered, with its reason) there, like every message.
 
@@ -64,6 +65,9 @@ pub struct HandOff {
     relay: Mutex<Option<mpsc::UnboundedSender<Envelope>>>,
     /// Messages settled whose rows are not stamped yet, and whether a stamp is scheduled.
     settled: Mutex<(Vec<Uuid>, bool)>,
+    /// Messages handed to a consumer that stopped before settling them: given back at
+    /// [`flush`](Self::flush), so that they need not wait for the end of their lease.
+    dropped: Mutex<Vec<Uuid>>,
 }
 
 impl HandOff {
@@ -71,8 +75,8 @@ impl HandOff {
     /// this service reads, and no other service), whose outbox rows are `rows`.
     pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, rows: Arc<dyn HandedOffRows>) -> Self {
         let local = local.into_iter().collect();
-        let (subscribed, relay, settled) = (Mutex::default(), Mutex::default(), Mutex::default());
-        Self { service, local, lease: LEASE, stamp_after: STAMP_AFTER, rows, subscribed, relay, settled }
+        let (subscribed, relay, settled, dropped) = Default::default();
+        Self { service, local, lease: LEASE, stamp_after: STAMP_AFTER, rows, subscribed, relay, settled, dropped }
     }
 
     /// Another lease than [`LEASE`] (tests).
@@ -141,13 +145,16 @@ impl HandOff {
                 subscribed.insert(message_type.clone(), sender.clone());
             }
         }
-        let subscription = Subscription { hand_off: self.clone(), types, sender };
-        // The subscription lives as long as the stream: it is part of the unfold's state.
-        futures::stream::unfold((receiver, subscription), |(mut receiver, subscription)| async move {
-            let envelope = receiver.recv().await?;
-            let settle =
-                HandedOffSettlement { message_id: envelope.message_id, hand_off: subscription.hand_off.clone() };
-            Some((Delivery::new(Ok(envelope), false, Box::new(settle)), (receiver, subscription)))
+        let subscription = Subscription { hand_off: self.clone(), types, sender, receiver };
+        // The subscription lives as long as the stream: it is the unfold's state.
+        futures::stream::unfold(subscription, |mut subscription| async move {
+            let envelope = subscription.receiver.recv().await?;
+            let settle = HandedOffSettlement {
+                message_id: envelope.message_id,
+                hand_off: subscription.hand_off.clone(),
+                settled: false,
+            };
+            Some((Delivery::new(Ok(envelope), false, Box::new(settle)), subscription))
         })
         .boxed()
     }
@@ -190,12 +197,19 @@ impl HandOff {
         });
     }
 
-    /// Stamps what was settled and not stamped yet now (when the process stops), rather than
-    /// leaving it to the relays at the end of its lease.
+    /// When the process stops: stamps now what was settled and not stamped yet, and gives back
+    /// what consumers stopped before settling, rather than leaving either to the relays at the
+    /// end of its lease.
     pub async fn flush(&self) {
         let batch = std::mem::take(&mut self.settled.lock().expect("hand-off lock").0);
         if !batch.is_empty() {
             self.stamp(&batch).await;
+        }
+        let dropped = std::mem::take(&mut *self.dropped.lock().expect("hand-off lock"));
+        if !dropped.is_empty()
+            && let Err(error) = self.give_back(&dropped).await
+        {
+            tracing::warn!(error = %crate::ErrorChain(&error), count = dropped.len(), "could not give back handed-off messages nobody applied; the relay publishes them when their lease ends");
         }
     }
 
@@ -274,15 +288,23 @@ struct Subscription {
     hand_off: Arc<HandOff>,
     types: Vec<String>,
     sender: mpsc::UnboundedSender<Envelope>,
+    receiver: mpsc::UnboundedReceiver<Envelope>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut subscribed = self.hand_off.subscribed.lock().expect("hand-off lock");
-        for message_type in &self.types {
-            if subscribed.get(message_type).is_some_and(|sender| sender.same_channel(&self.sender)) {
-                subscribed.remove(message_type);
+        {
+            let mut subscribed = self.hand_off.subscribed.lock().expect("hand-off lock");
+            for message_type in &self.types {
+                if subscribed.get(message_type).is_some_and(|sender| sender.same_channel(&self.sender)) {
+                    subscribed.remove(message_type);
+                }
             }
+        }
+        // Nothing more is handed here: what was and never reached the consumer is given back.
+        let mut dropped = self.hand_off.dropped.lock().expect("hand-off lock");
+        while let Ok(envelope) = self.receiver.try_recv() {
+            dropped.push(envelope.message_id);
         }
     }
 }
@@ -292,21 +314,33 @@ impl Drop for Subscription {
 struct HandedOffSettlement {
     message_id: Uuid,
     hand_off: Arc<HandOff>,
+    /// Acknowledged or dead-lettered; dropped without either, the consumer stopped first.
+    settled: bool,
 }
 
 #[async_trait]
 impl Settle for HandedOffSettlement {
-    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.settled = true;
         self.hand_off.settled([self.message_id]);
         Ok(())
     }
 
-    async fn dead_letter(self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
+    async fn dead_letter(mut self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
         let _ = failure; // the broker's path fails it again, and dead-letters it with its reason
+        self.settled = true;
         self.hand_off.give_back(&[self.message_id]).await
     }
 
     fn gives_back(&self) -> bool {
         true
+    }
+}
+
+impl Drop for HandedOffSettlement {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.hand_off.dropped.lock().expect("hand-off lock").push(self.message_id);
+        }
     }
 }

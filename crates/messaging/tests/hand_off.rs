@@ -8,6 +8,7 @@
 mod common;
 
 use common::{Counter, shipped};
+use futures::StreamExt;
 use messaging::hand_off::HandedOffRows;
 use messaging::postgres::{GroupCommit, PgInbox, PgOutbox, Relay, RelayConfig};
 use messaging::relay::OutboxStore;
@@ -208,6 +209,29 @@ async fn a_handed_over_message_the_broker_refuses_is_given_back_and_published_by
     eventually(WAIT, "the message is published after all", async || transport.ready_count(&queue) == 1).await;
     assert_eq!(row(&db.pool, envelope.message_id).await, (false, true), "given back, then claimed and sent");
     stop.cancel();
+}
+
+#[tokio::test]
+async fn what_a_stopped_consumer_never_applied_is_given_back_when_the_process_stops() {
+    let db = common::database().await;
+    let hand_off = hand_off(&db.pool);
+    let spec = QueueSpec { name: "q".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
+    let mut deliveries = hand_off.subscribe(&spec);
+    let (taken, waiting) = (shipped(Uuid::now_v7()), shipped(Uuid::now_v7()));
+    send(&db, &hand_off, taken.clone()).await;
+    send(&db, &hand_off, waiting.clone()).await;
+    // The consumer took the first and stopped before settling it; the second never reached it.
+    drop(deliveries.next().await.expect("the first message"));
+    drop(deliveries);
+    let outbox = PgOutbox::from(db.pool.clone());
+    assert!(outbox.claim_due(10).await.unwrap().envelopes.is_empty(), "within their lease, the relay leaves them");
+
+    hand_off.flush().await;
+    let mut claimed: Vec<Uuid> = outbox.claim_due(10).await.unwrap().envelopes.iter().map(|e| e.message_id).collect();
+    claimed.sort();
+    let mut expected = vec![taken.message_id, waiting.message_id];
+    expected.sort();
+    assert_eq!(claimed, expected, "both are due for the relay at once");
 }
 
 #[tokio::test]
