@@ -1,13 +1,15 @@
 //! Group commit: a unit of work that arrives while every writer is busy joins the transaction
-//! of one of them, inside a savepoint of its own, and a group commits once none of its members
-//! is still writing. Under load a service then spends one commit (one WAL flush, one
-//! notification to the relays) on several units of work; alone, a unit of work has a
-//! transaction to itself, at the cost of a separate one.
+//! of one of them, and a group commits once none of its members is still writing. Under load a
+//! service then spends one commit (one WAL flush) on several units of work; alone, a unit of
+//! work has a transaction to itself, at the cost of a separate one.
 //!
 //! Each member stays its own unit of work: its inbox record, aggregate and outbox rows are
-//! written together or not at all (a failure rolls back to its savepoint and is its own), and
-//! it returns only once its group has committed. A member abandoned mid-write (its caller gave
-//! up) breaks its group: the others are told to try again, and nothing of the group is kept.
+//! written together or not at all, and it returns only once its group has committed. A member
+//! that fails (or is abandoned mid-write: its caller gave up) breaks its group: nothing of the
+//! group is kept, and the other members write again at once in another group, without
+//! troubling their callers. Failures are rare (a concurrent change, a second copy of a
+//! message), so that costs less than a savepoint per member, which was a round trip per unit of
+//! work.
 
 use super::{Outbound, save_error, write_unit};
 use crate::hand_off::HandOff;
@@ -28,6 +30,9 @@ const WRITERS: usize = 2;
 /// Longest wait for a group's COMMIT; past it the outcome is unknown and reported as a
 /// failure to try again (the inbox makes a repeat of a committed unit of work harmless).
 const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
+/// Most groups a unit of work writes in when other members break them; past that its caller
+/// is told to try again later.
+const MAX_GROUPS: usize = 4;
 
 /// Commits the units of work of one database, grouping those that overlap. Clones share the
 /// groups: give every store of a database the same one.
@@ -77,37 +82,45 @@ impl GroupCommit {
 
     /// Commits one unit of work: records the consumed messages (refusing a second copy), lets
     /// `write_state` write the aggregate, writes the outgoing messages and withdraws cancelled
-    /// scheduled ones; all of it or nothing, committed when this returns `Ok`.
+    /// scheduled ones; all of it or nothing, committed when this returns `Ok`. A copy of
+    /// `write_state` runs again if another member breaks the group it wrote in.
     pub async fn commit(
         &self,
         effects: &Effects<'_>,
-        write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
+        write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError> + Clone,
     ) -> Result<(), SaveError> {
         let hand_off = self.inner.hand_off.as_deref();
         let handed = hand_off.map(|hand_off| hand_off.select(&effects.outgoing)).unwrap_or_default();
         let lease_until = Utc::now() + hand_off.map(HandOff::lease).unwrap_or_default();
         let outbound = Outbound { handed: &handed, lease_until };
-        let group = self.join();
-        let mut member = Membership { inner: &self.inner, group: &group, writing: false, done: false };
-        let written = member.write(effects, &outbound, write_state).await;
-        if member.finish(written.is_ok()) {
-            // Spawned: a member that stops waiting must not abandon the others' commit.
-            tokio::spawn(group.clone().commit());
-        }
-        written?;
-        let mut outcome = group.committed.subscribe();
-        let outcome = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?;
-        match outcome.as_ref() {
-            Some(Ok(())) => {
-                if let Some(hand_off) = hand_off {
-                    let outgoing = effects.outgoing.iter().zip(&handed);
-                    hand_off.deliver(outgoing.filter(|(_, handed)| **handed).map(|(outgoing, _)| &outgoing.envelope));
-                }
-                Ok(())
+        for _ in 0..MAX_GROUPS {
+            let group = self.join();
+            let mut member = Membership { inner: &self.inner, group: &group, writing: false, done: false };
+            let written = member.write(effects, &outbound, write_state.clone()).await;
+            if member.finish(matches!(written, Some(Ok(())))) {
+                // Spawned: a member that stops waiting must not abandon the others' commit.
+                tokio::spawn(group.clone().commit());
             }
-            Some(Err(error)) => Err(SaveError::Unavailable(error.to_string().into())),
-            None => unreachable!("waited for an outcome"),
+            match written {
+                None => continue, // broken before it could write
+                Some(written) => written?,
+            }
+            let mut outcome = group.committed.subscribe();
+            let outcome = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?.clone();
+            match outcome.expect("waited for an outcome") {
+                Outcome::Committed => {
+                    if let Some(hand_off) = hand_off {
+                        let outgoing = effects.outgoing.iter().zip(&handed);
+                        hand_off
+                            .deliver(outgoing.filter(|(_, handed)| **handed).map(|(outgoing, _)| &outgoing.envelope));
+                    }
+                    return Ok(());
+                }
+                Outcome::Broken => continue,
+                Outcome::Failed(error) => return Err(SaveError::Unavailable(error.to_string().into())),
+            }
         }
+        Err(abandoned())
     }
 
     /// The group to join: a new one while fewer groups are open than there are writers (an
@@ -115,7 +128,10 @@ impl GroupCommit {
     /// members writing.
     fn join(&self) -> Arc<Group> {
         let mut open = self.inner.open.lock().expect("group commit lock");
-        open.retain(|group| group.members.lock().expect("group members lock").joined < MAX_MEMBERS);
+        open.retain(|group| {
+            let members = group.members.lock().expect("group members lock");
+            members.joined < MAX_MEMBERS && !members.broken
+        });
         if open.len() >= self.inner.writers
             && let Some(group) =
                 open.iter().min_by_key(|group| group.members.lock().expect("group members lock").writing)
@@ -139,17 +155,20 @@ impl GroupCommit {
 /// Units of work sharing one transaction.
 struct Group {
     /// Opened by the first member to write; taken by the commit.
-    tx: tokio::sync::Mutex<Option<Open>>,
+    tx: tokio::sync::Mutex<Option<Transaction<'static, Postgres>>>,
     members: Mutex<Members>,
     /// The commit's outcome, once known.
-    committed: watch::Sender<Option<Result<(), Arc<str>>>>,
+    committed: watch::Sender<Option<Outcome>>,
 }
 
-/// A group's transaction.
-struct Open {
-    tx: Transaction<'static, Postgres>,
-    /// Whether the savepoint `unit` exists: every member but the first writes in one.
-    savepoint: bool,
+/// What became of a group's transaction.
+#[derive(Clone)]
+enum Outcome {
+    Committed,
+    /// A member failed or was abandoned: nothing was kept, and the others write again.
+    Broken,
+    /// The commit failed, or its outcome is unknown.
+    Failed(Arc<str>),
 }
 
 #[derive(Default)]
@@ -159,8 +178,8 @@ struct Members {
     writing: usize,
     /// Wrote their part and wait for the commit.
     kept: usize,
-    /// The transaction can no longer be trusted: a member was abandoned in the middle of a
-    /// statement, or a rollback to its savepoint failed.
+    /// Nothing of the transaction may be kept: a member failed, or was abandoned in the middle
+    /// of writing.
     broken: bool,
 }
 
@@ -178,55 +197,35 @@ struct Membership<'a> {
 }
 
 impl Membership<'_> {
-    /// Writes the unit of work: the first of a transaction directly in it (a failure rolls the
-    /// transaction back, and the next member begins another), the others each in a savepoint.
+    /// Writes the unit of work in the group's transaction (beginning it, for the first
+    /// member); a failure breaks the group. `None`: the group was broken before it could write.
     async fn write(
         &mut self,
         effects: &Effects<'_>,
         outbound: &Outbound<'_>,
         write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
-    ) -> Result<(), SaveError> {
+    ) -> Option<Result<(), SaveError>> {
         let mut tx = self.group.tx.lock().await;
         if self.group.members.lock().expect("group members lock").broken {
-            return Err(abandoned());
+            return None;
         }
-        let first = tx.is_none();
-        let connection: &mut PgConnection = match tx.as_mut() {
-            Some(open) => {
-                self.writing = true;
-                // The previous member's savepoint (if any) becomes part of the group; this one
-                // gets its own.
-                let savepoint =
-                    if open.savepoint { "RELEASE SAVEPOINT unit; SAVEPOINT unit" } else { "SAVEPOINT unit" };
-                sqlx::raw_sql(savepoint).execute(&mut *open.tx).await.map_err(|error| {
+        let connection = match tx.as_mut() {
+            Some(open) => open,
+            None => match self.inner.pool.begin().await {
+                Ok(begun) => tx.insert(begun),
+                Err(error) => {
                     self.break_group();
-                    save_error(error)
-                })?;
-                open.savepoint = true;
-                &mut open.tx
-            }
-            None => {
-                let begun = self.inner.pool.begin().await.map_err(save_error)?;
-                self.writing = true;
-                &mut tx.insert(Open { tx: begun, savepoint: false }).tx
-            }
+                    return Some(Err(save_error(error)));
+                }
+            },
         };
+        self.writing = true;
         let written = write_unit(connection, effects, outbound, write_state).await;
         if written.is_err() {
-            if first {
-                if let Some(open) = tx.take() {
-                    let _ = open.tx.rollback().await; // dropped unfinished, it is rolled back anyway
-                }
-            } else if sqlx::raw_sql("ROLLBACK TO SAVEPOINT unit")
-                .execute(&mut *tx.as_mut().expect("open").tx)
-                .await
-                .is_err()
-            {
-                self.break_group();
-            }
+            self.break_group();
         }
         self.writing = false;
-        written
+        Some(written)
     }
 
     fn break_group(&self) {
@@ -273,17 +272,19 @@ impl Group {
             (members.kept, members.broken)
         };
         let outcome = match tx {
-            _ if broken => Err("another unit of work in its group commit was abandoned mid-write".into()),
-            Some(open) if kept > 0 => {
+            // Dropped, the transaction is rolled back.
+            _ if broken => Outcome::Broken,
+            Some(tx) if kept > 0 => {
                 metrics::histogram!("group_commit_units").record(kept as f64);
                 // Bounded: no caller's deadline reaches this task, and a commit on a connection
                 // that went silent would otherwise hold it for good.
-                match tokio::time::timeout(COMMIT_DEADLINE, open.tx.commit()).await {
-                    Ok(committed) => committed.map_err(|error| Arc::from(crate::ErrorChain(&error).to_string())),
-                    Err(_) => Err(format!("the commit did not answer within {COMMIT_DEADLINE:?}").into()),
+                match tokio::time::timeout(COMMIT_DEADLINE, tx.commit()).await {
+                    Ok(Ok(())) => Outcome::Committed,
+                    Ok(Err(error)) => Outcome::Failed(crate::ErrorChain(&error).to_string().into()),
+                    Err(_) => Outcome::Failed(format!("the commit did not answer within {COMMIT_DEADLINE:?}").into()),
                 }
             }
-            _ => Ok(()), // nothing kept: dropping the transaction rolls it back
+            _ => Outcome::Committed, // nothing kept, nothing to commit
         };
         self.committed.send_replace(Some(outcome));
     }

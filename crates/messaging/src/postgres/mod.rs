@@ -145,7 +145,7 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
 pub async fn commit(
     pool: &PgPool,
     effects: &Effects<'_>,
-    write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
+    write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError> + Clone,
 ) -> Result<(), SaveError> {
     GroupCommit::from(pool.clone()).commit(effects, write_state).await
 }
