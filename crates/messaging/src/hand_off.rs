@@ -171,7 +171,7 @@ impl HandOff {
     /// Records that these messages were applied by their consumer or taken by the broker. Their
     /// rows are stamped sent within [`STAMP_AFTER`], with all that gathered meanwhile, by one
     /// statement: at most one stamp per [`STAMP_AFTER`]. A stamp that fails (or a process that
-    /// stops first) leaves the rows to the relays at the end of their lease, and the consumers'
+    /// dies first) leaves the rows to the relays at the end of their lease, and the consumers'
     /// inboxes drop the copies.
     pub fn settled(self: &Arc<Self>, message_ids: impl IntoIterator<Item = Uuid>) {
         let mut settled = self.settled.lock().expect("hand-off lock");
@@ -240,11 +240,6 @@ pub struct RelayFeed {
 }
 
 impl RelayFeed {
-    /// The hand-off the messages come from.
-    pub fn hand_off(&self) -> &Arc<HandOff> {
-        &self.hand_off
-    }
-
     /// Up to `limit` messages: waits for the first, then takes what else is waiting. Cancel-safe.
     pub async fn next_batch(&mut self, limit: usize) -> Vec<Envelope> {
         let mut batch = Vec::new();

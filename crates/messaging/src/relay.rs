@@ -308,7 +308,7 @@ impl<S: OutboxStore> Relay<S> {
         }
         while in_flight.join_next().await.is_some() {}
         while handing.join_next().await.is_some() {}
-        // In a service its consumers stop first: the stamps the hand-off owes are known by now.
+        // In a service its consumers stop first: what the hand-off owes them is known by now.
         if let Some(hand_off) = &relay.hand_off {
             hand_off.flush().await;
         }
@@ -364,28 +364,25 @@ impl<S: OutboxStore> Relay<S> {
     /// while the relay pauses after failures).
     async fn publish_handed(&self, mut envelopes: Vec<Envelope>, backing_off: bool) -> Result<usize, RelayError> {
         let Some(hand_off) = &self.hand_off else { return Ok(0) };
-        let published = if backing_off {
-            Ok(Vec::new())
-        } else {
-            tokio::time::timeout(self.config.deadline, self.publish(&mut envelopes))
-                .await
-                .unwrap_or(Err(RelayError::TimedOut(self.config.deadline)))
-        };
         let ids: Vec<Uuid> = envelopes.iter().map(|envelope| envelope.message_id).collect();
-        match published {
-            Ok(_) if !backing_off => {
-                hand_off.settled(ids);
-                self.record_published(&envelopes);
-                tracing::debug!(relay = self.name, count = envelopes.len(), "published as handed over");
-                Ok(envelopes.len())
-            }
-            outcome => {
-                if let Err(error) = hand_off.give_back(&ids).await {
-                    tracing::warn!(relay = self.name, error = %ErrorChain(&error), count = ids.len(), "could not give handed-over messages back; the relays publish them when their lease ends");
+        let outcome = if backing_off {
+            Ok(0)
+        } else {
+            let published = tokio::time::timeout(self.config.deadline, self.publish(&mut envelopes)).await;
+            match published.unwrap_or(Err(RelayError::TimedOut(self.config.deadline))) {
+                Ok(_spans) => {
+                    hand_off.settled(ids);
+                    self.record_published(&envelopes);
+                    tracing::debug!(relay = self.name, count = envelopes.len(), "published as handed over");
+                    return Ok(envelopes.len());
                 }
-                outcome.map(|_| 0)
+                Err(error) => Err(error),
             }
+        };
+        if let Err(error) = hand_off.give_back(&ids).await {
+            tracing::warn!(relay = self.name, error = %ErrorChain(&error), count = ids.len(), "could not give handed-over messages back; the relays publish them when their lease ends");
         }
+        outcome
     }
 
     /// Publishes `envelopes` and waits for the transport's confirms; returns their producer
