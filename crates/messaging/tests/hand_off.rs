@@ -153,34 +153,37 @@ async fn a_handed_off_message_that_fails_is_given_back_and_dead_lettered_through
     stop.cancel();
 }
 
-/// Runs a relay with `hand_off` that sweeps only every minute (so that within a test only a
-/// notification or the hand-off can set it off), until the token is cancelled; returns once it
-/// takes what the hand-off hands it.
-async fn relay_taking(db: &TestDatabase, hand_off: &Arc<HandOff>, transport: &MemoryTransport) -> CancellationToken {
+/// A relay taking what the hand-off of `db` hands it, for a service none of whose consumers
+/// reads the messages the tests send: they are for another service's queue.
+struct RelayTaking {
+    hand_off: Arc<HandOff>,
+    transport: MemoryTransport,
+    /// The other service's queue.
+    queue: String,
+    /// Stops the relay.
+    stop: CancellationToken,
+}
+
+/// Runs a relay with the hand-off that sweeps only every minute (so that within a test only a
+/// notification or the hand-off can set it off); returns once it takes what it is handed.
+async fn relay_taking(db: &TestDatabase) -> RelayTaking {
+    let hand_off = Arc::new(HandOff::new("test", [], Arc::new(PgOutbox::from(db.pool.clone()))));
+    let transport = MemoryTransport::new();
+    let spec = QueueSpec { name: "elsewhere".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
+    messaging::Transport::declare(&transport, &spec).await.unwrap();
     let config = RelayConfig { sweep_interval: Duration::from_secs(60), ..RelayConfig::default() };
     let relay =
         Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), config).with_hand_off(hand_off.clone());
     let stop = CancellationToken::new();
     tokio::spawn(relay.run(stop.clone()));
-    eventually(WAIT, "the relay takes handed-over messages", async || takes(hand_off)).await;
-    stop
-}
-
-/// A queue of `transport` for the messages the tests send.
-async fn queue(transport: &MemoryTransport) -> String {
-    let spec = QueueSpec { name: "elsewhere".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
-    messaging::Transport::declare(transport, &spec).await.unwrap();
-    spec.name
+    eventually(WAIT, "the relay takes handed-over messages", async || takes(&hand_off)).await;
+    RelayTaking { hand_off, transport, queue: spec.name, stop }
 }
 
 #[tokio::test]
 async fn a_message_no_consumer_here_takes_goes_at_commit_to_the_relay_which_publishes_it_unclaimed() {
     let db = common::database().await;
-    // No consumer of this process reads the type: it is for another service.
-    let hand_off = Arc::new(HandOff::new("test", [], Arc::new(PgOutbox::from(db.pool.clone()))));
-    let transport = MemoryTransport::new();
-    let queue = queue(&transport).await;
-    let stop = relay_taking(&db, &hand_off, &transport).await;
+    let RelayTaking { hand_off, transport, queue, stop } = relay_taking(&db).await;
 
     let envelope = shipped(Uuid::now_v7());
     send(&db, &hand_off, envelope.clone()).await;
@@ -198,10 +201,7 @@ async fn a_message_no_consumer_here_takes_goes_at_commit_to_the_relay_which_publ
 #[tokio::test]
 async fn a_handed_over_message_the_broker_refuses_is_given_back_and_published_by_a_claim() {
     let db = common::database().await;
-    let hand_off = Arc::new(HandOff::new("test", [], Arc::new(PgOutbox::from(db.pool.clone()))));
-    let transport = MemoryTransport::new();
-    let queue = queue(&transport).await;
-    let stop = relay_taking(&db, &hand_off, &transport).await;
+    let RelayTaking { hand_off, transport, queue, stop } = relay_taking(&db).await;
 
     transport.fail_next_publishes(1);
     let envelope = shipped(Uuid::now_v7());
