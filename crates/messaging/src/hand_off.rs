@@ -1,8 +1,9 @@
 //! The in-process hand-off: a message goes from the commit that wrote it straight to where it
 //! goes next in this process, instead of waiting in the outbox for a relay to claim it. One
-//! that a consumer of the same service (and database) takes, and nobody else, goes to that
-//! consumer, without the broker; any other goes to this process's relay, which publishes it to
-//! the broker at once ([`HandOff::subscribe_relay`]).
+//! that a single consumer of the system reads, when that consumer runs in this process (of the
+//! same service, or of another service the process runs: [`LocalConsumers`]), goes to it without
+//! the broker; any other goes to this process's relay, which publishes it to the broker at once
+//! ([`HandOff::subscribe_relay`]).
 //!
 //! The outbox row is still written in the unit of work's transaction; what changes is who
 //! settles it. The row is written *handed off*, with a lease: the relays leave it alone until
@@ -24,7 +25,7 @@ use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 /// How long the relay leaves a handed-off row alone: longer than a consumer takes to apply a
@@ -50,17 +51,60 @@ pub trait HandedOffRows: Send + Sync + 'static {
     async fn give_back(&self, message_ids: &[Uuid]) -> Result<(), BoxError>;
 }
 
-/// The hand-off of one service's database: which message types go to which of its consumers.
+/// The consumers of this process taking handed-off messages now, by message type. The hand-offs
+/// of every service a process runs share one, so that a message reaches its consumer in this
+/// process whichever service that consumer belongs to.
+#[derive(Default)]
+pub struct LocalConsumers {
+    subscribed: Mutex<HashMap<String, mpsc::UnboundedSender<Handed>>>,
+}
+
+/// A message on its way to a consumer, with the hand-off that settles its outbox row.
+struct Handed {
+    envelope: Envelope,
+    from: Arc<HandOff>,
+}
+
+impl LocalConsumers {
+    fn takes(&self, message_type: &str) -> bool {
+        self.subscribed.lock().expect("hand-off lock").contains_key(message_type)
+    }
+
+    /// The deliveries handed off to the consumer of `queue`, for its types; they stop being
+    /// handed off when the stream is dropped.
+    pub fn subscribe(self: &Arc<Self>, queue: &QueueSpec) -> Deliveries {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let types = queue.message_types.clone();
+        {
+            let mut subscribed = self.subscribed.lock().expect("hand-off lock");
+            for message_type in &types {
+                subscribed.insert(message_type.clone(), sender.clone());
+            }
+        }
+        let subscription = Subscription { consumers: self.clone(), types, sender, receiver };
+        // The subscription lives as long as the stream: it is the unfold's state.
+        futures::stream::unfold(subscription, |mut subscription| async move {
+            let Handed { envelope, from } = subscription.receiver.recv().await?;
+            let settle = HandedOffSettlement { message_id: envelope.message_id, hand_off: from, settled: false };
+            Some((Delivery::new(Ok(envelope), false, Box::new(settle)), subscription))
+        })
+        .boxed()
+    }
+}
+
+/// The hand-off of one service's database: which of its messages go to which consumer of this
+/// process, or to its relay.
 pub struct HandOff {
-    /// The service whose database and consumers these are (labels spans).
+    /// The service whose database this is (labels spans).
     service: &'static str,
-    /// The types a consumer of this service alone reads.
+    /// The types of this service that a single consumer of the system reads.
     local: HashSet<String>,
     lease: Duration,
     stamp_after: Duration,
     rows: Arc<dyn HandedOffRows>,
-    /// The consumers taking deliveries now, by message type.
-    subscribed: Mutex<HashMap<String, mpsc::UnboundedSender<Envelope>>>,
+    consumers: Arc<LocalConsumers>,
+    /// How many handed to a consumer are neither settled nor given back yet.
+    in_hand: watch::Sender<usize>,
     /// The relay publishing the others now, if one does.
     relay: Mutex<Option<mpsc::UnboundedSender<Envelope>>>,
     /// Messages settled whose rows are not stamped yet, and whether a stamp is scheduled.
@@ -71,12 +115,21 @@ pub struct HandOff {
 }
 
 impl HandOff {
-    /// The hand-off of `service` for the message types in `local` (those a single consumer of
-    /// this service reads, and no other service), whose outbox rows are `rows`.
+    /// The hand-off of `service` for the message types in `local` (those of `service` that a
+    /// single consumer of the system reads), whose outbox rows are `rows`.
     pub fn new(service: &'static str, local: impl IntoIterator<Item = String>, rows: Arc<dyn HandedOffRows>) -> Self {
         let local = local.into_iter().collect();
-        let (subscribed, relay, settled, dropped) = Default::default();
-        Self { service, local, lease: LEASE, stamp_after: STAMP_AFTER, rows, subscribed, relay, settled, dropped }
+        let (consumers, relay, settled, dropped) = Default::default();
+        let in_hand = watch::Sender::new(0);
+        let (lease, stamp_after) = (LEASE, STAMP_AFTER);
+        Self { service, local, lease, stamp_after, rows, consumers, in_hand, relay, settled, dropped }
+    }
+
+    /// Hands off to the consumers of `consumers`, which the other hand-offs of this process
+    /// share, instead of to those subscribed to this hand-off alone.
+    pub fn with_consumers(mut self, consumers: Arc<LocalConsumers>) -> Self {
+        self.consumers = consumers;
+        self
     }
 
     /// Another lease than [`LEASE`] (tests).
@@ -99,30 +152,47 @@ impl HandOff {
     /// Which of `outgoing` will be handed off once committed: those sent at once whose type a
     /// consumer of this process is taking now, or that this process's relay publishes.
     pub fn select(&self, outgoing: &[Outgoing]) -> Vec<bool> {
-        let subscribed = self.subscribed.lock().expect("hand-off lock");
         let relay = self.relay.lock().expect("hand-off lock").is_some();
         outgoing
             .iter()
-            .map(|outgoing| {
-                outgoing.deliver_after.is_none() && (relay || subscribed.contains_key(&outgoing.envelope.message_type))
-            })
+            .map(|outgoing| outgoing.deliver_after.is_none() && (relay || self.consumer_takes(&outgoing.envelope)))
             .collect()
+    }
+
+    fn consumer_takes(&self, envelope: &Envelope) -> bool {
+        self.local.contains(&envelope.message_type) && self.consumers.takes(&envelope.message_type)
     }
 
     /// Hands the committed messages selected by [`select`](Self::select) to their consumers,
     /// or to the relay. One whose taker stopped meanwhile stays with its lease, for the relays.
-    pub fn deliver<'a>(&self, envelopes: impl IntoIterator<Item = &'a Envelope>) {
-        let subscribed = self.subscribed.lock().expect("hand-off lock");
+    pub fn deliver<'a>(self: &Arc<Self>, envelopes: impl IntoIterator<Item = &'a Envelope>) {
+        let subscribed = self.consumers.subscribed.lock().expect("hand-off lock");
         let relay = self.relay.lock().expect("hand-off lock");
         for envelope in envelopes {
-            let outcome = match (subscribed.get(&envelope.message_type), relay.as_ref()) {
-                (Some(consumer), _) if consumer.send(self.traced(envelope)).is_ok() => "consumer",
+            let consumer =
+                subscribed.get(&envelope.message_type).filter(|_| self.local.contains(&envelope.message_type));
+            let outcome = match (consumer, relay.as_ref()) {
+                (Some(consumer), _) if self.hand_to(consumer, envelope) => "consumer",
                 // The relay makes the producer span of a message it publishes.
                 (_, Some(relay)) if relay.send(envelope.clone()).is_ok() => "relay",
                 _ => "left",
             };
             metrics::counter!("messages_handed_off_total", "outcome" => outcome).increment(1);
         }
+    }
+
+    fn hand_to(self: &Arc<Self>, consumer: &mpsc::UnboundedSender<Handed>, envelope: &Envelope) -> bool {
+        self.in_hand.send_modify(|count| *count += 1);
+        let handed = Handed { envelope: self.traced(envelope), from: self.clone() };
+        let sent = consumer.send(handed).is_ok();
+        if !sent {
+            self.out_of_hand(1);
+        }
+        sent
+    }
+
+    fn out_of_hand(&self, count: usize) {
+        self.in_hand.send_modify(|in_hand| *in_hand -= count);
     }
 
     /// `envelope` handed on under a span of the hand-off (as the relay's `publish` span is for a
@@ -133,30 +203,10 @@ impl HandOff {
         envelope
     }
 
-    /// The deliveries handed off to the consumer of `queue`, for the types of it that are
-    /// local; they stop being handed off when the stream is dropped.
-    pub fn subscribe(self: &Arc<Self>, queue: &QueueSpec) -> Deliveries {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let types: Vec<String> =
-            queue.message_types.iter().filter(|message_type| self.local.contains(*message_type)).cloned().collect();
-        {
-            let mut subscribed = self.subscribed.lock().expect("hand-off lock");
-            for message_type in &types {
-                subscribed.insert(message_type.clone(), sender.clone());
-            }
-        }
-        let subscription = Subscription { hand_off: self.clone(), types, sender, receiver };
-        // The subscription lives as long as the stream: it is the unfold's state.
-        futures::stream::unfold(subscription, |mut subscription| async move {
-            let envelope = subscription.receiver.recv().await?;
-            let settle = HandedOffSettlement {
-                message_id: envelope.message_id,
-                hand_off: subscription.hand_off.clone(),
-                settled: false,
-            };
-            Some((Delivery::new(Ok(envelope), false, Box::new(settle)), subscription))
-        })
-        .boxed()
+    /// The deliveries handed off to the consumer of `queue`, from this hand-off and those
+    /// sharing its [`LocalConsumers`]; they stop being handed off when the stream is dropped.
+    pub fn subscribe(&self, queue: &QueueSpec) -> Deliveries {
+        self.consumers.subscribe(queue)
     }
 
     /// The messages handed to this process's relay from now on (those sent at once that no
@@ -197,10 +247,18 @@ impl HandOff {
         });
     }
 
-    /// When the process stops: stamps now what was settled and not stamped yet, and gives back
-    /// what consumers stopped before settling, rather than leaving either to the relays at the
-    /// end of its lease.
+    /// When the process stops: once the consumers holding its messages have settled them or
+    /// stopped (those of another service of the process may stop later than this service's),
+    /// stamps now what was settled and not stamped yet, and gives back what consumers stopped
+    /// before settling, rather than leaving either to the relays at the end of its lease.
     pub async fn flush(&self) {
+        let mut in_hand = self.in_hand.subscribe();
+        if tokio::time::timeout(DEADLINE, in_hand.wait_for(|count| *count == 0)).await.is_err() {
+            tracing::warn!(
+                count = *in_hand.borrow(),
+                "handed-off messages still in consumers' hands; the relay publishes them when their lease ends"
+            );
+        }
         let batch = std::mem::take(&mut self.settled.lock().expect("hand-off lock").0);
         if !batch.is_empty() {
             self.stamp(&batch).await;
@@ -280,16 +338,16 @@ impl Drop for RelayFeed {
 
 /// A consumer's subscription; dropped, its types are no longer handed off.
 struct Subscription {
-    hand_off: Arc<HandOff>,
+    consumers: Arc<LocalConsumers>,
     types: Vec<String>,
-    sender: mpsc::UnboundedSender<Envelope>,
-    receiver: mpsc::UnboundedReceiver<Envelope>,
+    sender: mpsc::UnboundedSender<Handed>,
+    receiver: mpsc::UnboundedReceiver<Handed>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         {
-            let mut subscribed = self.hand_off.subscribed.lock().expect("hand-off lock");
+            let mut subscribed = self.consumers.subscribed.lock().expect("hand-off lock");
             for message_type in &self.types {
                 if subscribed.get(message_type).is_some_and(|sender| sender.same_channel(&self.sender)) {
                     subscribed.remove(message_type);
@@ -297,9 +355,9 @@ impl Drop for Subscription {
             }
         }
         // Nothing more is handed here: what was and never reached the consumer is given back.
-        let mut dropped = self.hand_off.dropped.lock().expect("hand-off lock");
-        while let Ok(envelope) = self.receiver.try_recv() {
-            dropped.push(envelope.message_id);
+        while let Ok(Handed { envelope, from }) = self.receiver.try_recv() {
+            from.dropped.lock().expect("hand-off lock").push(envelope.message_id);
+            from.out_of_hand(1);
         }
     }
 }
@@ -318,13 +376,17 @@ impl Settle for HandedOffSettlement {
     async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
         self.settled = true;
         self.hand_off.settled([self.message_id]);
+        self.hand_off.out_of_hand(1);
         Ok(())
     }
 
     async fn dead_letter(mut self: Box<Self>, failure: Failure) -> Result<(), TransportError> {
         let _ = failure; // the broker's path fails it again, and dead-letters it with its reason
+        // Settled only once given back: cancelled meanwhile, it counts as dropped.
+        let given_back = self.hand_off.give_back(&[self.message_id]).await;
         self.settled = true;
-        self.hand_off.give_back(&[self.message_id]).await
+        self.hand_off.out_of_hand(1);
+        given_back
     }
 
     fn gives_back(&self) -> bool {
@@ -336,6 +398,7 @@ impl Drop for HandedOffSettlement {
     fn drop(&mut self) {
         if !self.settled {
             self.hand_off.dropped.lock().expect("hand-off lock").push(self.message_id);
+            self.hand_off.out_of_hand(1);
         }
     }
 }

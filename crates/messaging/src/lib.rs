@@ -9,8 +9,8 @@
 //!   implement.
 //! - [`Inbound`], [`Handler`] and [`BatchHandler`]: what application code implements to consume
 //!   messages; [`Consumer`] runs one with retries and dead letters.
-//! - [`hand_off`]: messages a consumer of the same service reads go to it straight after the
-//!   commit, with the relay and the broker as the fallback.
+//! - [`hand_off`]: a message whose one consumer runs in this process goes to it straight after
+//!   the commit, with the relay and the broker as the fallback.
 //! - [`transport`]: the port and its RabbitMQ, SQLite (embedded broker) and in-memory adapters.
 //! - [`trace`]: spans that continue the trace a message or request carries.
 //! - [`Backoff`]: how every retry loop waits.
@@ -39,7 +39,7 @@ pub use backoff::{Backoff, Jitter};
 pub use consumer::{Abandoned, Consumer, ConsumerConfig, RetryPolicy, panic_message};
 pub use contracts::Message;
 pub use envelope::{Causation, DecodeError, Envelope, TraceParent, UnreadableEnvelope};
-pub use hand_off::HandOff;
+pub use hand_off::{HandOff, LocalConsumers};
 pub use handler::{BatchHandler, Handler, HandlerError, Inbound, IsTransient, Received, hash};
 pub use outbox::{OutboxBacklog, OutboxMonitor};
 pub use stats::{ConsumerFigures, ConsumerStats};

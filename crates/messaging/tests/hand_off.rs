@@ -4,6 +4,8 @@
 //! the consumer cannot process is given back and dead-lettered through the broker, with its
 //! reason. A message for another service goes at commit to the relay of the process, which
 //! publishes it without claiming it; one the broker refuses is given back to the claiming path.
+//! A message for a consumer of another service of the process goes to it the same way, and the
+//! sender's hand-off waits for that consumer before it flushes.
 
 mod common;
 
@@ -15,7 +17,7 @@ use messaging::relay::OutboxStore;
 use messaging::testing::{TestDatabase, eventually, unique_naming};
 use messaging::transport::memory::MemoryTransport;
 use messaging::transport::{DeadLetters, QueueSpec, error_queue_of};
-use messaging::{Consumer, ConsumerConfig, Effects, HandOff, Outgoing, RetryPolicy};
+use messaging::{Consumer, ConsumerConfig, Effects, HandOff, LocalConsumers, Outgoing, RetryPolicy};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,6 +234,59 @@ async fn what_a_stopped_consumer_never_applied_is_given_back_when_the_process_st
     let mut expected = vec![taken.message_id, waiting.message_id];
     expected.sort();
     assert_eq!(claimed, expected, "both are due for the relay at once");
+}
+
+/// The hand-offs of two services of one process, each on its own database, sharing their
+/// consumers: `(sender, receiver)`.
+async fn two_services() -> ((TestDatabase, Arc<HandOff>), (TestDatabase, Arc<HandOff>)) {
+    let local = Arc::new(LocalConsumers::default());
+    let mut services = Vec::new();
+    for name in ["sender", "receiver"] {
+        let db = common::database().await;
+        let rows = Arc::new(PgOutbox::from(db.pool.clone()));
+        let hand_off = Arc::new(HandOff::new(name, [SHIPPED.to_owned()], rows).with_consumers(local.clone()));
+        services.push((db, hand_off));
+    }
+    let receiver = services.pop().unwrap();
+    (services.pop().unwrap(), receiver)
+}
+
+#[tokio::test]
+async fn a_message_for_a_consumer_of_another_service_of_the_process_goes_to_it_and_is_stamped_where_it_was_sent() {
+    let ((sender_db, sender), (receiver_db, receiver)) = two_services().await;
+    let transport = MemoryTransport::new();
+    let (stop, _) = consume(&receiver_db, &receiver, &transport).await;
+    assert!(takes(&sender), "the receiver's consumer takes what the sender hands off");
+
+    let envelope = shipped(Uuid::now_v7());
+    send(&sender_db, &sender, envelope.clone()).await;
+    eventually(WAIT, "the receiver applied the message", async || common::counter(&receiver_db.pool).await == 1).await;
+    eventually(WAIT, "its row is stamped sent in the sender's database", async || {
+        row(&sender_db.pool, envelope.message_id).await == (true, true)
+    })
+    .await;
+    stop.cancel();
+    eventually(WAIT, "once the consumer stops, the sender hands nothing to it", async || !takes(&sender)).await;
+}
+
+#[tokio::test]
+async fn the_sender_flushes_once_the_consumer_of_another_service_has_settled_what_it_holds() {
+    let ((sender_db, sender), (_receiver_db, receiver)) = two_services().await;
+    let spec = QueueSpec { name: "q".into(), message_types: vec![SHIPPED.into()], prefetch: 1 };
+    let mut deliveries = receiver.subscribe(&spec);
+    let envelope = shipped(Uuid::now_v7());
+    send(&sender_db, &sender, envelope.clone()).await;
+    let delivery = deliveries.next().await.expect("the message");
+
+    let mut flushing = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.flush().await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut flushing).await;
+    assert!(early.is_err(), "the sender's flush waits while the message is in the consumer's hands");
+    delivery.ack().await.unwrap();
+    tokio::time::timeout(WAIT, flushing).await.expect("the flush ends once it is settled").unwrap();
+    assert_eq!(row(&sender_db.pool, envelope.message_id).await, (true, true), "and stamps it at once");
 }
 
 #[tokio::test]

@@ -199,7 +199,8 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                     (Arc::new(rabbitmq(&amqp_url, &broker, "shop").await?), None, None)
                 }
             };
-            let runtime = Runtime { transport, naming, tuning, metrics, verifier, embedded_dir };
+            let local_consumers = Arc::default();
+            let runtime = Runtime { transport, naming, tuning, metrics, verifier, local_consumers, embedded_dir };
             let inventory = shop::start_inventory(&inventory, &runtime).await?;
             let orders = shop::start_order(&orders, &runtime).await?;
             let storefront_runtime = StorefrontRuntime {
@@ -245,6 +246,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 tuning,
                 metrics,
                 verifier,
+                local_consumers: Arc::default(),
                 embedded_dir: None,
             };
             let running = match service {

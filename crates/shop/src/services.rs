@@ -11,7 +11,8 @@ use messaging::postgres::{GroupCommit, PgInbox, PgOutbox, PgOutboxMonitor, Relay
 use messaging::relay::RelayConfig;
 use messaging::sqlite::{SqliteInbox, SqliteOutboxMonitor, SqliteRelay};
 use messaging::{
-    Consumer, ConsumerConfig, HandOff, Handler, Inbox, Naming, OutboxMonitor, RetryPolicy, Transport, TransportError,
+    Consumer, ConsumerConfig, HandOff, Handler, Inbox, LocalConsumers, Naming, OutboxMonitor, RetryPolicy, Transport,
+    TransportError,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -54,7 +55,8 @@ impl RunningService {
 }
 
 /// What the services of one process share: the broker and its names, the tuning, the metrics,
-/// the verifier of the tokens their APIs accept, and in the embedded mode the data directory.
+/// the verifier of the tokens their APIs accept, their consumers' in-process hand-off, and in
+/// the embedded mode the data directory.
 #[derive(Clone)]
 pub struct Runtime {
     pub transport: Arc<dyn Transport>,
@@ -62,6 +64,10 @@ pub struct Runtime {
     pub tuning: Tuning,
     pub metrics: Option<PrometheusHandle>,
     pub verifier: Arc<Verifier>,
+    /// The consumers of every service of the process, to which the services' commits hand the
+    /// messages they alone read (on PostgreSQL): `shop up` hands the order service's messages
+    /// to the inventory service's consumers, and back, without the broker.
+    pub local_consumers: Arc<LocalConsumers>,
     /// The embedded mode: where a service without a database URL keeps its SQLite file
     /// (`orders.sqlite`, `inventory.sqlite`). `None`: every service needs its database URL.
     pub embedded_dir: Option<PathBuf>,
@@ -137,15 +143,16 @@ impl Database {
         }
     }
 
-    /// The hand-off of the messages it commits, to its own consumers (those they alone read)
-    /// and to its relay (the others), when its database can hand them off (PostgreSQL; the
-    /// embedded broker is a table of the same kind of file, so the embedded mode keeps its one
-    /// path).
-    fn hand_off(&self, service: &'static str) -> Option<Arc<HandOff>> {
+    /// The hand-off of the messages it commits, to the consumers of `local_consumers` (those
+    /// they alone read) and to its relay (the others), when its database can hand them off
+    /// (PostgreSQL; the embedded broker is a table of the same kind of file, so the embedded mode
+    /// keeps its one path).
+    fn hand_off(&self, service: &'static str, local_consumers: &Arc<LocalConsumers>) -> Option<Arc<HandOff>> {
         match self {
             Database::Postgres(pool) => {
-                let local = crate::topology::kept_within(service);
-                Some(Arc::new(HandOff::new(service, local, Arc::new(PgOutbox::from(pool.clone())))))
+                let local = crate::topology::single_reader(service);
+                let hand_off = HandOff::new(service, local, Arc::new(PgOutbox::from(pool.clone())));
+                Some(Arc::new(hand_off.with_consumers(local_consumers.clone())))
             }
             Database::Sqlite(_) => None,
         }
@@ -200,7 +207,7 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let url = settings.database_url.as_deref();
     let storage = storage(url, runtime.embedded_dir.as_deref(), embedded::ORDERS, "SHOP_ORDERS_DATABASE_URL")?;
     let database = Database::open(SERVICE, &storage, &runtime.tuning, migrator, sqlite_migrator).await?;
-    let hand_off = database.hand_off(SERVICE);
+    let hand_off = database.hand_off(SERVICE, &runtime.local_consumers);
     let (orders, catalog): (Arc<dyn OrderStore>, Arc<dyn Catalog>) = match &database {
         Database::Postgres(pool) => {
             let db = group_commit(pool, hand_off.clone());
@@ -245,7 +252,7 @@ pub async fn start_inventory(settings: &InventorySettings, runtime: &Runtime) ->
     let url = settings.database_url.as_deref();
     let storage = storage(url, runtime.embedded_dir.as_deref(), embedded::INVENTORY, "SHOP_INVENTORY_DATABASE_URL")?;
     let database = Database::open(SERVICE, &storage, &runtime.tuning, migrator, sqlite_migrator).await?;
-    let hand_off = database.hand_off(SERVICE);
+    let hand_off = database.hand_off(SERVICE, &runtime.local_consumers);
     let (products, sagas): (Arc<dyn ProductStore>, Arc<dyn SagaStore>) = match &database {
         Database::Postgres(pool) => {
             let db = group_commit(pool, hand_off.clone());

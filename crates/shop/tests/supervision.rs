@@ -70,6 +70,7 @@ async fn a_consumer_stops(
         tuning: Tuning { db_pool_size: 4, ..Tuning::default() },
         metrics: Some(metrics.clone()),
         verifier: Arc::new(Verifier::new(KeySource::Local(LocalKey::generate()), &issuance).unwrap()),
+        local_consumers: Arc::default(),
         embedded_dir,
     };
     let settings = OrderSettings {

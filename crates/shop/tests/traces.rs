@@ -1,6 +1,7 @@
 //! Traces you can open: with span export on, the spans of one order reach an OTLP/HTTP collector
-//! as one trace across both services, from the HTTP request through each relay's publish (or
-//! in-process hand-off) to every consumer, each child naming a parent that was exported.
+//! as one trace across both services, from the HTTP request through each in-process hand-off
+//! (both services run in one process, as in `shop up`) to every consumer, each child naming a
+//! parent that was exported.
 //!
 //! It installs the process's global subscriber, so it lives in its own test binary.
 
@@ -122,13 +123,13 @@ async fn the_spans_of_one_order_form_one_trace_across_both_services() {
     let trace = caller.trace_id_hex();
     let steps = [
         ("order", "POST /api/orders/{id}/place"),
-        ("order", "publish order.placed.v1"),
+        ("order", "hand off order.placed.v1"),
         ("inventory", "saga order.placed.v1"),
         ("inventory", "hand off inventory.reserve-stock.v1"),
         ("inventory", "stock inventory.reserve-stock.v1"),
         ("inventory", "hand off inventory.stock-reserved.v1"),
         ("inventory", "saga inventory.stock-reserved.v1"),
-        ("inventory", "publish inventory.stock-reservation-completed.v1"),
+        ("inventory", "hand off inventory.stock-reservation-completed.v1"),
         ("order", "reservations inventory.stock-reservation-completed.v1"),
     ];
     let mut spans: Vec<Received> = Vec::new();
@@ -158,7 +159,7 @@ async fn the_spans_of_one_order_form_one_trace_across_both_services() {
     assert_eq!(stock.count(), 2, "{spans:#?}");
 
     // Parent and child: the request continues the caller; every other span names an exported
-    // span of the trace as its parent: a consumer the publish of its message, a publish the
+    // span of the trace as its parent: a consumer the hand-off of its message, a hand-off the
     // span (request or consumer) that wrote the message.
     let by_id: HashMap<&str, &Received> = spans.iter().map(|span| (span.span_id.as_str(), span)).collect();
     let request = spans.iter().find(|span| span.kind == SpanKind::Server).expect("the request's span");

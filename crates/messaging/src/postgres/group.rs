@@ -64,7 +64,7 @@ impl GroupCommit {
     }
 
     /// The same group commit (its clones do not share this) that hands the messages it commits
-    /// for this service's own consumers to them through `hand_off`.
+    /// on through `hand_off`, to their consumers in this process or to its relay.
     pub fn with_hand_off(self, hand_off: Arc<HandOff>) -> Self {
         let inner = Inner {
             pool: self.inner.pool.clone(),
@@ -89,9 +89,9 @@ impl GroupCommit {
         effects: &Effects<'_>,
         write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError> + Clone,
     ) -> Result<(), SaveError> {
-        let hand_off = self.inner.hand_off.as_deref();
+        let hand_off = self.inner.hand_off.as_ref();
         let handed = hand_off.map(|hand_off| hand_off.select(&effects.outgoing)).unwrap_or_default();
-        let lease_until = Utc::now() + hand_off.map(HandOff::lease).unwrap_or_default();
+        let lease_until = Utc::now() + hand_off.map(|hand_off| hand_off.lease()).unwrap_or_default();
         let outbound = Outbound { handed: &handed, lease_until };
         for _ in 0..MAX_GROUPS {
             let group = self.join();

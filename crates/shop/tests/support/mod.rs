@@ -129,6 +129,7 @@ impl System {
             tuning: Tuning { db_pool_size: 8, max_requests_in_flight, ..Tuning::default() },
             metrics: None,
             verifier: Arc::new(verifier),
+            local_consumers: Arc::default(),
             embedded_dir: match &storage {
                 Storage::Postgres { .. } => None,
                 Storage::Embedded => Some(data_dir.path().to_owned()),
