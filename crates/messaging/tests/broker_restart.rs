@@ -47,15 +47,24 @@ async fn a_broker_restart_loses_nothing_and_applies_nothing_twice() {
     let relay = Relay::new("test", db.pool.clone(), Arc::new(transport.clone()), RelayConfig::default());
     let relaying = tokio::spawn(relay.run(shutdown.clone()));
 
+    // Half the messages before the broker stops, the other half once it is down (committed while
+    // the relay cannot publish), however fast the machine.
+    let stopped = Arc::new(tokio::sync::Notify::new());
     let pool = db.pool.clone();
-    let producing = tokio::spawn(async move {
-        for _ in 0..MESSAGES / 10 {
-            let mut effects = Effects::new();
-            for _ in 0..10 {
-                effects.send(shipped(Uuid::now_v7()));
+    let producing = tokio::spawn({
+        let stopped = stopped.clone();
+        async move {
+            for batch in 0..MESSAGES / 10 {
+                if batch == MESSAGES / 20 {
+                    stopped.notified().await;
+                }
+                let mut effects = Effects::new();
+                for _ in 0..10 {
+                    effects.send(shipped(Uuid::now_v7()));
+                }
+                commit(&pool, &effects, async |_| Ok(())).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            commit(&pool, &effects, async |_| Ok(())).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
 
@@ -63,6 +72,7 @@ async fn a_broker_restart_loses_nothing_and_applies_nothing_twice() {
     {
         let _restart = RestartGuard;
         tokio::task::spawn_blocking(|| rabbitmqctl("stop_app")).await.unwrap();
+        stopped.notify_one();
         let during: i32 = counter(&db.pool).await;
         assert!(during < MESSAGES, "everything was through before the broker stopped ({during})");
     }
