@@ -205,6 +205,15 @@ async fn reservations_are_stored_as_rows_that_add_up_to_the_reserved_count<B: Ba
 
     let current = store.load(product.id(), &[a, b]).await.unwrap().unwrap();
     assert_eq!((current.stock(), current.reserved(), current.reservations().len()), (7, 0, 0));
+    // A hold released in the same unit of work (a batch that reserves, then releases) leaves none.
+    let c = OrderId::generate();
+    let mut held_and_released = store.load(product.id(), &[c]).await.unwrap().unwrap();
+    held_and_released.reserve(c, qty(2)).unwrap();
+    held_and_released.release(c).unwrap();
+    let changes = held_and_released.take_events();
+    store.save(&held_and_released, &changes, &Effects::new()).await.unwrap();
+    let current = store.load(product.id(), &[c]).await.unwrap().unwrap();
+    assert_eq!((current.reserved(), current.reservations().len(), current.version()), (0, 0, 4));
     // No reservation row is left behind to be re-inserted: the deleted rows are really gone.
     let copied =
         db.execute("INSERT INTO reservations SELECT * FROM reservations WHERE product_id = $1", product.id()).await;

@@ -353,6 +353,16 @@ async fn a_message_scheduled_while_the_relay_idles_goes_at_its_time_not_at_the_s
 // --- PostgreSQL only ----------------------------------------------------------------------------
 
 #[tokio::test]
+async fn the_pool_plans_each_statement_once_and_bounds_statements() {
+    let db = common::database().await;
+    let setting = |name: &'static str| {
+        sqlx::query_scalar::<_, String>("SELECT current_setting($1)").bind(name).fetch_one(&db.pool)
+    };
+    assert_eq!(setting("plan_cache_mode").await.unwrap(), "force_generic_plan");
+    assert_eq!(setting("statement_timeout").await.unwrap(), "30s");
+}
+
+#[tokio::test]
 async fn instances_starting_together_all_get_the_database() {
     // Regression: the loser of a CREATE DATABASE race got a unique-violation error and exited.
     let name = format!("test_{}", Uuid::now_v7().simple());

@@ -1,7 +1,7 @@
 use crate::application::{ProductStore, ProductSummary};
 use crate::domain::{Money, OrderId, Product, ProductEvent, ProductId, ProductName, Quantity};
 use async_trait::async_trait;
-use messaging::postgres::{GroupCommit, load_error, save_error};
+use messaging::postgres::{GroupCommit, StateWrites, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
@@ -86,6 +86,14 @@ pub(super) enum ReservationChange {
     Drop { product: i64, order: Uuid },
 }
 
+impl ReservationChange {
+    fn key(&self) -> (i64, Uuid) {
+        match self {
+            Self::Hold { product, order, .. } | Self::Drop { product, order } => (*product, *order),
+        }
+    }
+}
+
 pub(super) fn reservation_changes(events: &[ProductEvent]) -> Vec<ReservationChange> {
     events
         .iter()
@@ -148,12 +156,50 @@ impl ProductStore for PgProductStore {
     }
 
     async fn save(&self, product: &Product, changes: &[ProductEvent], effects: &Effects<'_>) -> Result<(), SaveError> {
-        self.db
-            .commit(effects, async |tx| {
-                write_product(tx, product).await?;
-                write_reservations(tx, changes).await
-            })
-            .await
+        let reservations = reservation_changes(changes);
+        if changes_a_reservation_twice(&reservations) {
+            // The parts of one statement do not see each other's rows: one after the other.
+            return self
+                .db
+                .commit(effects, async |tx| {
+                    write_product(tx, product).await?;
+                    write_reservations(tx, &reservations).await
+                })
+                .await;
+        }
+        let mut writes = StateWrites::default();
+        product_writes(&mut writes, product);
+        let (mut held, mut dropped) = (Vec::new(), Vec::new());
+        for change in reservations {
+            match change {
+                ReservationChange::Hold { product, order, quantity } => held.push((product, order, quantity as i32)),
+                ReservationChange::Drop { product, order } => dropped.push((product, order)),
+            }
+        }
+        if !held.is_empty() {
+            let products: Vec<i64> = held.iter().map(|(product, _, _)| *product).collect();
+            let orders: Vec<Uuid> = held.iter().map(|(_, order, _)| *order).collect();
+            let quantities: Vec<i32> = held.iter().map(|(_, _, quantity)| *quantity).collect();
+            writes
+                .write(
+                    "INSERT INTO reservations (product_id, order_id, quantity) \
+                     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::int[])",
+                )
+                .bind(products)
+                .bind(orders)
+                .bind(quantities);
+        }
+        if !dropped.is_empty() {
+            let (products, orders): (Vec<i64>, Vec<Uuid>) = dropped.into_iter().unzip();
+            writes
+                .write(
+                    "DELETE FROM reservations \
+                     WHERE (product_id, order_id) IN (SELECT * FROM unnest($1::bigint[], $2::uuid[]))",
+                )
+                .bind(products)
+                .bind(orders);
+        }
+        self.db.commit_writes(effects, &writes).await
     }
 
     async fn commit(&self, effects: &Effects<'_>) -> Result<(), SaveError> {
@@ -186,51 +232,60 @@ impl ProductStore for PgProductStore {
     }
 }
 
-async fn write_product(tx: &mut PgConnection, product: &Product) -> Result<(), SaveError> {
-    let written = if product.version() == 0 {
-        sqlx::query(
-            "INSERT INTO products (id, name, description, price, stock, reserved, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1)",
-        )
-        .bind(product.id().get())
-        .bind(product.name().as_str())
-        .bind(product.description())
-        .bind(product.price().amount())
-        .bind(i64::from(product.stock()))
-        .bind(i64::from(product.reserved()))
-        .execute(&mut *tx)
-        .await
+/// The product's row: inserted at version 1, or updated at the version it was loaded at.
+fn product_writes(writes: &mut StateWrites, product: &Product) {
+    if product.version() == 0 {
+        writes
+            .must_write(
+                "INSERT INTO products (id, name, description, price, stock, reserved, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 1) RETURNING 1",
+            )
+            .bind(product.id().get())
+            .bind(product.name().as_str())
+            .bind(product.description())
+            .bind(product.price().amount())
+            .bind(i64::from(product.stock()))
+            .bind(i64::from(product.reserved()));
     } else {
-        sqlx::query(
-            "UPDATE products SET price = $3, stock = $4, reserved = $5, updated_at = now(), version = version + 1 \
-             WHERE id = $1 AND version = $2",
-        )
-        .bind(product.id().get())
-        .bind(product.version())
-        .bind(product.price().amount())
-        .bind(i64::from(product.stock()))
-        .bind(i64::from(product.reserved()))
-        .execute(&mut *tx)
-        .await
+        writes
+            .must_write(
+                "UPDATE products SET price = $3, stock = $4, reserved = $5, updated_at = now(), version = version + 1 \
+                 WHERE id = $1 AND version = $2 RETURNING 1",
+            )
+            .bind(product.id().get())
+            .bind(product.version())
+            .bind(product.price().amount())
+            .bind(i64::from(product.stock()))
+            .bind(i64::from(product.reserved()));
     }
-    .map_err(save_error)?;
-    if written.rows_affected() == 0 { Err(SaveError::Conflict) } else { Ok(()) }
+}
+
+/// Whether two of `changes` concern one reservation (a hold released in the same unit of work).
+fn changes_a_reservation_twice(changes: &[ReservationChange]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    !changes.iter().all(|change| seen.insert(change.key()))
+}
+
+async fn write_product(tx: &mut PgConnection, product: &Product) -> Result<(), SaveError> {
+    let mut writes = StateWrites::default();
+    product_writes(&mut writes, product);
+    writes.execute(tx).await
 }
 
 /// Writes the reservation rows the product's events added or removed.
-async fn write_reservations(tx: &mut PgConnection, changes: &[ProductEvent]) -> Result<(), SaveError> {
-    for change in reservation_changes(changes) {
+async fn write_reservations(tx: &mut PgConnection, changes: &[ReservationChange]) -> Result<(), SaveError> {
+    for change in changes {
         let query = match change {
             ReservationChange::Hold { product, order, quantity } => {
                 sqlx::query("INSERT INTO reservations (product_id, order_id, quantity) VALUES ($1, $2, $3)")
-                    .bind(product)
-                    .bind(order)
-                    .bind(quantity as i32)
+                    .bind(*product)
+                    .bind(*order)
+                    .bind(*quantity as i32)
             }
             ReservationChange::Drop { product, order } => {
                 sqlx::query("DELETE FROM reservations WHERE product_id = $1 AND order_id = $2")
-                    .bind(product)
-                    .bind(order)
+                    .bind(*product)
+                    .bind(*order)
             }
         };
         query.execute(&mut *tx).await.map_err(save_error)?;

@@ -3,7 +3,7 @@ use crate::application::saga::{Change, LineStatus, ReservationSaga, SagaLine, Sa
 use crate::domain::{OrderId, ProductId, Quantity};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use messaging::postgres::{GroupCommit, load_error, save_error};
+use messaging::postgres::{GroupCommit, StateWrites, load_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -199,43 +199,37 @@ impl SagaStore for PgSagaStore {
 
     async fn save(&self, saga: &ReservationSaga, effects: &Effects<'_>) -> Result<(), SaveError> {
         let (lines, history) = (stored_lines(saga), stored_history(saga));
-        self.db
-            .commit(effects, async |tx| {
-                let written = if saga.version() == 0 {
-                    sqlx::query(
-                        "INSERT INTO reservation_sagas \
-                            (order_id, state, lines, failure_reason, timeout_message_id, started_at, history, version) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
-                    )
-                    .bind(saga.order_id().as_uuid())
-                    .bind(saga.state().as_str())
-                    .bind(&lines)
-                    .bind(saga.failure_reason())
-                    .bind(saga.timeout_message_id())
-                    .bind(saga.started_at())
-                    .bind(&history)
-                    .execute(&mut *tx)
-                    .await
-                } else {
-                    sqlx::query(
-                        "UPDATE reservation_sagas SET state = $3, lines = $4, failure_reason = $5, \
-                                timeout_message_id = $6, history = $7, updated_at = now(), version = version + 1 \
-                         WHERE order_id = $1 AND version = $2",
-                    )
-                    .bind(saga.order_id().as_uuid())
-                    .bind(saga.version())
-                    .bind(saga.state().as_str())
-                    .bind(&lines)
-                    .bind(saga.failure_reason())
-                    .bind(saga.timeout_message_id())
-                    .bind(&history)
-                    .execute(&mut *tx)
-                    .await
-                }
-                .map_err(save_error)?;
-                if written.rows_affected() == 0 { Err(SaveError::Conflict) } else { Ok(()) }
-            })
-            .await
+        let mut writes = StateWrites::default();
+        if saga.version() == 0 {
+            writes
+                .must_write(
+                    "INSERT INTO reservation_sagas \
+                        (order_id, state, lines, failure_reason, timeout_message_id, started_at, history, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1) RETURNING 1",
+                )
+                .bind(saga.order_id().as_uuid())
+                .bind(saga.state().as_str())
+                .bind(&lines)
+                .bind(saga.failure_reason())
+                .bind(saga.timeout_message_id())
+                .bind(saga.started_at())
+                .bind(&history);
+        } else {
+            writes
+                .must_write(
+                    "UPDATE reservation_sagas SET state = $3, lines = $4, failure_reason = $5, \
+                            timeout_message_id = $6, history = $7, updated_at = now(), version = version + 1 \
+                     WHERE order_id = $1 AND version = $2 RETURNING 1",
+                )
+                .bind(saga.order_id().as_uuid())
+                .bind(saga.version())
+                .bind(saga.state().as_str())
+                .bind(&lines)
+                .bind(saga.failure_reason())
+                .bind(saga.timeout_message_id())
+                .bind(&history);
+        }
+        self.db.commit_writes(effects, &writes).await
     }
 }
 

@@ -11,7 +11,7 @@
 //! message), so that costs less than a savepoint per member, which was a round trip per unit of
 //! work.
 
-use super::{Outbound, save_error, write_unit};
+use super::{Outbound, StateWrites, save_error, write_in_one, write_unit};
 use crate::hand_off::HandOff;
 use crate::unit_of_work::{Effects, SaveError};
 use chrono::Utc;
@@ -89,6 +89,23 @@ impl GroupCommit {
         effects: &Effects<'_>,
         write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError> + Clone,
     ) -> Result<(), SaveError> {
+        self.commit_unit(effects, None, write_state).await
+    }
+
+    /// Commits one unit of work as [`commit`](Self::commit) does, with the aggregate's `writes`
+    /// in the statement that writes the effects: one round trip for the whole unit.
+    pub async fn commit_writes(&self, effects: &Effects<'_>, writes: &StateWrites) -> Result<(), SaveError> {
+        self.commit_unit(effects, Some(writes), async |_| Ok(())).await
+    }
+
+    /// Commits the unit of work: its effects and `writes` in one statement, or without `writes`
+    /// its effects in one and the aggregate through `write_state`.
+    async fn commit_unit(
+        &self,
+        effects: &Effects<'_>,
+        writes: Option<&StateWrites>,
+        write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError> + Clone,
+    ) -> Result<(), SaveError> {
         let hand_off = self.inner.hand_off.as_ref();
         let handed = hand_off.map(|hand_off| hand_off.select(&effects.outgoing)).unwrap_or_default();
         let lease_until = Utc::now() + hand_off.map(|hand_off| hand_off.lease()).unwrap_or_default();
@@ -96,7 +113,7 @@ impl GroupCommit {
         for _ in 0..MAX_GROUPS {
             let group = self.join();
             let mut member = Membership { inner: &self.inner, group: &group, writing: false, done: false };
-            let written = member.write(effects, &outbound, write_state.clone()).await;
+            let written = member.write(effects, &outbound, writes, write_state.clone()).await;
             if member.finish(matches!(written, Some(Ok(())))) {
                 // Spawned: a member that stops waiting must not abandon the others' commit.
                 tokio::spawn(group.clone().commit());
@@ -203,6 +220,7 @@ impl Membership<'_> {
         &mut self,
         effects: &Effects<'_>,
         outbound: &Outbound<'_>,
+        writes: Option<&StateWrites>,
         write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
     ) -> Option<Result<(), SaveError>> {
         let mut tx = self.group.tx.lock().await;
@@ -220,7 +238,10 @@ impl Membership<'_> {
             },
         };
         self.writing = true;
-        let written = write_unit(connection, effects, outbound, write_state).await;
+        let written = match writes {
+            Some(writes) => write_in_one(connection, effects, outbound, writes).await,
+            None => write_unit(connection, effects, outbound, write_state).await,
+        };
         if written.is_err() {
             self.break_group();
         }

@@ -19,7 +19,7 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -95,7 +95,11 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 /// Creates the database named in `url` if it does not exist yet, then opens a pool on it.
 pub async fn connect_with(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
     create_database_if_missing(url).await?;
-    let mut options = PgConnectOptions::from_str(url)?;
+    // Every statement is prepared once per connection and planned once: PostgreSQL would plan
+    // the first five executions of each again, and keep doing so for a statement whose generic
+    // plan it estimates dearer (unnest over array parameters), for plans that come out the same
+    // (primary keys and appends). Measured at 16 customers: 6 to 10 % less PostgreSQL CPU.
+    let mut options = PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_generic_plan")]);
     if !settings.statement_timeout.is_zero() {
         let timeout = format!("{}ms", settings.statement_timeout.as_millis());
         options = options.options([("statement_timeout", &timeout), ("idle_in_transaction_session_timeout", &timeout)]);
@@ -176,11 +180,139 @@ async fn write_unit(
     write_state(conn).await
 }
 
-/// The statement writing a unit of work's effects, for each combination of what it has
-/// (inbox records: 1, withdrawn scheduled messages: 2, outgoing messages: 4). Only the parts
+/// Writes one unit of work on `conn`, inside a transaction, in one statement: its effects and
+/// the aggregate's `writes`. A stale version (a write that had to write a row and wrote none) is
+/// a conflict, and the caller rolls back what the statement wrote.
+async fn write_in_one(
+    conn: &mut PgConnection,
+    effects: &Effects<'_>,
+    outbound: &Outbound<'_>,
+    writes: &StateWrites,
+) -> Result<(), SaveError> {
+    // The aggregate's parameters come first, the effects' after them.
+    let offset = sqlx::Arguments::len(&writes.arguments);
+    let (parts, recorded) = &EFFECTS_PARTS[effects_kind(effects)];
+    let sql = writes.statement(parts.iter().map(|part| renumbered(part, offset)).collect(), recorded)?;
+    let arguments = effects_arguments(writes.arguments.clone(), effects, outbound).map_err(SaveError::Refused)?;
+    let (recorded, written): (i64, bool) =
+        sqlx::query_as_with(sqlx::AssertSqlSafe(sql), arguments).fetch_one(conn).await.map_err(save_error)?;
+    if recorded < effects.consumed.len() as i64 {
+        Err(SaveError::AlreadyConsumed)
+    } else if !written {
+        Err(SaveError::Conflict)
+    } else {
+        Ok(())
+    }
+}
+
+/// What a unit of work writes of its aggregate, as parts of the statement that writes its
+/// effects ([`GroupCommit::commit_writes`]): one round trip for the whole unit instead of one
+/// per statement. Each part is an `INSERT`, `UPDATE` or `DELETE` numbering its parameters from
+/// `$1`, as if it stood alone. The parts run on one snapshot and do not see each other's rows:
+/// two parts must not write the same row.
+#[derive(Clone, Default)]
+pub struct StateWrites {
+    /// Each part's statement, its parameters numbered in the whole statement, and whether it
+    /// must write a row (`RETURNING 1`; none written means a stale version).
+    parts: Vec<(String, bool)>,
+    arguments: sqlx::postgres::PgArguments,
+    /// A value that could not be encoded.
+    error: Option<Arc<str>>,
+}
+
+impl StateWrites {
+    /// A part that must write a row, or the unit of work is a conflict: `sql` ends with
+    /// `RETURNING 1` (an `UPDATE ... WHERE version = $n`, say).
+    pub fn must_write(&mut self, sql: &str) -> Bind<'_> {
+        self.part(sql, true)
+    }
+
+    /// A part that may write any number of rows.
+    pub fn write(&mut self, sql: &str) -> Bind<'_> {
+        self.part(sql, false)
+    }
+
+    /// Runs the parts alone, as one statement on `conn` (in the unit of work's transaction).
+    pub async fn execute(&self, conn: &mut PgConnection) -> Result<(), SaveError> {
+        let sql = self.statement(Vec::new(), "0::bigint")?;
+        let (_, written): (i64, bool) = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), self.arguments.clone())
+            .fetch_one(conn)
+            .await
+            .map_err(save_error)?;
+        if written { Ok(()) } else { Err(SaveError::Conflict) }
+    }
+
+    /// The statement of `before` (common table expressions) and the parts, selecting `recorded`
+    /// and whether every part that must write a row wrote one.
+    fn statement(&self, before: Vec<String>, recorded: &str) -> Result<String, SaveError> {
+        if let Some(error) = &self.error {
+            return Err(SaveError::Refused(error.to_string().into()));
+        }
+        let parts = self.parts.iter().enumerate().map(|(n, (sql, _))| format!("state_{n} AS ({sql})"));
+        let ctes: Vec<String> = before.into_iter().chain(parts).collect();
+        let must_write = self.parts.iter().enumerate().filter(|(_, (_, must_write))| *must_write);
+        let written: Vec<String> = must_write.map(|(n, _)| format!("EXISTS (SELECT FROM state_{n})")).collect();
+        let written = if written.is_empty() { "true".to_owned() } else { written.join(" AND ") };
+        Ok(if ctes.is_empty() {
+            format!("SELECT {recorded}, {written}")
+        } else {
+            format!("WITH {} SELECT {recorded}, {written}", ctes.join(", "))
+        })
+    }
+
+    fn part(&mut self, sql: &str, must_write: bool) -> Bind<'_> {
+        let offset = sqlx::Arguments::len(&self.arguments);
+        self.parts.push((renumbered(sql, offset), must_write));
+        Bind { writes: self }
+    }
+}
+
+/// Binds the parameters of a part of [`StateWrites`], in order.
+pub struct Bind<'a> {
+    writes: &'a mut StateWrites,
+}
+
+impl Bind<'_> {
+    /// The part's next parameter.
+    pub fn bind<'t, T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>>(self, value: T) -> Self {
+        if let Err(error) = sqlx::Arguments::add(&mut self.writes.arguments, value) {
+            self.writes.error.get_or_insert_with(|| error.to_string().into());
+        }
+        self
+    }
+}
+
+/// `sql` with each parameter `$n` renumbered `$n+offset`.
+fn renumbered(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        // A `$` followed by no digits is no parameter, and stays as it is.
+        if let Ok(n) = rest[..digits].parse::<usize>() {
+            out.push_str(&(n + offset).to_string());
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Which parts a unit's effects need: inbox records 1, withdrawn scheduled messages 2,
+/// outgoing messages 4.
+fn effects_kind(effects: &Effects<'_>) -> usize {
+    usize::from(!effects.consumed.is_empty())
+        | usize::from(!effects.cancelled.is_empty()) << 1
+        | usize::from(!effects.outgoing.is_empty()) << 2
+}
+
+/// The common table expressions writing a unit of work's effects, for each kind
+/// ([`effects_kind`]), and the expression of how many inbox records they added. Only the parts
 /// there is something for: the outbox trigger wakes the relays for every INSERT statement, even
 /// one that inserts nothing.
-static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
+static EFFECTS_PARTS: LazyLock<[(Vec<String>, &'static str); 8]> = LazyLock::new(|| {
     std::array::from_fn(|which| {
         let consumes = which & 1 != 0;
         // A second copy of a consumed message writes nothing (its outgoing messages may carry
@@ -204,9 +336,20 @@ static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
                           WHERE {first_copy})"
             ),
         ];
-        let chosen: Vec<&str> = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].as_str()).collect();
-        let recorded = if consumes { "SELECT count(*) FROM consumed" } else { "SELECT 0::bigint" };
-        if chosen.is_empty() { recorded.to_owned() } else { format!("WITH {} {recorded}", chosen.join(", ")) }
+        let chosen = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].clone()).collect();
+        (chosen, if consumes { "(SELECT count(*) FROM consumed)" } else { "0::bigint" })
+    })
+});
+
+/// The statement writing a unit of work's effects alone, for each kind ([`effects_kind`]).
+static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
+    std::array::from_fn(|which| {
+        let (parts, recorded) = &EFFECTS_PARTS[which];
+        if parts.is_empty() {
+            format!("SELECT {recorded}")
+        } else {
+            format!("WITH {} SELECT {recorded}", parts.join(", "))
+        }
     })
 });
 
@@ -216,10 +359,18 @@ async fn write_effects(
     effects: &Effects<'_>,
     outbound: &Outbound<'_>,
 ) -> Result<i64, sqlx::Error> {
-    let which = usize::from(!effects.consumed.is_empty())
-        | usize::from(!effects.cancelled.is_empty()) << 1
-        | usize::from(!effects.outgoing.is_empty()) << 2;
-    let sql: &'static str = &EFFECTS_STATEMENTS[which];
+    let sql: &'static str = &EFFECTS_STATEMENTS[effects_kind(effects)];
+    let arguments = effects_arguments(Default::default(), effects, outbound).map_err(sqlx::Error::Encode)?;
+    sqlx::query_scalar_with(sql, arguments).fetch_one(conn).await
+}
+
+/// `arguments` followed by the parameters of the effects' statement or parts.
+fn effects_arguments(
+    mut arguments: sqlx::postgres::PgArguments,
+    effects: &Effects<'_>,
+    outbound: &Outbound<'_>,
+) -> Result<sqlx::postgres::PgArguments, sqlx::error::BoxDynError> {
+    use sqlx::Arguments;
     let consumers: Vec<&str> = effects.consumed.iter().map(|consumed| consumed.consumer).collect();
     let consumed: Vec<Uuid> = effects.consumed.iter().map(|consumed| consumed.message_id).collect();
     let count = effects.outgoing.len();
@@ -240,22 +391,20 @@ async fn write_effects(
         due.push(outgoing.deliver_after);
         handed.push(outbound.handed.get(n).copied().unwrap_or(false));
     }
-    sqlx::query_scalar(sql)
-        .bind(consumers)
-        .bind(consumed)
-        .bind(&effects.cancelled)
-        .bind(ids)
-        .bind(types)
-        .bind(correlations)
-        .bind(causations)
-        .bind(occurred)
-        .bind(traces)
-        .bind(payloads)
-        .bind(due)
-        .bind(outbound.lease_until)
-        .bind(handed)
-        .fetch_one(conn)
-        .await
+    arguments.add(consumers)?;
+    arguments.add(consumed)?;
+    arguments.add(&effects.cancelled)?;
+    arguments.add(ids)?;
+    arguments.add(types)?;
+    arguments.add(correlations)?;
+    arguments.add(causations)?;
+    arguments.add(occurred)?;
+    arguments.add(traces)?;
+    arguments.add(payloads)?;
+    arguments.add(due)?;
+    arguments.add(outbound.lease_until)?;
+    arguments.add(handed)?;
+    Ok(arguments)
 }
 
 /// Classifies a database error for a save: lost connections and deadlocks are worth retrying,
@@ -318,5 +467,19 @@ impl Inbox for PgInbox {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumbered;
+
+    #[test]
+    fn a_part_of_a_statement_numbers_its_parameters_after_those_before_it() {
+        assert_eq!(
+            renumbered("UPDATE t SET a = $2, b = $10::int[] WHERE id = $1 RETURNING 1", 13),
+            "UPDATE t SET a = $15, b = $23::int[] WHERE id = $14 RETURNING 1"
+        );
+        assert_eq!(renumbered("SELECT $1, '$', $", 2), "SELECT $3, '$', $");
     }
 }

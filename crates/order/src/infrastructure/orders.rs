@@ -5,7 +5,7 @@ use crate::domain::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kernel::Money;
-use messaging::postgres::{GroupCommit, load_error, save_error};
+use messaging::postgres::{GroupCommit, StateWrites, load_error, save_error};
 use messaging::{BoxError, Effects, LoadError, SaveError};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -173,12 +173,13 @@ impl OrderStore for PgOrderStore {
         effects: &Effects<'_>,
     ) -> Result<(), SaveError> {
         let reason = order.state().reason().map(Reason::as_str);
-        self.db.commit(effects, async |tx| {
-            let written = if order.version() == 0 {
-                sqlx::query(
+        let mut writes = StateWrites::default();
+        if order.version() == 0 {
+            writes
+                .must_write(
                     "INSERT INTO orders (id, customer_id, description, status, status_reason, lines, total, created_at, \
                                          placed_at, decided_at, version) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) RETURNING 1",
                 )
                 .bind(order.id().as_uuid())
                 .bind(order.customer_id().as_uuid())
@@ -189,14 +190,13 @@ impl OrderStore for PgOrderStore {
                 .bind(order.total().amount())
                 .bind(order.timeline().created_at)
                 .bind(order.timeline().placed_at)
-                .bind(order.timeline().decided_at)
-                .execute(&mut *tx)
-                .await
-            } else {
-                sqlx::query(
+                .bind(order.timeline().decided_at);
+        } else {
+            writes
+                .must_write(
                     "UPDATE orders SET status = $3, status_reason = $4, lines = $5, total = $6, placed_at = $7, \
                             decided_at = $8, updated_at = now(), version = version + 1 \
-                     WHERE id = $1 AND version = $2",
+                     WHERE id = $1 AND version = $2 RETURNING 1",
                 )
                 .bind(order.id().as_uuid())
                 .bind(order.version())
@@ -205,39 +205,27 @@ impl OrderStore for PgOrderStore {
                 .bind(stored_lines(order))
                 .bind(order.total().amount())
                 .bind(order.timeline().placed_at)
-                .bind(order.timeline().decided_at)
-                .execute(&mut *tx)
-                .await
-            }
-            .map_err(save_error)?;
-            if written.rows_affected() == 0 {
-                return Err(SaveError::Conflict);
-            }
-            if let Some(used) = idempotency {
-                // A key whose last use expired is taken over; one still in use is another
-                // request's (a conflict: the retry finds its order).
-                let claimed = sqlx::query(
+                .bind(order.timeline().decided_at);
+        }
+        if let Some(used) = idempotency {
+            // A key whose last use expired is taken over; one still in use is another request's
+            // (a conflict: the retry finds its order).
+            writes
+                .must_write(
                     "INSERT INTO idempotency_keys (key, order_id, fingerprint, created_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (key) DO UPDATE \
                         SET order_id = excluded.order_id, fingerprint = excluded.fingerprint, \
                             created_at = excluded.created_at \
-                        WHERE idempotency_keys.created_at < $5",
+                        WHERE idempotency_keys.created_at < $5 \
+                     RETURNING 1",
                 )
                 .bind(used.key)
                 .bind(order.id().as_uuid())
                 .bind(used.fingerprint)
                 .bind(order.timeline().created_at)
-                .bind(used.expired_before)
-                .execute(&mut *tx)
-                .await
-                .map_err(save_error)?;
-                if claimed.rows_affected() == 0 {
-                    return Err(SaveError::Conflict);
-                }
-            }
-            Ok(())
-        })
-        .await
+                .bind(used.expired_before);
+        }
+        self.db.commit_writes(effects, &writes).await
     }
 
     async fn find_by_idempotency_key(
