@@ -14,6 +14,7 @@ use kernel::{Chars, Text, TextKind};
 use messaging::{Causation, Effects, SaveError, TraceParent, retry_on_conflict};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Who asks: a customer acts on its own orders only (anyone else's do not exist for it); an
@@ -150,9 +151,13 @@ impl OrderService {
     ) -> Result<(Order, bool), AppError> {
         let customer = new.customer(actor)?;
         let fingerprint = new.fingerprint(customer);
+        // A key is nearly always new: the first attempt claims it with the order, without
+        // looking it up first, and only one that finds it in use looks for its order.
+        let first_attempt = AtomicBool::new(true);
         retry_on_conflict(|| async {
             let expired_before = self.idempotency_keys_expired_before();
             if let Some(key) = &key
+                && !first_attempt.swap(false, Ordering::Relaxed)
                 && let Some((id, used_for)) = self.orders.find_by_idempotency_key(key.as_str(), expired_before).await?
             {
                 if used_for != fingerprint {
