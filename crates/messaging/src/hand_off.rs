@@ -186,13 +186,21 @@ impl HandOff {
         let handed = Handed { envelope: self.traced(envelope), from: self.clone() };
         let sent = consumer.send(handed).is_ok();
         if !sent {
-            self.out_of_hand(1);
+            self.out_of_hand();
         }
         sent
     }
 
-    fn out_of_hand(&self, count: usize) {
-        self.in_hand.send_modify(|in_hand| *in_hand -= count);
+    /// One handed to a consumer is settled or given back.
+    fn out_of_hand(&self) {
+        self.in_hand.send_modify(|in_hand| *in_hand -= 1);
+    }
+
+    /// One handed to a consumer that stopped before settling it: given back at
+    /// [`flush`](Self::flush).
+    fn left_unsettled(&self, message_id: Uuid) {
+        self.dropped.lock().expect("hand-off lock").push(message_id);
+        self.out_of_hand();
     }
 
     /// `envelope` handed on under a span of the hand-off (as the relay's `publish` span is for a
@@ -356,8 +364,7 @@ impl Drop for Subscription {
         }
         // Nothing more is handed here: what was and never reached the consumer is given back.
         while let Ok(Handed { envelope, from }) = self.receiver.try_recv() {
-            from.dropped.lock().expect("hand-off lock").push(envelope.message_id);
-            from.out_of_hand(1);
+            from.left_unsettled(envelope.message_id);
         }
     }
 }
@@ -376,7 +383,7 @@ impl Settle for HandedOffSettlement {
     async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
         self.settled = true;
         self.hand_off.settled([self.message_id]);
-        self.hand_off.out_of_hand(1);
+        self.hand_off.out_of_hand();
         Ok(())
     }
 
@@ -385,7 +392,7 @@ impl Settle for HandedOffSettlement {
         // Settled only once given back: cancelled meanwhile, it counts as dropped.
         let given_back = self.hand_off.give_back(&[self.message_id]).await;
         self.settled = true;
-        self.hand_off.out_of_hand(1);
+        self.hand_off.out_of_hand();
         given_back
     }
 
@@ -397,8 +404,7 @@ impl Settle for HandedOffSettlement {
 impl Drop for HandedOffSettlement {
     fn drop(&mut self) {
         if !self.settled {
-            self.hand_off.dropped.lock().expect("hand-off lock").push(self.message_id);
-            self.hand_off.out_of_hand(1);
+            self.hand_off.left_unsettled(self.message_id);
         }
     }
 }
