@@ -111,6 +111,7 @@ messaging::contract_tests!(
         an_order_round_trips_with_its_lines_state_and_timeline,
         a_save_at_a_stale_version_is_refused_and_writes_nothing,
         a_new_order_saved_twice_conflicts,
+        a_second_copy_of_a_consumed_message_changes_nothing,
         orders_are_listed_newest_first_by_customer_and_status,
         a_row_that_does_not_restore_is_corrupt_while_an_unreachable_database_is_unavailable,
         an_idempotency_key_belongs_to_one_order,
@@ -207,6 +208,25 @@ async fn a_new_order_saved_twice_conflicts<B: Backend>() {
     store.save(&order, None, &Effects::new()).await.unwrap();
     assert!(matches!(store.save(&order, None, &a_message()).await, Err(SaveError::Conflict)));
     assert_eq!(db.outbox_rows().await, 0);
+}
+
+async fn a_second_copy_of_a_consumed_message_changes_nothing<B: Backend>() {
+    let db = B::new().await;
+    let store = db.orders();
+    let order = draft();
+    let consumed = Uuid::now_v7();
+    store.save(&order, None, &Effects::consuming("outcome", consumed)).await.unwrap();
+
+    let mut copy = store.load(order.id()).await.unwrap().unwrap();
+    copy.add_line(&item(1, "1.00"), Quantity::new(1).unwrap()).unwrap();
+    let mut effects = a_message();
+    effects.consume("outcome", consumed);
+    let refused = store.save(&copy, None, &effects).await;
+    assert!(matches!(refused, Err(SaveError::AlreadyConsumed)), "{refused:?}");
+
+    let stored = store.load(order.id()).await.unwrap().unwrap();
+    assert!(stored.lines().is_empty(), "the copy's change was kept");
+    assert_eq!(db.outbox_rows().await, 0, "the copy's message was written");
 }
 
 async fn orders_are_listed_newest_first_by_customer_and_status<B: Backend>() {

@@ -1,7 +1,8 @@
 //! Group commit: a unit of work that arrives while every writer is busy joins the transaction
 //! of one of them, and a group commits once none of its members is still writing. Under load a
-//! service then spends one commit (one WAL flush) on several units of work; alone, a unit of
-//! work has a transaction to itself, at the cost of a separate one.
+//! service then spends one commit (one WAL flush) on several units of work. A unit of work that
+//! finds nobody else writing, and is one statement ([`StateWrites`]), is written alone: that
+//! statement commits itself, without the round trips of BEGIN and COMMIT.
 //!
 //! Each member stays its own unit of work: its inbox record, aggregate and outbox rows are
 //! written together or not at all, and it returns only once its group has committed. A member
@@ -44,8 +45,7 @@ pub struct GroupCommit {
 struct Inner {
     pool: PgPool,
     writers: usize,
-    /// The groups new units of work may join.
-    open: Mutex<Vec<Arc<Group>>>,
+    open: Mutex<Open>,
     /// Where committed messages for this service's own consumers go straight away.
     hand_off: Option<Arc<HandOff>>,
 }
@@ -59,7 +59,7 @@ impl From<PgPool> for GroupCommit {
 impl GroupCommit {
     /// Group commit on `pool` with up to `writers` groups open at once (at least one).
     pub fn new(pool: PgPool, writers: usize) -> Self {
-        let inner = Inner { pool, writers: writers.max(1), open: Mutex::new(Vec::new()), hand_off: None };
+        let inner = Inner { pool, writers: writers.max(1), open: Mutex::default(), hand_off: None };
         Self { inner: Arc::new(inner) }
     }
 
@@ -69,7 +69,7 @@ impl GroupCommit {
         let inner = Inner {
             pool: self.inner.pool.clone(),
             writers: self.inner.writers,
-            open: Mutex::new(Vec::new()),
+            open: Mutex::default(),
             hand_off: Some(hand_off),
         };
         Self { inner: Arc::new(inner) }
@@ -110,6 +110,16 @@ impl GroupCommit {
         let handed = hand_off.map(|hand_off| hand_off.select(&effects.outgoing)).unwrap_or_default();
         let lease_until = Utc::now() + hand_off.map(|hand_off| hand_off.lease()).unwrap_or_default();
         let outbound = Outbound { handed: &handed, lease_until };
+        if let Some(writes) = writes
+            && let Some(_alone) = self.alone()
+        {
+            let mut connection = self.inner.pool.acquire().await.map_err(save_error)?;
+            write_in_one(&mut connection, effects, &outbound, writes).await?;
+            if let Some(hand_off) = hand_off {
+                hand_off.deliver(handed_off(effects, &handed));
+            }
+            return Ok(());
+        }
         for _ in 0..MAX_GROUPS {
             let group = self.join();
             let mut member = Membership { inner: &self.inner, group: &group, writing: false, done: false };
@@ -127,9 +137,7 @@ impl GroupCommit {
             match outcome.expect("waited for an outcome") {
                 Outcome::Committed => {
                     if let Some(hand_off) = hand_off {
-                        let outgoing = effects.outgoing.iter().zip(&handed);
-                        hand_off
-                            .deliver(outgoing.filter(|(_, handed)| **handed).map(|(outgoing, _)| &outgoing.envelope));
+                        hand_off.deliver(handed_off(effects, &handed));
                     }
                     return Ok(());
                 }
@@ -140,18 +148,28 @@ impl GroupCommit {
         Err(abandoned())
     }
 
+    /// A turn to write alone, if no other unit of work is writing: one statement on a
+    /// connection of its own, committed by itself (no BEGIN and COMMIT round trips). Under load
+    /// units of work still share groups, which spend one commit on several.
+    fn alone(&self) -> Option<Alone<'_>> {
+        let mut open = self.inner.open.lock().expect("group commit lock");
+        open.groups.retain(Group::joinable);
+        if !open.groups.is_empty() || open.alone > 0 {
+            return None;
+        }
+        open.alone += 1;
+        Some(Alone { inner: &self.inner })
+    }
+
     /// The group to join: a new one while fewer groups are open than there are writers (an
     /// open group always has a member writing); otherwise the open group with the fewest
     /// members writing.
     fn join(&self) -> Arc<Group> {
         let mut open = self.inner.open.lock().expect("group commit lock");
-        open.retain(|group| {
-            let members = group.members.lock().expect("group members lock");
-            members.joined < MAX_MEMBERS && !members.broken
-        });
-        if open.len() >= self.inner.writers
+        open.groups.retain(Group::joinable);
+        if open.groups.len() >= self.inner.writers
             && let Some(group) =
-                open.iter().min_by_key(|group| group.members.lock().expect("group members lock").writing)
+                open.groups.iter().min_by_key(|group| group.members.lock().expect("group members lock").writing)
         {
             let mut members = group.members.lock().expect("group members lock");
             members.joined += 1;
@@ -164,9 +182,34 @@ impl GroupCommit {
             members: Mutex::new(Members { joined: 1, writing: 1, ..Members::default() }),
             committed: watch::Sender::new(None),
         });
-        open.push(group.clone());
+        open.groups.push(group.clone());
         group
     }
+}
+
+/// The messages of `effects` that are handed off (`handed`, per outgoing message).
+fn handed_off<'a>(effects: &'a Effects<'_>, handed: &'a [bool]) -> impl Iterator<Item = &'a crate::Envelope> {
+    effects.outgoing.iter().zip(handed).filter(|(_, handed)| **handed).map(|(outgoing, _)| &outgoing.envelope)
+}
+
+/// A unit of work writing alone ([`GroupCommit::alone`]), until dropped.
+struct Alone<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        self.inner.open.lock().expect("group commit lock").alone -= 1;
+    }
+}
+
+/// Who is writing besides the groups that are committing.
+#[derive(Default)]
+struct Open {
+    /// The groups new units of work may join.
+    groups: Vec<Arc<Group>>,
+    /// Units of work writing alone.
+    alone: usize,
 }
 
 /// Units of work sharing one transaction.
@@ -265,7 +308,7 @@ impl Membership<'_> {
             return false;
         }
         // Nobody writes any more: the group closes to newcomers and commits.
-        open.retain(|group| !Arc::ptr_eq(group, self.group));
+        open.groups.retain(|group| !Arc::ptr_eq(group, self.group));
         true
     }
 }
@@ -285,6 +328,12 @@ impl Drop for Membership<'_> {
 }
 
 impl Group {
+    /// Whether a unit of work may still join it.
+    fn joinable(self: &Arc<Self>) -> bool {
+        let members = self.members.lock().expect("group members lock");
+        members.joined < MAX_MEMBERS && !members.broken
+    }
+
     /// Commits what its members kept, or rolls it back if the transaction was broken.
     async fn commit(self: Arc<Self>) {
         let tx = self.tx.lock().await.take();

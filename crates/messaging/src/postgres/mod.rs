@@ -16,7 +16,7 @@ use crate::unit_of_work::{BoxError, Effects, Inbox, SaveError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -172,17 +172,15 @@ async fn write_unit(
     write_state: impl AsyncFnOnce(&mut PgConnection) -> Result<(), SaveError>,
 ) -> Result<(), SaveError> {
     if !effects.is_empty() {
-        let recorded = write_effects(&mut *conn, effects, outbound).await.map_err(save_error)?;
-        if recorded < effects.consumed.len() as i64 {
-            return Err(SaveError::AlreadyConsumed);
-        }
+        write_in_one(&mut *conn, effects, outbound, &StateWrites::default()).await?;
     }
     write_state(conn).await
 }
 
-/// Writes one unit of work on `conn`, inside a transaction, in one statement: its effects and
-/// the aggregate's `writes`. A stale version (a write that had to write a row and wrote none) is
-/// a conflict, and the caller rolls back what the statement wrote.
+/// Writes one unit of work on `conn` in one statement: its effects and the aggregate's `writes`.
+/// The statement refuses itself (an error undoes all of it) on a second copy of a consumed
+/// message or a stale version (a write that had to write a row and wrote none), so that it is
+/// a whole unit of work inside a transaction or on its own.
 async fn write_in_one(
     conn: &mut PgConnection,
     effects: &Effects<'_>,
@@ -191,18 +189,11 @@ async fn write_in_one(
 ) -> Result<(), SaveError> {
     // The aggregate's parameters come first, the effects' after them.
     let offset = sqlx::Arguments::len(&writes.arguments);
-    let (parts, recorded) = &EFFECTS_PARTS[effects_kind(effects)];
-    let sql = writes.statement(parts.iter().map(|part| renumbered(part, offset)).collect(), recorded)?;
+    let (parts, first_copy) = &EFFECTS_PARTS[effects_kind(effects)];
+    let parts = parts.iter().map(|part| renumbered(part, offset)).collect();
+    let sql = writes.statement(parts, &renumbered(first_copy, offset))?;
     let arguments = effects_arguments(writes.arguments.clone(), effects, outbound).map_err(SaveError::Refused)?;
-    let (recorded, written): (i64, bool) =
-        sqlx::query_as_with(sqlx::AssertSqlSafe(sql), arguments).fetch_one(conn).await.map_err(save_error)?;
-    if recorded < effects.consumed.len() as i64 {
-        Err(SaveError::AlreadyConsumed)
-    } else if !written {
-        Err(SaveError::Conflict)
-    } else {
-        Ok(())
-    }
+    writes.run(sql, arguments, conn).await
 }
 
 /// What a unit of work writes of its aggregate, as parts of the statement that writes its
@@ -215,7 +206,7 @@ pub struct StateWrites {
     /// Each part's statement, its parameters numbered in the whole statement, and whether it
     /// must write a row (`RETURNING 1`; none written means a stale version).
     parts: Vec<(String, bool)>,
-    arguments: sqlx::postgres::PgArguments,
+    arguments: PgArguments,
     /// A value that could not be encoded.
     error: Option<Arc<str>>,
 }
@@ -234,17 +225,17 @@ impl StateWrites {
 
     /// Runs the parts alone, as one statement on `conn` (in the unit of work's transaction).
     pub async fn execute(&self, conn: &mut PgConnection) -> Result<(), SaveError> {
-        let sql = self.statement(Vec::new(), "0::bigint")?;
-        let (_, written): (i64, bool) = sqlx::query_as_with(sqlx::AssertSqlSafe(sql), self.arguments.clone())
-            .fetch_one(conn)
-            .await
-            .map_err(save_error)?;
-        if written { Ok(()) } else { Err(SaveError::Conflict) }
+        self.run(self.statement(Vec::new(), "true")?, self.arguments.clone(), conn).await
     }
 
-    /// The statement of `before` (common table expressions) and the parts, selecting `recorded`
-    /// and whether every part that must write a row wrote one.
-    fn statement(&self, before: Vec<String>, recorded: &str) -> Result<String, SaveError> {
+    async fn run(&self, sql: String, arguments: PgArguments, conn: &mut PgConnection) -> Result<(), SaveError> {
+        let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments);
+        query.execute(conn).await.map(drop).map_err(save_error)
+    }
+
+    /// The statement of `before` (common table expressions) and the parts. It refuses itself
+    /// unless `first_copy` holds and every part that must write a row wrote one.
+    fn statement(&self, before: Vec<String>, first_copy: &str) -> Result<String, SaveError> {
         if let Some(error) = &self.error {
             return Err(SaveError::Refused(error.to_string().into()));
         }
@@ -253,11 +244,12 @@ impl StateWrites {
         let must_write = self.parts.iter().enumerate().filter(|(_, (_, must_write))| *must_write);
         let written: Vec<String> = must_write.map(|(n, _)| format!("EXISTS (SELECT FROM state_{n})")).collect();
         let written = if written.is_empty() { "true".to_owned() } else { written.join(" AND ") };
-        Ok(if ctes.is_empty() {
-            format!("SELECT {recorded}, {written}")
-        } else {
-            format!("WITH {} SELECT {recorded}, {written}", ctes.join(", "))
-        })
+        let check = format!(
+            "SELECT CASE WHEN NOT ({first_copy}) THEN unit_of_work_refused('{ALREADY_CONSUMED}', 'a copy of a consumed message') \
+                         WHEN NOT ({written}) THEN unit_of_work_refused('{SERIALIZATION_FAILURE}', 'a stale version') \
+                         ELSE true END"
+        );
+        Ok(if ctes.is_empty() { check } else { format!("WITH {} {check}", ctes.join(", ")) })
     }
 
     fn part(&mut self, sql: &str, must_write: bool) -> Bind<'_> {
@@ -309,7 +301,8 @@ fn effects_kind(effects: &Effects<'_>) -> usize {
 }
 
 /// The common table expressions writing a unit of work's effects, for each kind
-/// ([`effects_kind`]), and the expression of how many inbox records they added. Only the parts
+/// ([`effects_kind`]), and the condition that they recorded every consumed message (none was
+/// consumed before: this is its first copy). Only the parts
 /// there is something for: the outbox trigger wakes the relays for every INSERT statement, even
 /// one that inserts nothing.
 static EFFECTS_PARTS: LazyLock<[(Vec<String>, &'static str); 8]> = LazyLock::new(|| {
@@ -337,39 +330,16 @@ static EFFECTS_PARTS: LazyLock<[(Vec<String>, &'static str); 8]> = LazyLock::new
             ),
         ];
         let chosen = (0..3).filter(|bit| which & (1 << bit) != 0).map(|bit| parts[bit].clone()).collect();
-        (chosen, if consumes { "(SELECT count(*) FROM consumed)" } else { "0::bigint" })
+        (chosen, first_copy)
     })
 });
-
-/// The statement writing a unit of work's effects alone, for each kind ([`effects_kind`]).
-static EFFECTS_STATEMENTS: LazyLock<[String; 8]> = LazyLock::new(|| {
-    std::array::from_fn(|which| {
-        let (parts, recorded) = &EFFECTS_PARTS[which];
-        if parts.is_empty() {
-            format!("SELECT {recorded}")
-        } else {
-            format!("WITH {} SELECT {recorded}", parts.join(", "))
-        }
-    })
-});
-
-/// Writes `effects` in one statement; returns how many inbox records it added.
-async fn write_effects(
-    conn: &mut PgConnection,
-    effects: &Effects<'_>,
-    outbound: &Outbound<'_>,
-) -> Result<i64, sqlx::Error> {
-    let sql: &'static str = &EFFECTS_STATEMENTS[effects_kind(effects)];
-    let arguments = effects_arguments(Default::default(), effects, outbound).map_err(sqlx::Error::Encode)?;
-    sqlx::query_scalar_with(sql, arguments).fetch_one(conn).await
-}
 
 /// `arguments` followed by the parameters of the effects' statement or parts.
 fn effects_arguments(
-    mut arguments: sqlx::postgres::PgArguments,
+    mut arguments: PgArguments,
     effects: &Effects<'_>,
     outbound: &Outbound<'_>,
-) -> Result<sqlx::postgres::PgArguments, sqlx::error::BoxDynError> {
+) -> Result<PgArguments, sqlx::error::BoxDynError> {
     use sqlx::Arguments;
     let consumers: Vec<&str> = effects.consumed.iter().map(|consumed| consumed.consumer).collect();
     let consumed: Vec<Uuid> = effects.consumed.iter().map(|consumed| consumed.message_id).collect();
@@ -407,11 +377,18 @@ fn effects_arguments(
     Ok(arguments)
 }
 
+/// The SQLSTATE of a unit of work that refused itself on a second copy of a consumed message.
+const ALREADY_CONSUMED: &str = "UW001";
+/// The SQLSTATE of a unit of work that refused itself on a stale version, as PostgreSQL's own
+/// serialization failures.
+const SERIALIZATION_FAILURE: &str = "40001";
+
 /// Classifies a database error for a save: lost connections and deadlocks are worth retrying,
 /// serialization failures and duplicate keys are conflicts, other refusals are final.
 pub fn save_error(error: sqlx::Error) -> SaveError {
     match &error {
         sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(ALREADY_CONSUMED) => SaveError::AlreadyConsumed,
             // serialization_failure, unique_violation (two creators of one aggregate)
             Some("40001" | "23505") => SaveError::Conflict,
             // deadlock_detected, lock_not_available, admin shutdown and friends, query canceled
