@@ -173,7 +173,7 @@ impl ProductStore for PgProductStore {
         for change in reservations {
             match change {
                 ReservationChange::Hold { product, order, quantity } => held.push((product, order, quantity as i32)),
-                ReservationChange::Drop { product, order } => dropped.push((product, order)),
+                ReservationChange::Drop { order, .. } => dropped.push(order),
             }
         }
         if !held.is_empty() {
@@ -190,14 +190,12 @@ impl ProductStore for PgProductStore {
                 .bind(quantities);
         }
         if !dropped.is_empty() {
-            let (products, orders): (Vec<i64>, Vec<Uuid>) = dropped.into_iter().unzip();
+            // The product's own rows, by its primary key: a plan that joins the orders to the
+            // table would scan it, since the plan is made once, while the table may be empty.
             writes
-                .write(
-                    "DELETE FROM reservations \
-                     WHERE (product_id, order_id) IN (SELECT * FROM unnest($1::bigint[], $2::uuid[]))",
-                )
-                .bind(products)
-                .bind(orders);
+                .write("DELETE FROM reservations WHERE product_id = $1 AND order_id = ANY($2::uuid[])")
+                .bind(product.id().get())
+                .bind(dropped);
         }
         self.db.commit_writes(effects, &writes).await
     }
