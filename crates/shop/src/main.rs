@@ -155,6 +155,11 @@ struct TokenHolder {
     admin: bool,
 }
 
+/// mimalloc rather than the system's allocator: at 16 customers glibc's malloc and free were
+/// 9 % of the service's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
