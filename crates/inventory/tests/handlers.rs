@@ -2,7 +2,7 @@
 //! and in batches.
 
 use contracts::inventory::{ReleaseStock, ReserveStock, StockReserved};
-use contracts::order::{OrderPlaced, OrderPlacedItem, OrderShipped};
+use contracts::order::{CancelledFrom, OrderCancelled, OrderPlaced, OrderPlacedItem, OrderShipped};
 use inventory::application::{
     NewProduct, ProductService, ProductStore, ReservationSagaHandler, SagaState, SagaStore, StockCommand, StockHandler,
 };
@@ -152,6 +152,42 @@ async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
             .await
             .unwrap();
     assert_eq!(timeouts, 0, "the completed saga withdrew its timeout");
+}
+
+#[tokio::test]
+async fn a_placement_that_finds_its_saga_started_or_cancelled_changes_nothing() {
+    let inventory = inventory().await;
+    let product = inventory.product(5).await;
+    let handler = ReservationSagaHandler::new(inventory.sagas.clone(), Duration::from_secs(600));
+    let reservations = || async {
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE message_type = 'inventory.reserve-stock.v1'")
+                .fetch_one(&inventory.db.pool)
+                .await
+                .unwrap();
+        sent
+    };
+
+    // Placed twice (two messages, as if the order service had placed it again).
+    let order = Uuid::now_v7();
+    let causation = Causation::root(order.to_string(), TraceParent::new_root());
+    for _ in 0..2 {
+        handler.handle(&received(&causation.envelope(&placed(order, &[(product, 1)])))).await.unwrap();
+    }
+    let saga = inventory.sagas.load(OrderId::from_uuid(order)).await.unwrap().unwrap();
+    assert_eq!((saga.state(), saga.version()), (SagaState::Reserving, 1));
+    assert_eq!(reservations().await, 1, "one reservation asked for");
+
+    // Cancelled before its placement arrived.
+    let order = Uuid::now_v7();
+    let causation = Causation::root(order.to_string(), TraceParent::new_root());
+    let cancelled =
+        OrderCancelled { order_id: order, reason: "changed my mind".into(), cancelled_from: CancelledFrom::Placed };
+    handler.handle(&received(&causation.envelope(&cancelled))).await.unwrap();
+    handler.handle(&received(&causation.envelope(&placed(order, &[(product, 1)])))).await.unwrap();
+    let saga = inventory.sagas.load(OrderId::from_uuid(order)).await.unwrap().unwrap();
+    assert_eq!((saga.state(), saga.version()), (SagaState::Failed, 1), "cancelled before it started");
+    assert_eq!(reservations().await, 1, "a cancelled order asked for stock");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use contracts::inventory::{
     StockReservationRejected, StockReserved,
 };
 use contracts::order::{CancelledFrom, OrderCancelled, OrderPlaced, OrderShipped};
-use messaging::{BatchHandler, Causation, Effects, Received};
+use messaging::{BatchHandler, Causation, Effects, Received, SaveError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,7 +104,29 @@ impl BatchHandler for ReservationSagaHandler {
     /// One attempt: load (or start) the order's saga, feed it each message in turn, and save
     /// it with the messages its actions produce and every message's inbox record.
     async fn apply(&self, &order_id: &OrderId, messages: &[&Received<SagaMessage>]) -> Result<(), AppError> {
+        // An order's placement starts its saga: it is applied as to no saga, without a load. If
+        // the saga exists after all (a second copy, or the cancellation came first), the save
+        // conflicts, nothing of it is kept, and the placement is applied to the stored saga.
+        if messages.iter().all(|received| matches!(received.message, SagaMessage::Placed(_))) {
+            match self.apply_to(order_id, None, messages).await {
+                Err(AppError::Save(SaveError::Conflict)) => {}
+                outcome => return outcome,
+            }
+        }
         let loaded = self.sagas.load(order_id).await?;
+        self.apply_to(order_id, loaded, messages).await
+    }
+}
+
+impl ReservationSagaHandler {
+    /// Feeds `messages` to the order's saga as `loaded`, and saves it with the messages its
+    /// actions produce and every message's inbox record.
+    async fn apply_to(
+        &self,
+        order_id: OrderId,
+        loaded: Option<ReservationSaga>,
+        messages: &[&Received<SagaMessage>],
+    ) -> Result<(), AppError> {
         let previous = loaded.as_ref().map(ReservationSaga::state);
         let mut saga = loaded.clone();
         let mut effects = Effects::new();
