@@ -17,7 +17,7 @@ use crate::unit_of_work::Inbox;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use std::any::Any;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -327,13 +327,16 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Handles a lane's batch: runs of decoded first deliveries with the same ordering key go
-    /// to [`Handler::handle_many`] together; everything else, and any run it does not take,
-    /// one by one.
+    /// Handles a lane's batch: the decoded first deliveries of one ordering key go to
+    /// [`Handler::handle_many`] together, wherever they stand in the batch (deliveries of
+    /// different keys need no order between them, and a lane holds several keys); everything
+    /// else, and any run it does not take, one by one. A key's deliveries keep their order.
     async fn process_all(&self, batch: Vec<Taken<H::Message>>) {
-        let mut taken = batch.into_iter().peekable();
-        while let Some(first) = taken.next() {
-            let first = match first {
+        let mut runs: Vec<Vec<Ready<H::Message>>> = Vec::new();
+        // Per key, the run that still takes its deliveries: the key's latest.
+        let mut taking: HashMap<u64, usize> = HashMap::new();
+        for taken in batch {
+            let ready = match taken {
                 Taken::Ready(ready) => ready,
                 Taken::Unreadable(error, settlement) => {
                     let reason = format!("unreadable message: {}", ErrorChain(&error));
@@ -348,19 +351,25 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
             };
-            let mut run = vec![first];
-            if !run[0].redelivered {
-                let key = run[0].key;
-                // A copy of a message already in the run ends it: one unit of work must not
-                // consume the same message twice.
-                let mut ids = HashSet::from([run[0].id()]);
-                while let Some(Taken::Ready(next)) = taken.next_if(|next| {
-                    matches!(next, Taken::Ready(next) if !next.redelivered && next.key == key && !ids.contains(&next.id()))
-                }) {
-                    ids.insert(next.id());
-                    run.push(next);
+            // A redelivery runs alone (it may have been applied), and a copy of a message
+            // already in the run starts another: one unit of work must not consume a message twice.
+            let joins = taking
+                .get(&ready.key)
+                .copied()
+                .filter(|&run| !ready.redelivered && runs[run].iter().all(|other| other.id() != ready.id()));
+            match joins {
+                Some(run) => runs[run].push(ready),
+                None => {
+                    if ready.redelivered {
+                        taking.remove(&ready.key);
+                    } else {
+                        taking.insert(ready.key, runs.len());
+                    }
+                    runs.push(vec![ready]);
                 }
             }
+        }
+        for mut run in runs {
             if run.len() > 1 {
                 match self.process_together(run).await {
                     Ok(()) => continue,

@@ -120,6 +120,33 @@ async fn messages_of_one_key_that_queued_up_are_handled_as_one_batch_in_order() 
 }
 
 #[tokio::test]
+async fn a_lane_takes_each_key_s_messages_together_wherever_they_stand_in_its_batch() {
+    // Two keys that share a lane (4 lanes, by the key's hash), their messages interleaved.
+    let lane = |correlation: &str| messaging::hash(correlation) % 4;
+    let other = (2..).map(|n| format!("order-{n}")).find(|other| lane(other) == lane("order-1")).unwrap();
+    let handler = Recorder::new(true);
+    let messages: Vec<Envelope> =
+        (0..8).map(|n| shipped(if n % 2 == 0 { "order-1" } else { other.as_str() })).collect();
+    run(handler.clone(), messages.clone()).await;
+
+    // The first message held the lane while the rest queued up: no two messages of one key
+    // stood side by side, yet they were batched.
+    let batches = handler.batches.lock().unwrap();
+    assert!(batches.iter().any(|batch| batch.len() > 1), "no batch: {batches:?}");
+    let key_of = |id: &Uuid| messages.iter().find(|m| m.message_id == *id).unwrap().correlation_id.clone();
+    for batch in batches.iter() {
+        assert!(batch.iter().all(|id| key_of(id) == key_of(&batch[0])), "a batch of two keys: {batch:?}");
+    }
+    let mut handled = handler.singles.lock().unwrap().clone();
+    handled.extend(batches.iter().flatten());
+    for key in ["order-1", other.as_str()] {
+        let sent: Vec<Uuid> = messages.iter().filter(|m| m.correlation_id == key).map(|m| m.message_id).collect();
+        let seen: Vec<Uuid> = handled.iter().copied().filter(|id| sent.contains(id)).collect();
+        assert_eq!(seen, sent, "{key}'s messages, each once and in order");
+    }
+}
+
+#[tokio::test]
 async fn a_failing_batch_is_retried_message_by_message_and_only_the_culprit_is_dead_lettered() {
     let handler = Recorder::new(true);
     let mut messages: Vec<Envelope> = (0..4).map(|_| shipped("order-1")).collect();
