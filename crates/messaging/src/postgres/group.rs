@@ -22,12 +22,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Most units of work in one group: the first of them waits for the last to be written.
-const MAX_MEMBERS: usize = 8;
+const MAX_MEMBERS: usize = 16;
 /// Groups open for joining at once, each writing on a connection of its own, so that their
-/// members' round trips overlap. Measured with `shop load` at 16 customers on 2 cores: one
-/// writer and groups of 16 spent the least CPU per order, two writers and groups of 8 the same
-/// throughput with the p99 of separate transactions.
-const WRITERS: usize = 2;
+/// members' round trips overlap. Measured with `bench/ab.py` at 16 customers on 2 cores, units
+/// of work that find nobody writing going alone: one writer and groups of 16 spent 8 % less CPU
+/// per order than two writers and groups of 8, for 2 % more orders/s; groups of 32, 10 % fewer.
+const WRITERS: usize = 1;
 /// Longest wait for a group's COMMIT; past it the outcome is unknown and reported as a
 /// failure to try again (the inbox makes a repeat of a committed unit of work harmless).
 const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
