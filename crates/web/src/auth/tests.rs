@@ -58,6 +58,26 @@ async fn tokens_of_the_local_key_name_their_caller() {
 }
 
 #[tokio::test]
+async fn an_accepted_token_is_remembered_until_it_expires_and_for_a_minute_at_most() {
+    let (key, verifier) = local();
+    let signer = Signer::new(&key, issuance());
+    let started = std::time::Instant::now();
+    let short = signer.sign("root", Role::Admin, Duration::from_secs(20));
+    let long = signer.sign("root", Role::Admin, Duration::from_secs(3600));
+    for token in [&short, &long] {
+        assert!(verifier.verify(token).await.is_ok());
+        assert_eq!(verifier.verify(token).await, Ok(Caller::Admin { subject: "root".into() }), "remembered");
+    }
+    let until = |token| verifier.remembered_until(token).unwrap().duration_since(started);
+    assert!(until(&short) <= Duration::from_secs(20), "past its expiry: {:?}", until(&short));
+    assert!(until(&long) <= Duration::from_secs(61), "past a minute: {:?}", until(&long));
+
+    let stranger = Signer::new(&LocalKey::generate(), issuance()).sign("root", Role::Admin, Duration::from_secs(60));
+    assert_eq!(verifier.verify(&stranger).await, Err(AuthError::BadSignature));
+    assert_eq!(verifier.remembered_until(&stranger), None, "a refused token was remembered");
+}
+
+#[tokio::test]
 async fn expiry_allows_only_a_small_clock_skew() {
     let (key, verifier) = local();
     let signer = Signer::new(&key, issuance());
