@@ -45,6 +45,7 @@ pub struct GroupCommit {
 struct Inner {
     pool: PgPool,
     writers: usize,
+    /// Who is writing.
     open: Mutex<Open>,
     /// Where committed messages for this service's own consumers go straight away.
     hand_off: Option<Arc<HandOff>>,

@@ -193,7 +193,13 @@ async fn write_in_one(
     let parts = parts.iter().map(|part| renumbered(part, offset)).collect();
     let sql = writes.statement(parts, &renumbered(first_copy, offset))?;
     let arguments = effects_arguments(writes.arguments.clone(), effects, outbound).map_err(SaveError::Refused)?;
-    writes.run(sql, arguments, conn).await
+    run_unit(conn, sql, arguments).await
+}
+
+/// Runs a unit of work's statement; its refusals come back as [`save_error`] reads them.
+async fn run_unit(conn: &mut PgConnection, sql: String, arguments: PgArguments) -> Result<(), SaveError> {
+    let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments);
+    query.execute(conn).await.map(drop).map_err(save_error)
 }
 
 /// What a unit of work writes of its aggregate, as parts of the statement that writes its
@@ -225,12 +231,7 @@ impl StateWrites {
 
     /// Runs the parts alone, as one statement on `conn` (in the unit of work's transaction).
     pub async fn execute(&self, conn: &mut PgConnection) -> Result<(), SaveError> {
-        self.run(self.statement(Vec::new(), "true")?, self.arguments.clone(), conn).await
-    }
-
-    async fn run(&self, sql: String, arguments: PgArguments, conn: &mut PgConnection) -> Result<(), SaveError> {
-        let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments);
-        query.execute(conn).await.map(drop).map_err(save_error)
+        run_unit(conn, self.statement(Vec::new(), "true")?, self.arguments.clone()).await
     }
 
     /// The statement of `before` (common table expressions) and the parts. It refuses itself
@@ -302,9 +303,8 @@ fn effects_kind(effects: &Effects<'_>) -> usize {
 
 /// The common table expressions writing a unit of work's effects, for each kind
 /// ([`effects_kind`]), and the condition that they recorded every consumed message (none was
-/// consumed before: this is its first copy). Only the parts
-/// there is something for: the outbox trigger wakes the relays for every INSERT statement, even
-/// one that inserts nothing.
+/// consumed before: this is its first copy). Only the parts there is something for: the outbox
+/// trigger wakes the relays for every INSERT statement, even one that inserts nothing.
 static EFFECTS_PARTS: LazyLock<[(Vec<String>, &'static str); 8]> = LazyLock::new(|| {
     std::array::from_fn(|which| {
         let consumes = which & 1 != 0;
@@ -390,7 +390,7 @@ pub fn save_error(error: sqlx::Error) -> SaveError {
         sqlx::Error::Database(db) => match db.code().as_deref() {
             Some(ALREADY_CONSUMED) => SaveError::AlreadyConsumed,
             // serialization_failure, unique_violation (two creators of one aggregate)
-            Some("40001" | "23505") => SaveError::Conflict,
+            Some(SERIALIZATION_FAILURE | "23505") => SaveError::Conflict,
             // deadlock_detected, lock_not_available, admin shutdown and friends, query canceled
             Some(code) if code == "40P01" || code == "55P03" || code.starts_with("57") || code.starts_with("08") => {
                 SaveError::Unavailable(Box::new(error))
