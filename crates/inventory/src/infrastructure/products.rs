@@ -169,29 +169,30 @@ impl ProductStore for PgProductStore {
         }
         let mut writes = StateWrites::default();
         product_writes(&mut writes, product);
-        let (mut held, mut dropped) = (Vec::new(), Vec::new());
+        // Every change is to the product's own reservations, named by its id and the orders: the
+        // primary key. (A plan that joined the changes to the table would scan it, since a plan
+        // is made once per connection, while the table may be empty.)
+        let (mut held, mut quantities, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
         for change in reservations {
             match change {
-                ReservationChange::Hold { product, order, quantity } => held.push((product, order, quantity as i32)),
+                ReservationChange::Hold { order, quantity, .. } => {
+                    held.push(order);
+                    quantities.push(quantity as i32);
+                }
                 ReservationChange::Drop { order, .. } => dropped.push(order),
             }
         }
         if !held.is_empty() {
-            let products: Vec<i64> = held.iter().map(|(product, _, _)| *product).collect();
-            let orders: Vec<Uuid> = held.iter().map(|(_, order, _)| *order).collect();
-            let quantities: Vec<i32> = held.iter().map(|(_, _, quantity)| *quantity).collect();
             writes
                 .write(
                     "INSERT INTO reservations (product_id, order_id, quantity) \
-                     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::int[])",
+                     SELECT $1, * FROM unnest($2::uuid[], $3::int[])",
                 )
-                .bind(products)
-                .bind(orders)
+                .bind(product.id().get())
+                .bind(held)
                 .bind(quantities);
         }
         if !dropped.is_empty() {
-            // The product's own rows, by its primary key: a plan that joins the orders to the
-            // table would scan it, since the plan is made once, while the table may be empty.
             writes
                 .write("DELETE FROM reservations WHERE product_id = $1 AND order_id = ANY($2::uuid[])")
                 .bind(product.id().get())
