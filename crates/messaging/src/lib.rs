@@ -25,6 +25,7 @@ pub mod handler;
 pub mod outbox;
 pub mod postgres;
 pub mod relay;
+pub mod remembered;
 mod sql;
 pub mod sqlite;
 pub mod stats;
@@ -42,6 +43,7 @@ pub use envelope::{Causation, DecodeError, Envelope, TraceParent, UnreadableEnve
 pub use hand_off::{HandOff, LocalConsumers};
 pub use handler::{BatchHandler, Handler, HandlerError, Inbound, IsTransient, Received, hash};
 pub use outbox::{OutboxBacklog, OutboxMonitor};
+pub use remembered::{Remembered, Worked};
 pub use stats::{ConsumerFigures, ConsumerStats};
 pub use transport::{Naming, Transport, TransportError};
 pub use unit_of_work::{

@@ -218,11 +218,9 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
     let service = OrderService::new(orders, catalog.clone());
     let service = Arc::new(service.with_idempotency_key_ttl(settings.idempotency_key_ttl));
     let consumers = Consumers::new(SERVICE, runtime, &database, hand_off.clone());
-    // Through the service's store: a decision saved ends the waits for that order.
-    let consumers = vec![
-        consumers.of(CatalogHandler::new(catalog)),
-        consumers.of(ReservationOutcomeHandler::new(service.orders())),
-    ];
+    // Through the service: a decision saved ends the waits for that order.
+    let consumers =
+        vec![consumers.of(CatalogHandler::new(catalog)), consumers.of(ReservationOutcomeHandler::new(service.clone()))];
     let chores = vec![forget_expired_idempotency_keys(service.clone(), settings.idempotency_key_ttl)];
     let waits = service.clone();
     let on_stopping: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || waits.stop_waiting()));

@@ -84,9 +84,10 @@ async fn every_integration_message_has_a_consumer_and_every_consumer_is_known() 
     let catalog = Arc::new(order::infrastructure::PgCatalog::new(pool.clone()));
     let products = Arc::new(inventory::infrastructure::PgProductStore::new(pool.clone()));
     let sagas = Arc::new(inventory::infrastructure::PgSagaStore::new(pool));
+    let service = Arc::new(order::application::OrderService::new(orders, catalog.clone()));
     let consumers = [
         consumer("order", order::application::CatalogHandler::new(catalog)),
-        consumer("order", order::application::ReservationOutcomeHandler::new(orders)),
+        consumer("order", order::application::ReservationOutcomeHandler::new(service)),
         consumer("inventory", inventory::application::ReservationSagaHandler::new(sagas, Duration::from_secs(1))),
         consumer("inventory", inventory::application::StockHandler::new(products)),
     ];

@@ -11,7 +11,7 @@ use contracts::inventory::{
     StockReservationRejected, StockReserved,
 };
 use contracts::order::{CancelledFrom, OrderCancelled, OrderPlaced, OrderShipped};
-use messaging::{BatchHandler, Causation, Effects, Received, SaveError};
+use messaging::{BatchHandler, Causation, Effects, Received, Remembered, Worked};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ messaging::inbound! {
 
 pub struct ReservationSagaHandler {
     sagas: Arc<dyn SagaStore>,
+    /// The sagas as this handler last saved them: an order's next answer spares a load.
+    recent: Remembered<OrderId, ReservationSaga>,
     /// How long the saga waits for every line before it gives up.
     timeout: Duration,
 }
@@ -39,7 +41,7 @@ impl ReservationSagaHandler {
     pub const NAME: &'static str = "saga";
 
     pub fn new(sagas: Arc<dyn SagaStore>, timeout: Duration) -> Self {
-        Self { sagas, timeout }
+        Self { sagas, recent: Remembered::default(), timeout }
     }
 }
 
@@ -107,14 +109,15 @@ impl BatchHandler for ReservationSagaHandler {
         // An order's placement starts its saga: it is applied as to no saga, without a load. If
         // the saga exists after all (a second copy, or the cancellation came first), the save
         // conflicts, nothing of it is kept, and the placement is applied to the stored saga.
-        if messages.iter().all(|received| matches!(received.message, SagaMessage::Placed(_))) {
-            match self.apply_to(order_id, None, messages).await {
-                Err(AppError::Save(SaveError::Conflict)) => {}
-                outcome => return outcome,
-            }
+        // Later messages start from the saga as this handler last saved it, which likewise
+        // counts only if it commits.
+        let placement = messages.iter().all(|received| matches!(received.message, SagaMessage::Placed(_)));
+        if placement && let Ok(Worked::Committed) = self.apply_to(order_id, None, messages).await {
+            return Ok(());
         }
-        let loaded = self.sagas.load(order_id).await?;
-        self.apply_to(order_id, loaded, messages).await
+        let load = || async move { Ok(self.sagas.load(order_id).await?) };
+        self.recent.work_on(&order_id, load, |saga| self.apply_to(order_id, saga, messages)).await?;
+        Ok(())
     }
 }
 
@@ -126,7 +129,7 @@ impl ReservationSagaHandler {
         order_id: OrderId,
         loaded: Option<ReservationSaga>,
         messages: &[&Received<SagaMessage>],
-    ) -> Result<(), AppError> {
+    ) -> Result<Worked, AppError> {
         let previous = loaded.as_ref().map(ReservationSaga::state);
         let mut saga = loaded.clone();
         let mut effects = Effects::new();
@@ -164,9 +167,9 @@ impl ReservationSagaHandler {
                 }
             }
         }
-        let Some(mut saga) = saga else { return Ok(()) };
+        let Some(mut saga) = saga else { return Ok(Worked::Unchanged) };
         if loaded.as_ref() == Some(&saga) && effects.outgoing.is_empty() && effects.cancelled.is_empty() {
-            return Ok(()); // late or repeated answers: nothing to record
+            return Ok(Worked::Unchanged); // late or repeated answers: nothing to record
         }
         messaging::applied(&effects, self.sagas.save(&saga, &effects).await)?;
         saga.record_saved();
@@ -175,7 +178,8 @@ impl ReservationSagaHandler {
             tracing::info!(%order_id, state, reason = saga.failure_reason(), "stock reservation {state}");
             metrics::counter!("stock_reservations_total", "state" => state).increment(1);
         }
-        Ok(())
+        self.recent.put(order_id, saga);
+        Ok(Worked::Committed)
     }
 }
 

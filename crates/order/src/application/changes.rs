@@ -2,12 +2,15 @@
 //! of asking again and again. Saves through [`OrderChanges::announcing`] end the waits for that
 //! order at once. Another instance of the service saves orders too, unheard here, so a wait
 //! also reads the order again every [`OrderChanges::look_again`].
+//!
+//! The same saves are remembered ([`OrderChanges::recent`]): the reservation's outcome starts
+//! from the order as placed here instead of loading it.
 
 use super::ports::{IdempotencyKeyUse, OrderFilter, OrderPage, OrderStore};
 use crate::domain::{Order, OrderId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use messaging::{Effects, LoadError, SaveError};
+use messaging::{Effects, LoadError, Remembered, SaveError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -24,6 +27,7 @@ pub struct OrderChanges {
     room: Arc<Semaphore>,
     look_again: Duration,
     closed: CancellationToken,
+    recent: Remembered<OrderId, Order>,
 }
 
 impl OrderChanges {
@@ -42,6 +46,7 @@ impl OrderChanges {
             room: Arc::new(Semaphore::new(max_waits)),
             look_again,
             closed: CancellationToken::new(),
+            recent: Remembered::default(),
         }
     }
 
@@ -52,6 +57,11 @@ impl OrderChanges {
     /// `store`, ending the waits for each order it saves.
     pub fn announcing(self: &Arc<Self>, store: Arc<dyn OrderStore>) -> Arc<dyn OrderStore> {
         Arc::new(Announcing { store, changes: self.clone() })
+    }
+
+    /// The orders as this process last saved them (see [`Remembered`]).
+    pub(super) fn recent(&self) -> &Remembered<OrderId, Order> {
+        &self.recent
     }
 
     /// Ends every wait (each answers with the order as it is) and starts no more: the service
@@ -157,6 +167,9 @@ impl OrderStore for Announcing {
         effects: &Effects<'_>,
     ) -> Result<(), SaveError> {
         self.store.save(order, idempotency, effects).await?;
+        let mut saved = order.clone();
+        saved.record_saved();
+        self.changes.recent.put(order.id(), saved);
         self.changes.saved(order.id());
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::domain::{
     CatalogItem, CustomerId, Order, OrderDescription, OrderError, OrderId, OrderStatus, ProductId, Quantity, Reason,
 };
 use kernel::{Chars, Text, TextKind};
-use messaging::{Causation, Effects, SaveError, TraceParent, retry_on_conflict};
+use messaging::{Causation, Effects, Envelope, SaveError, TraceParent, Worked, retry_on_conflict};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +79,13 @@ impl NewOrder {
     }
 }
 
+/// How inventory's reservation of an order's stock ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StockOutcome {
+    Reserved,
+    Failed(Reason),
+}
+
 /// A client-chosen key that makes order creation safe to retry: 1 to 255 visible ASCII
 /// characters.
 pub type IdempotencyKey = Text<IdempotencyKeyText>;
@@ -114,12 +121,6 @@ impl OrderService {
         let changes = Arc::new(changes);
         let orders = changes.announcing(orders);
         Self { orders, catalog, changes, idempotency_key_ttl: Self::DEFAULT_IDEMPOTENCY_KEY_TTL }
-    }
-
-    /// The store this service saves through. Handlers that change orders save through it too:
-    /// their saves then end the waits for those orders at once.
-    pub fn orders(&self) -> Arc<dyn OrderStore> {
-        self.orders.clone()
     }
 
     /// Ends the waits for changes and starts no more: the service is stopping.
@@ -233,6 +234,41 @@ impl OrderService {
             return Err(AppError::Forbidden("only an admin ships orders"));
         }
         self.update(actor, id, trace, Order::ship).await
+    }
+
+    /// Confirms or rejects the placed order `id` as inventory's reservation ended, recording
+    /// `report` in `consumer`'s inbox; an order no longer placed (cancelled while inventory was
+    /// reserving, and inventory releases what it held) is left as it is.
+    pub async fn settle_reservation(
+        &self,
+        id: OrderId,
+        outcome: &StockOutcome,
+        consumer: &'static str,
+        report: &Envelope,
+    ) -> Result<(), AppError> {
+        let causation = Causation::from_message(report);
+        let settle = |order: Option<Order>| async {
+            let mut order = order.ok_or(AppError::OrderNotFound(id))?;
+            let before = order.status();
+            if before != OrderStatus::Placed {
+                return Ok(Worked::Unchanged);
+            }
+            match outcome {
+                StockOutcome::Reserved => order.confirm(kernel::now())?,
+                StockOutcome::Failed(reason) => order.reject(reason.clone(), kernel::now())?,
+            }
+            let mut effects = Effects::consuming(consumer, report.message_id);
+            let saved = save(&*self.orders, &mut order, Some(before), None, &causation, &mut effects).await;
+            messaging::applied(&effects, saved)?;
+            Ok::<_, AppError>(Worked::Committed)
+        };
+        // Most often the order was placed here a moment ago: it starts from memory.
+        let load = || async { Ok(self.orders.load(id).await?) };
+        let worked = retry_on_conflict(|| self.changes.recent().work_on(&id, load, settle)).await?;
+        if worked == Worked::Unchanged {
+            tracing::info!(order_id = %id, outcome = %report.message_type, "reservation outcome for an order no longer placed; ignored");
+        }
+        Ok(())
     }
 
     /// The order, if `actor` may see it: another customer's order does not exist for a customer.

@@ -1,14 +1,13 @@
 //! Message handlers of the order service.
 
-use super::commands::save;
-use super::error::AppError;
-use super::ports::{Catalog, OrderStore};
-use crate::domain::{CatalogItem, OrderId, OrderStatus, ProductId, Reason};
+use super::commands::{OrderService, StockOutcome};
+use super::ports::Catalog;
+use crate::domain::{CatalogItem, OrderId, ProductId, Reason};
 use async_trait::async_trait;
 use contracts::inventory::{StockReservationCompleted, StockReservationFailed};
 use contracts::product::{ProductCreated, ProductPriceChanged};
 use kernel::Money;
-use messaging::{Causation, Effects, Handler, HandlerError, Received, retry_on_conflict};
+use messaging::{Effects, Handler, HandlerError, Received};
 use std::sync::Arc;
 
 messaging::inbound! {
@@ -69,22 +68,16 @@ impl Handler for CatalogHandler {
 
 /// Confirms or rejects placed orders when inventory reports the reservation's outcome.
 pub struct ReservationOutcomeHandler {
-    orders: Arc<dyn OrderStore>,
+    orders: Arc<OrderService>,
 }
 
 impl ReservationOutcomeHandler {
     /// The consumer name: its queue and its inbox records.
     pub const NAME: &'static str = "reservations";
 
-    pub fn new(orders: Arc<dyn OrderStore>) -> Self {
+    pub fn new(orders: Arc<OrderService>) -> Self {
         Self { orders }
     }
-}
-
-/// What inventory reported for an order.
-enum Outcome {
-    Reserved,
-    Failed(Reason),
 }
 
 #[async_trait]
@@ -97,31 +90,13 @@ impl Handler for ReservationOutcomeHandler {
 
     async fn handle(&self, received: &Received<ReservationOutcome>) -> Result<(), HandlerError> {
         let (order_id, outcome) = match &received.message {
-            ReservationOutcome::Completed(completed) => (completed.order_id, Outcome::Reserved),
+            ReservationOutcome::Completed(completed) => (completed.order_id, StockOutcome::Reserved),
             ReservationOutcome::Failed(failed) => {
-                (failed.order_id, Outcome::Failed(Reason::new(failed.reason.clone()).map_err(HandlerError::permanent)?))
+                let reason = Reason::new(failed.reason.clone()).map_err(HandlerError::permanent)?;
+                (failed.order_id, StockOutcome::Failed(reason))
             }
         };
-        let message = &received.envelope;
         let order_id = OrderId::from_uuid(order_id);
-        let causation = Causation::from_message(message);
-        let handled = retry_on_conflict(|| async {
-            let mut order = self.orders.load(order_id).await?.ok_or(AppError::OrderNotFound(order_id))?;
-            let before = order.status();
-            if before != OrderStatus::Placed {
-                // Cancelled while inventory was reserving: inventory releases what it held.
-                tracing::info!(%order_id, status = %before, outcome = %message.message_type, "reservation outcome for an order no longer placed; ignored");
-                return Ok(());
-            }
-            match &outcome {
-                Outcome::Reserved => order.confirm(kernel::now())?,
-                Outcome::Failed(reason) => order.reject(reason.clone(), kernel::now())?,
-            }
-            let mut effects = Effects::consuming(self.name(), message.message_id);
-            let saved = save(&*self.orders, &mut order, Some(before), None, &causation, &mut effects).await;
-            Ok::<_, AppError>(messaging::applied(&effects, saved)?)
-        })
-        .await;
-        Ok(handled?)
+        Ok(self.orders.settle_reservation(order_id, &outcome, self.name(), &received.envelope).await?)
     }
 }

@@ -9,7 +9,7 @@ mod messages;
 pub mod ports;
 
 pub use changes::OrderChanges;
-pub use commands::{Actor, IdempotencyKey, IdempotencyKeyText, NewOrder, OrderService};
+pub use commands::{Actor, IdempotencyKey, IdempotencyKeyText, NewOrder, OrderService, StockOutcome};
 pub use error::AppError;
 pub use handlers::{CatalogHandler, ProductNews, ReservationOutcome, ReservationOutcomeHandler};
 pub use ports::{Catalog, IdempotencyKeyUse, OrderFilter, OrderPage, OrderStore, OrderSummary};
