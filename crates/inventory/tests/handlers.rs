@@ -6,7 +6,7 @@ use contracts::order::{CancelledFrom, OrderCancelled, OrderPlaced, OrderPlacedIt
 use inventory::application::{
     NewProduct, ProductService, ProductStore, ReservationSagaHandler, SagaState, SagaStore, StockCommand, StockHandler,
 };
-use inventory::domain::{Money, OrderId, ProductId, ProductName};
+use inventory::domain::{Money, OrderId, ProductId, ProductName, Quantity};
 use inventory::infrastructure::{PgProductStore, PgSagaStore, migrator};
 use messaging::testing::TestDatabase;
 use messaging::{Causation, Envelope, ErrorChain, Handler, HandlerError, Inbound, Received, TraceParent};
@@ -123,6 +123,44 @@ async fn a_batch_of_reservations_on_one_product_is_one_commit_with_every_answer(
 }
 
 #[tokio::test]
+async fn a_reservation_starts_from_the_product_as_saved_here_and_trusts_only_what_its_save_checks() {
+    let inventory = inventory().await;
+    let product = inventory.product(10).await;
+    let handler = StockHandler::new(inventory.products.clone());
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let answers = || async {
+        let sent: Vec<String> = sqlx::query_scalar(
+            "SELECT message_type FROM outbox WHERE message_type LIKE 'inventory.stock-%' ORDER BY seq",
+        )
+        .fetch_all(&inventory.db.pool)
+        .await
+        .unwrap();
+        sent
+    };
+    handler.handle(&received(&reserve(first, product, 2))).await.unwrap();
+
+    // Restocked on another instance: what the handler remembers of the product is out of date.
+    // From memory, 12 do not fit; a refusal proves nothing, and from the load they do.
+    let service = ProductService::new(inventory.products.clone(), inventory.sagas.clone());
+    let restock = |units| service.restock(product, Quantity::new(units).unwrap(), TraceParent::new_root());
+    restock(5).await.unwrap();
+    handler.handle(&received(&reserve(second, product, 12))).await.unwrap();
+    let stored = inventory.products.load(product, &[]).await.unwrap().unwrap();
+    assert_eq!((stored.stock(), stored.reserved(), stored.version()), (15, 14, 4));
+    // Out of date again: from memory the reservation fits, but its save is at an old version.
+    restock(1).await.unwrap();
+    handler.handle(&received(&reserve(Uuid::now_v7(), product, 1))).await.unwrap();
+    let stored = inventory.products.load(product, &[]).await.unwrap().unwrap();
+    assert_eq!((stored.stock(), stored.reserved(), stored.version()), (16, 15, 6));
+
+    // The first order asks again in another message: remembered, the product holds nothing for
+    // it, but the save of that reservation fails, and the load finds what it holds.
+    handler.handle(&received(&reserve(first, product, 1))).await.unwrap();
+    assert_eq!(inventory.reserved(product).await, 15, "reserved twice for one order");
+    assert_eq!(answers().await, ["inventory.stock-reserved.v1"; 4]);
+}
+
+#[tokio::test]
 async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
     let inventory = inventory().await;
     let (p1, p2) = (inventory.product(5).await, inventory.product(5).await);
@@ -152,6 +190,26 @@ async fn the_answers_for_an_order_complete_its_saga_in_one_batch() {
             .await
             .unwrap();
     assert_eq!(timeouts, 0, "the completed saga withdrew its timeout");
+}
+
+#[tokio::test]
+async fn an_answer_starts_from_the_saga_as_saved_here_and_stands_only_if_it_commits() {
+    let inventory = inventory().await;
+    let (p1, p2) = (inventory.product(5).await, inventory.product(5).await);
+    let here = ReservationSagaHandler::new(inventory.sagas.clone(), Duration::from_secs(600));
+    let elsewhere = ReservationSagaHandler::new(inventory.sagas.clone(), Duration::from_secs(600));
+    let order = Uuid::now_v7();
+    let causation = Causation::root(order.to_string(), TraceParent::new_root());
+    let answer = |product: ProductId| {
+        received(&causation.envelope(&StockReserved { order_id: order, product_id: product.get(), quantity: 1 }))
+    };
+    here.handle(&received(&causation.envelope(&placed(order, &[(p1, 1), (p2, 1)])))).await.unwrap();
+
+    // The first answer is applied on another instance: what this one remembers is out of date.
+    elsewhere.handle(&answer(p1)).await.unwrap();
+    here.handle(&answer(p2)).await.unwrap();
+    let saga = inventory.sagas.load(OrderId::from_uuid(order)).await.unwrap().unwrap();
+    assert_eq!((saga.state(), saga.version()), (SagaState::Reserved, 3), "both answers count");
 }
 
 #[tokio::test]

@@ -83,7 +83,7 @@ impl<K: Hash + Eq, V> Default for Remembered<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     #[tokio::test]
     async fn work_that_commits_on_memory_spares_the_load() {
@@ -101,7 +101,7 @@ mod tests {
             })
             .await;
         assert_eq!((worked, loads.get()), (Ok(Worked::Committed), 0));
-        assert_eq!(remembered.take(&1), None, "the unit of work puts back what it commits");
+        assert_eq!(remembered.take(&1), None, "taken: the work puts back what it commits");
     }
 
     #[tokio::test]
@@ -109,7 +109,7 @@ mod tests {
         let remembered = Remembered::new(8);
         for outcome in [Err("conflict"), Ok(Worked::Unchanged)] {
             remembered.put(1, "stale");
-            let seen = std::cell::RefCell::new(Vec::new());
+            let seen = &RefCell::new(Vec::new());
             let worked = remembered
                 .work_on(
                     &1,
@@ -121,7 +121,7 @@ mod tests {
                 )
                 .await;
             assert_eq!(worked, Ok(Worked::Unchanged));
-            assert_eq!(seen.into_inner(), [Some("stale"), Some("fresh")]);
+            assert_eq!(*seen.borrow(), [Some("stale"), Some("fresh")]);
             assert_eq!(remembered.take(&1), None, "a failed start leaves nothing stale behind");
         }
     }
@@ -129,7 +129,7 @@ mod tests {
     #[tokio::test]
     async fn without_memory_the_work_starts_from_the_load() {
         let remembered: Remembered<u8, &str> = Remembered::new(8);
-        let seen = std::cell::RefCell::new(Vec::new());
+        let seen = &RefCell::new(Vec::new());
         let worked = remembered
             .work_on(
                 &1,
@@ -140,7 +140,7 @@ mod tests {
                 },
             )
             .await;
-        assert_eq!((worked, seen.into_inner()), (Ok(Worked::Committed), vec![Some("fresh")]));
+        assert_eq!((worked, seen.take()), (Ok(Worked::Committed), vec![Some("fresh")]));
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Who may do what to an order, as the application decides it (over the real stores): another
 //! customer's order does not exist for a customer, lists are the customer's own, and only an
-//! admin ships.
+//! admin ships; and how the reservation's outcome settles an order.
 
+use contracts::inventory::StockReservationCompleted;
 use messaging::testing::TestDatabase;
-use messaging::{Effects, TraceParent};
-use order::application::{Actor, AppError, Catalog, IdempotencyKey, NewOrder, OrderFilter, OrderService};
+use messaging::{Causation, Effects, TraceParent};
+use order::application::{
+    Actor, AppError, Catalog, IdempotencyKey, NewOrder, OrderFilter, OrderService, ReservationOutcomeHandler,
+    StockOutcome,
+};
 use order::domain::{CatalogItem, CustomerId, OrderError, OrderStatus, ProductId, Quantity, Reason};
 use order::infrastructure::{PgCatalog, PgOrderStore, migrator};
 use std::sync::Arc;
@@ -14,7 +18,7 @@ struct Setup {
     service: OrderService,
     product: ProductId,
     /// Dropped (and the database with it) when the test ends.
-    _db: TestDatabase,
+    db: TestDatabase,
 }
 
 async fn setup() -> Setup {
@@ -29,7 +33,15 @@ async fn setup_with(configure: impl FnOnce(OrderService) -> OrderService) -> Set
     let item = CatalogItem { product_id: product, name: "Kettle".into(), price: "24.90".parse().unwrap() };
     catalog.upsert(&item, 1, &Effects::new()).await.unwrap();
     let service = configure(OrderService::new(Arc::new(PgOrderStore::new(db.pool.clone())), catalog));
-    Setup { service, product, _db: db }
+    Setup { service, product, db }
+}
+
+impl Setup {
+    /// Another instance of the service on the same database: it knows nothing of this one's saves.
+    fn another_instance(&self) -> OrderService {
+        let pool = &self.db.pool;
+        OrderService::new(Arc::new(PgOrderStore::new(pool.clone())), Arc::new(PgCatalog::new(pool.clone())))
+    }
 }
 
 fn customer() -> (CustomerId, Actor) {
@@ -183,4 +195,28 @@ async fn an_idempotency_key_holds_for_its_time_to_live_only() {
     let (second, created) = fleeting.service.create(as_alice, new(None), key(), trace()).await.unwrap();
     assert!(created && second.id() != first.id(), "an expired key replayed its order");
     assert_eq!(fleeting.service.forget_expired_idempotency_keys().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_outcome_starts_from_the_order_as_placed_here_and_stands_only_if_it_commits() {
+    let setup = setup().await;
+    let (here, kettle) = (&setup.service, setup.product);
+    let (alice, as_alice) = customer();
+    let checkout = NewOrder { lines: vec![(kettle, Quantity::new(1).unwrap())], place: true, ..new(Some(alice)) };
+    let confirmed = here.create(as_alice, checkout.clone(), None, trace()).await.unwrap().0.id();
+    let cancelled = here.create(as_alice, checkout, None, trace()).await.unwrap().0.id();
+    // Cancelled on another instance: what this one remembers of the order is out of date.
+    let reason = Reason::new("changed my mind").unwrap();
+    setup.another_instance().cancel(as_alice, cancelled, reason, trace()).await.unwrap();
+
+    for order in [confirmed, cancelled] {
+        let report = Causation::root(order.to_string(), trace())
+            .envelope(&StockReservationCompleted { order_id: order.as_uuid() });
+        here.settle_reservation(order, &StockOutcome::Reserved, ReservationOutcomeHandler::NAME, &report)
+            .await
+            .unwrap();
+    }
+    assert_eq!(here.get(as_alice, confirmed).await.unwrap().status(), OrderStatus::Confirmed);
+    let stale = here.get(as_alice, cancelled).await.unwrap();
+    assert_eq!((stale.status(), stale.version()), (OrderStatus::Cancelled, 2), "settled from a stale memory");
 }
