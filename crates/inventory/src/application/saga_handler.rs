@@ -171,7 +171,11 @@ impl ReservationSagaHandler {
         if loaded.as_ref() == Some(&saga) && effects.outgoing.is_empty() && effects.cancelled.is_empty() {
             return Ok(Worked::Unchanged); // late or repeated answers: nothing to record
         }
-        messaging::applied(&effects, self.sagas.save(&saga, &effects).await)?;
+        let saved = self.sagas.save(&saga, &effects).await;
+        if saved.is_err() {
+            messaging::applied(&effects, saved)?;
+            return Ok(Worked::Committed); // a copy of messages applied before: nothing new
+        }
         saga.record_saved();
         if previous != Some(saga.state()) {
             let state = saga.state().as_str();

@@ -2,10 +2,10 @@
 
 use super::error::AppError;
 use super::ports::ProductStore;
-use crate::domain::{OrderId, ProductError, ProductId, Quantity};
+use crate::domain::{OrderId, Product, ProductError, ProductEvent, ProductId, Quantity};
 use async_trait::async_trait;
 use contracts::inventory::{DeductStock, ReleaseStock, ReserveStock, StockReservationRejected, StockReserved};
-use messaging::{BatchHandler, Causation, Effects, Envelope, Received};
+use messaging::{BatchHandler, Causation, Effects, Envelope, Received, Remembered, Worked};
 use std::sync::Arc;
 
 messaging::inbound! {
@@ -31,6 +31,9 @@ impl StockCommand {
 
 pub struct StockHandler {
     products: Arc<dyn ProductStore>,
+    /// The products as this handler last saved them, with no order in hand: new reservations
+    /// spare the load.
+    recent: Remembered<ProductId, Product>,
 }
 
 impl StockHandler {
@@ -38,7 +41,7 @@ impl StockHandler {
     pub const NAME: &'static str = "stock";
 
     pub fn new(products: Arc<dyn ProductStore>) -> Self {
-        Self { products }
+        Self { products, recent: Remembered::default() }
     }
 }
 
@@ -72,10 +75,41 @@ impl BatchHandler for StockHandler {
     async fn apply(&self, &product: &i64, commands: &[&Received<StockCommand>]) -> Result<(), AppError> {
         let product_id = ProductId::new(product);
         let orders: Vec<OrderId> = commands.iter().map(|received| received.message.order_id()).collect();
-        let mut found = match product_id {
+        // New reservations start from the product as this handler last saved it, trusting that
+        // their orders hold nothing of it yet: the save checks that (see
+        // `Product::assuming_nothing_held_by`) and the version the rest, as for any remembered
+        // aggregate. Anything else is done again on a load.
+        let reserving = commands.iter().all(|received| matches!(received.message, StockCommand::Reserve(_)));
+        if let Ok(id) = product_id
+            && reserving
+            && let Some(remembered) = self.recent.take(&id)
+        {
+            let trusted = remembered.assuming_nothing_held_by(orders.iter().copied());
+            if let Ok(Worked::Committed) = self.apply_to(product, Some(trusted), &orders, commands).await {
+                return Ok(());
+            }
+        }
+        let found = match product_id {
             Ok(id) => self.products.load(id, &orders).await?,
             Err(_) => None,
         };
+        self.apply_to(product, found, &[], commands).await?;
+        Ok(())
+    }
+}
+
+impl StockHandler {
+    /// Applies `commands` to the product as `found` and commits its changes with the answers
+    /// and the inbox records; unless a reservation of each of the `trusted` orders is among the
+    /// changes, in which case it commits nothing.
+    async fn apply_to(
+        &self,
+        product: i64,
+        mut found: Option<Product>,
+        trusted: &[OrderId],
+        commands: &[&Received<StockCommand>],
+    ) -> Result<Worked, AppError> {
+        let product_id = ProductId::new(product);
         let mut effects = Effects::new();
         for received in commands {
             effects.consume(BatchHandler::name(self), received.envelope.message_id);
@@ -121,14 +155,30 @@ impl BatchHandler for StockHandler {
                 }
             }
         }
-        let changes = found.as_mut().map(crate::domain::Product::take_events).unwrap_or_default();
-        let saved = match &found {
+        let changes = found.as_mut().map(Product::take_events).unwrap_or_default();
+        let reserved = |order: &OrderId| {
+            changes
+                .iter()
+                .any(|change| matches!(change, ProductEvent::StockReserved { order_id, .. } if order_id == order))
+        };
+        if !trusted.iter().all(reserved) {
+            return Ok(Worked::Unchanged);
+        }
+        let saved = match found {
+            Some(mut product) if !changes.is_empty() => {
+                let saved = self.products.save(&product, &changes, &effects).await;
+                if saved.is_ok() {
+                    product.record_saved();
+                    self.recent.put(product.id(), product.assuming_nothing_held_by([]));
+                }
+                saved
+            }
             // A refusal leaves the product as it was: no version to bump, no conflict to risk.
-            Some(product) if !changes.is_empty() => self.products.save(product, &changes, &effects).await,
             _ if effects.outgoing.is_empty() => Ok(()),
             _ => self.products.commit(&effects).await,
         };
-        Ok(messaging::applied(&effects, saved)?)
+        messaging::applied(&effects, saved)?;
+        Ok(Worked::Committed)
     }
 }
 
