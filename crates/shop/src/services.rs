@@ -201,7 +201,9 @@ struct ServiceParts {
 }
 
 pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow::Result<RunningService> {
-    use order::application::{Catalog, CatalogHandler, OrderService, OrderStore, ReservationOutcomeHandler, SERVICE};
+    use order::application::{
+        Catalog, CatalogHandler, OrderService, OrderStore, RecentCatalog, ReservationOutcomeHandler, SERVICE,
+    };
     use order::infrastructure::{PgCatalog, PgOrderStore, SqliteCatalog, SqliteOrderStore, migrator, sqlite_migrator};
 
     let url = settings.database_url.as_deref();
@@ -215,6 +217,7 @@ pub async fn start_order(settings: &OrderSettings, runtime: &Runtime) -> anyhow:
         }
         Database::Sqlite(db) => (Arc::new(SqliteOrderStore::new(db.clone())), Arc::new(SqliteCatalog::new(db.clone()))),
     };
+    let catalog: Arc<dyn Catalog> = Arc::new(RecentCatalog::new(catalog));
     let service = OrderService::new(orders, catalog.clone());
     let service = Arc::new(service.with_idempotency_key_ttl(settings.idempotency_key_ttl));
     let consumers = Consumers::new(SERVICE, runtime, &database, hand_off.clone());

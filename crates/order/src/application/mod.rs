@@ -7,12 +7,14 @@ mod error;
 mod handlers;
 mod messages;
 pub mod ports;
+mod recent_catalog;
 
 pub use changes::OrderChanges;
 pub use commands::{Actor, IdempotencyKey, IdempotencyKeyText, NewOrder, OrderService, StockOutcome};
 pub use error::AppError;
 pub use handlers::{CatalogHandler, ProductNews, ReservationOutcome, ReservationOutcomeHandler};
 pub use ports::{Catalog, IdempotencyKeyUse, OrderFilter, OrderPage, OrderStore, OrderSummary};
+pub use recent_catalog::RecentCatalog;
 
 /// Names this service's queues and log lines.
 pub const SERVICE: &str = "order";
