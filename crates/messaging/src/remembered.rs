@@ -41,6 +41,15 @@ impl<K: Hash + Eq, V> Remembered<K, V> {
         self.lock().insert(key, value);
     }
 
+    /// A copy of what is remembered of `key`, left remembered: for reading only, since another
+    /// instance may have committed since.
+    pub fn get(&self, key: &K) -> Option<V>
+    where
+        V: Clone,
+    {
+        self.lock().get(key).cloned()
+    }
+
     /// Takes what is remembered of `key`: a unit of work that starts from it puts back what it
     /// commits, and one that fails leaves nothing stale behind.
     pub fn take(&self, key: &K) -> Option<V> {

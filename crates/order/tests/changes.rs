@@ -95,6 +95,8 @@ async fn a_wait_ends_as_soon_as_this_process_saves_the_order() {
         tokio::time::timeout(PATIENCE, waiting).await.expect("the save ended the wait").unwrap().unwrap();
     assert_eq!(changed.status(), OrderStatus::Cancelled);
     assert!(changed.version() > order.version() && waited);
+    // Answered from the order as this process saved it: exactly as stored.
+    assert_eq!(changed, service.get(actor, order.id()).await.unwrap());
 }
 
 #[tokio::test]

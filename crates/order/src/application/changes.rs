@@ -87,16 +87,23 @@ impl OrderChanges {
             return Ok((load().await?, false));
         };
         let deadline = Instant::now() + wait;
+        let mut just_saved = None;
         loop {
             // Listening before reading: a save in between is not missed.
             let mut saved = std::pin::pin!(watch.saved.notified());
             saved.as_mut().enable();
-            let order = load().await?;
+            let order = match just_saved.take() {
+                Some(order) => order,
+                None => load().await?,
+            };
             if !held(&order) || Instant::now() >= deadline {
                 return Ok((order, true));
             }
             tokio::select! {
-                () = saved => {}
+                // The order as this process saved it a moment ago, the newest there was, unless
+                // a unit of work took it since. (It is the order read before: whoever could see
+                // that one can see this one.)
+                () = saved => just_saved = self.recent.get(&id),
                 () = tokio::time::sleep_until(deadline.min(Instant::now() + self.look_again)) => {}
                 () = self.closed.cancelled() => return Ok((order, true)),
             }
