@@ -156,12 +156,12 @@ impl StockHandler {
             }
         }
         let changes = found.as_mut().map(Product::take_events).unwrap_or_default();
-        let reserved = |order: &OrderId| {
+        let was_reserved = |order: &OrderId| {
             changes
                 .iter()
                 .any(|change| matches!(change, ProductEvent::StockReserved { order_id, .. } if order_id == order))
         };
-        if !trusted.iter().all(reserved) {
+        if !trusted.iter().all(was_reserved) {
             return Ok(Worked::Unchanged);
         }
         let saved = match found {

@@ -4,7 +4,8 @@
 //! also reads the order again every [`OrderChanges::look_again`].
 //!
 //! The same saves are remembered ([`OrderChanges::recent`]): the reservation's outcome starts
-//! from the order as placed here instead of loading it.
+//! from the order as placed here instead of loading it, and a wait that a save ended answers
+//! with the order as saved.
 
 use super::ports::{IdempotencyKeyUse, OrderFilter, OrderPage, OrderStore};
 use crate::domain::{Order, OrderId};
