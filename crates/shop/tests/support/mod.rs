@@ -186,21 +186,25 @@ impl System {
         letters.expect("error queue readable")
     }
 
-    /// Writes `lines` (JSON) into the saga row of `order` as they are, as damage or a defect would.
+    /// Writes `lines` (JSON) into the saga row of `order` as they are, as a defect would, at a new
+    /// version as every writer does (one that kept the version would go unseen by a handler that
+    /// starts from the saga as it last saved it, and be overwritten).
     pub async fn overwrite_saga_lines(&self, order: &str, lines: &str) {
         let order = Uuid::parse_str(order).unwrap();
         match &self.storage {
             Storage::Postgres { inventory, .. } => {
-                sqlx::query("UPDATE reservation_sagas SET lines = $2::jsonb WHERE order_id = $1")
-                    .bind(order)
-                    .bind(lines)
-                    .execute(&inventory.pool)
-                    .await
-                    .unwrap();
+                sqlx::query(
+                    "UPDATE reservation_sagas SET lines = $2::jsonb, version = version + 1 WHERE order_id = $1",
+                )
+                .bind(order)
+                .bind(lines)
+                .execute(&inventory.pool)
+                .await
+                .unwrap();
             }
             Storage::Embedded => {
                 let inventory = self.embedded_inventory().await;
-                sqlx::query("UPDATE reservation_sagas SET lines = ? WHERE order_id = ?")
+                sqlx::query("UPDATE reservation_sagas SET lines = ?, version = version + 1 WHERE order_id = ?")
                     .bind(lines)
                     .bind(order.hyphenated())
                     .execute(inventory.writer())
