@@ -68,15 +68,15 @@ impl Handler for CatalogHandler {
 
 /// Confirms or rejects placed orders when inventory reports the reservation's outcome.
 pub struct ReservationOutcomeHandler {
-    orders: Arc<OrderService>,
+    service: Arc<OrderService>,
 }
 
 impl ReservationOutcomeHandler {
     /// The consumer name: its queue and its inbox records.
     pub const NAME: &'static str = "reservations";
 
-    pub fn new(orders: Arc<OrderService>) -> Self {
-        Self { orders }
+    pub fn new(service: Arc<OrderService>) -> Self {
+        Self { service }
     }
 }
 
@@ -97,6 +97,6 @@ impl Handler for ReservationOutcomeHandler {
             }
         };
         let order_id = OrderId::from_uuid(order_id);
-        Ok(self.orders.settle_reservation(order_id, &outcome, self.name(), &received.envelope).await?)
+        Ok(self.service.settle_reservation(order_id, &outcome, self.name(), &received.envelope).await?)
     }
 }

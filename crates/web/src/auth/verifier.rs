@@ -1,10 +1,10 @@
 use super::jwks::{Jwks, JwksSettings};
 use super::{AuthError, Caller, Issuance, KeyError, LocalKey};
+use hashlink::LruCache;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -43,7 +43,8 @@ pub enum KeySource {
 /// (never past its expiry). A key set refetched meanwhile may have dropped its key: that is
 /// seen at most this late, where a key set itself is trusted for 15 minutes.
 const ACCEPTED_FOR: Duration = Duration::from_secs(60);
-/// Most tokens remembered as accepted, and the longest one remembered.
+/// Most tokens remembered as accepted (the least recently used is forgotten first), and the
+/// longest one remembered.
 const MAX_ACCEPTED: usize = 4096;
 const MAX_REMEMBERED_TOKEN: usize = 2048;
 
@@ -54,7 +55,7 @@ pub struct Verifier {
     description: String,
     /// Tokens accepted lately, with their caller and until when: a client sends the same token
     /// with every request, and a signature check costs 30 to 120 µs of CPU.
-    accepted: Mutex<HashMap<String, (Caller, Instant)>>,
+    accepted: Mutex<LruCache<String, (Caller, Instant)>>,
 }
 
 enum Keys {
@@ -113,7 +114,7 @@ impl Verifier {
         Ok(Self {
             keys,
             description: format!("{description}, issuer {:?}, audience {:?}", issuance.issuer, issuance.audience),
-            accepted: Mutex::default(),
+            accepted: Mutex::new(LruCache::new(MAX_ACCEPTED)),
         })
     }
 
@@ -133,14 +134,7 @@ impl Verifier {
         let (caller, expires) = self.check(token).await?;
         if token.len() <= MAX_REMEMBERED_TOKEN {
             let until = now + expires.duration_since(SystemTime::now()).unwrap_or_default().min(ACCEPTED_FOR);
-            let mut accepted = self.accepted();
-            if accepted.len() >= MAX_ACCEPTED {
-                accepted.retain(|_, (_, until)| now < *until);
-                if accepted.len() >= MAX_ACCEPTED {
-                    accepted.clear();
-                }
-            }
-            accepted.insert(token.to_owned(), (caller.clone(), until));
+            self.accepted().insert(token.to_owned(), (caller.clone(), until));
         }
         Ok(caller)
     }
@@ -148,10 +142,10 @@ impl Verifier {
     /// Until when `token` is accepted without a check, if it is remembered.
     #[cfg(test)]
     pub(super) fn remembered_until(&self, token: &str) -> Option<Instant> {
-        self.accepted().get(token).map(|(_, until)| *until)
+        self.accepted().peek(token).map(|(_, until)| *until)
     }
 
-    fn accepted(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Caller, Instant)>> {
+    fn accepted(&self) -> MutexGuard<'_, LruCache<String, (Caller, Instant)>> {
         self.accepted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
